@@ -322,7 +322,7 @@ pub struct HashOn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakers {
-    /// Open connections to the cluster, per worker.
+    /// Open connections to the cluster; a request that needs one more gets 503.
     #[serde(default = "default_limit")]
     pub max_connections: u32,
     /// Requests waiting for a connection, across workers.
@@ -415,7 +415,8 @@ fn default_max_ejection_percent() -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    /// Total size of a request's header section; over it the request gets 431. Default: 60 KiB.
+    /// Total size of a request's header section; over it the request gets 431. At least
+    /// 8 KiB. Default: 60 KiB.
     #[serde(default = "default_max_header_bytes")]
     pub max_request_headers_bytes: u32,
     /// Number of request headers; over it the request gets 431. Default: 100.
@@ -431,9 +432,6 @@ pub struct Limits {
     /// Concurrent streams per downstream HTTP/2 connection. Default: 100.
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
-    /// Idle keep-alive downstream connections are closed after this. Default: 1h.
-    #[serde(default = "default_idle_timeout", with = "serde_duration")]
-    pub idle_timeout: Duration,
 }
 
 fn default_max_header_bytes() -> u32 {
@@ -448,9 +446,6 @@ fn default_max_buffer() -> u32 {
 fn default_h2_streams() -> u32 {
     100
 }
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(3600)
-}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -460,7 +455,6 @@ impl Default for Limits {
             max_request_body_bytes: None,
             max_buffered_body_bytes: default_max_buffer(),
             http2_max_concurrent_streams: default_h2_streams(),
-            idle_timeout: default_idle_timeout(),
         }
     }
 }

@@ -199,8 +199,8 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
     }
 
     let limits = &snapshot.limits;
-    if limits.max_request_headers_bytes < 1024 {
-        errors.push("limits.max_request_headers_bytes", "must be at least 1024");
+    if limits.max_request_headers_bytes < 8192 {
+        errors.push("limits.max_request_headers_bytes", "must be at least 8192");
     }
     if limits.max_request_headers_count == 0 {
         errors.push("limits.max_request_headers_count", "must be at least 1");

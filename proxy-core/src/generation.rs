@@ -1,0 +1,79 @@
+//! A generation: one snapshot compiled for the request path. Workers read the current
+//! generation from a `watch` channel once per request and keep it until the request ends.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use weft_api::{Limits, ListenerKind, Snapshot};
+
+use crate::cluster::ClusterSet;
+use crate::filter::{FilterChain, FilterError};
+use crate::listener::ListenerSockets;
+use crate::routes::{CompileError, RouteTable};
+use crate::stats::{ListenerStats, Stats};
+
+/// A compiled snapshot.
+pub(crate) struct Generation {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) listeners: HashMap<String, Listener>,
+    pub(crate) clusters: ClusterSet,
+}
+
+/// A listener as the request path sees it.
+pub(crate) struct Listener {
+    pub(crate) kind: ListenerKind,
+    pub(crate) routes: Arc<RouteTable>,
+    pub(crate) chain: FilterChain,
+    pub(crate) limits: Limits,
+    pub(crate) stats: Arc<ListenerStats>,
+    pub(crate) sockets: Arc<ListenerSockets>,
+}
+
+/// Why a snapshot could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    #[error(transparent)]
+    Routes(#[from] CompileError),
+    #[error("listener {listener:?}")]
+    Filter {
+        listener: String,
+        #[source]
+        source: FilterError,
+    },
+}
+
+impl Generation {
+    /// Compiles `snapshot`; `sockets` holds the bound sockets of each listener by name.
+    pub(crate) fn build(
+        snapshot: Arc<Snapshot>,
+        previous: Option<&Generation>,
+        sockets: &HashMap<String, Arc<ListenerSockets>>,
+        stats: &Stats,
+    ) -> Result<Self, BuildError> {
+        let clusters = ClusterSet::build(&snapshot, previous.map(|p| &p.clusters), stats);
+        let mut tables = HashMap::new();
+        for table in &snapshot.route_tables {
+            tables.insert(table.name.as_str(), Arc::new(RouteTable::compile(table, &clusters)?));
+        }
+        let mut listeners = HashMap::new();
+        for config in &snapshot.listeners {
+            let (Some(routes), Some(sockets)) = (tables.get(config.route_table.as_str()), sockets.get(&config.name)) else {
+                continue; // refused by validation or binding before we get here
+            };
+            let chain = FilterChain::build(&config.filters)
+                .map_err(|source| BuildError::Filter { listener: config.name.clone(), source })?;
+            listeners.insert(
+                config.name.clone(),
+                Listener {
+                    kind: config.kind,
+                    routes: routes.clone(),
+                    chain,
+                    limits: snapshot.limits,
+                    stats: stats.listener(&config.name),
+                    sockets: sockets.clone(),
+                },
+            );
+        }
+        Ok(Self { snapshot, listeners, clusters })
+    }
+}

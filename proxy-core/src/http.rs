@@ -1,0 +1,629 @@
+//! One request's path through the proxy (see `docs/request-path.md` for the chart):
+//!
+//! 1. downstream checks: framing (no Content-Length with Transfer-Encoding), header count,
+//!    declared body size, authority present;
+//! 2. header hygiene: hop-by-hop headers dropped, `x-forwarded-for`/`-proto` and
+//!    `x-request-id` set;
+//! 3. `request_headers` phase of the listener's filter chain (may answer locally);
+//! 4. route lookup by authority, path and headers (404 when none);
+//! 5. direct response, or: endpoint choice (503 no healthy), circuit breakers (503 overflow),
+//!    the upstream exchange (502 connect failure or reset, 504 timeout);
+//! 6. `response_headers` phase, then the body streams back through `response_body`; the `log`
+//!    phase runs when the body ends or is abandoned.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use weft_api::{ListenerKind, UpstreamProtocol};
+
+use crate::body::{self, BoxError, ProxyBody};
+use crate::cluster::{Cluster, Endpoint, HashInput, Outcome};
+use crate::filter::{FilterAction, HttpFilter, LocalReply, LogRecord};
+use crate::generation::{Generation, Listener};
+use crate::pool::{Pools, UpstreamError};
+use crate::reply::{self, Reason};
+use crate::routes::{Action, Forward};
+use crate::stats::ListenerStats;
+
+/// What a worker shares with its connections.
+pub(crate) struct WorkerContext {
+    pub(crate) generation: watch::Receiver<Arc<Generation>>,
+    pub(crate) pools: Arc<Pools>,
+}
+
+/// One downstream connection.
+pub(crate) struct Connection {
+    pub(crate) listener: String,
+    pub(crate) peer: SocketAddr,
+    pub(crate) worker: Arc<WorkerContext>,
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Serves one request; never fails (errors become local replies).
+pub(crate) async fn serve(conn: Arc<Connection>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let generation = conn.worker.generation.borrow().clone();
+    let Some(listener) = generation.listeners.get(&conn.listener) else {
+        return Ok(reply::local_reply(Reason::Unavailable));
+    };
+    let start = Instant::now();
+    let mut exchange = Exchange {
+        conn: &conn,
+        listener,
+        start,
+        filters: Vec::new(),
+        record: LogRecord {
+            method: request.method().clone(),
+            authority: String::new(),
+            path: request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            status: 0,
+            route: None,
+            cluster: None,
+            upstream: None,
+            reason: None,
+            response_bytes: 0,
+            duration: Default::default(),
+        },
+        active: None,
+        downstream_version: request.version(),
+    };
+    let response = exchange.run(request).await;
+    Ok(exchange.finish(response))
+}
+
+struct Exchange<'a> {
+    conn: &'a Connection,
+    listener: &'a Listener,
+    start: Instant,
+    filters: Vec<Box<dyn HttpFilter>>,
+    record: LogRecord,
+    active: Option<ActiveRequest>,
+    downstream_version: Version,
+}
+
+/// Why a request was answered locally, with an optional replacement body.
+struct Local(Reason);
+
+impl Exchange<'_> {
+    async fn run(&mut self, request: Request<Incoming>) -> Result<Response<ProxyBody>, LocalOrFilter> {
+        let limits = &self.listener.limits;
+        let (mut parts, body) = request.into_parts();
+
+        // 1. Downstream checks.
+        if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
+            return Err(Local(Reason::RequestSmuggling).into());
+        }
+        if parts.headers.len() > limits.max_request_headers_count as usize {
+            return Err(Local(Reason::HeadersTooLarge).into());
+        }
+        if parts.method == Method::CONNECT {
+            return Err(Local(Reason::MethodNotAllowed).into());
+        }
+        if let (Some(max), Some(declared)) = (limits.max_request_body_bytes, content_length(&parts.headers))
+            && declared > max
+        {
+            return Err(Local(Reason::PayloadTooLarge).into());
+        }
+        let authority = match parts.uri.authority() {
+            Some(a) => a.as_str().to_owned(),
+            None => match parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+                Some(h) if !h.is_empty() => h.to_owned(),
+                _ => return Err(Local(Reason::BadRequest).into()),
+            },
+        };
+        self.record.authority.clone_from(&authority);
+
+        // 2. Header hygiene.
+        let upgrade = wants_upgrade(&parts);
+        let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        self.forwarded_headers(&mut parts.headers);
+
+        // 3. request_headers phase.
+        if !self.listener.chain.is_empty() {
+            self.filters = self.listener.chain.instantiate();
+            for filter in &mut self.filters {
+                if let FilterAction::Reply(reply) = filter.on_request_headers(&mut parts) {
+                    return Err(LocalOrFilter::Filter(reply));
+                }
+            }
+        }
+        // A filter may have changed the authority through Host.
+        let authority = match parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            Some(h) if parts.uri.authority().is_none() && h != authority => h.to_owned(),
+            _ => authority,
+        };
+
+        // 4. Route.
+        let route = self
+            .listener
+            .routes
+            .find(&authority, parts.uri.path(), &parts.headers)
+            .ok_or(Local(Reason::NoRoute))?
+            .clone();
+        self.record.route = Some(route.name.clone());
+        let forward = match &route.action {
+            Action::Direct { status, body, headers } => {
+                let mut response = Response::new(body::full(body.clone()));
+                *response.status_mut() = *status;
+                response.headers_mut().extend(headers.clone());
+                self.record.reason = Some(Reason::DirectResponse.as_str());
+                return Ok(response);
+            }
+            Action::Forward(forward) => forward,
+        };
+
+        // 5. Upstream.
+        let cluster = &forward.cluster;
+        self.record.cluster = Some(cluster.name.clone());
+        let hash = HashInput { headers: &parts.headers, source_ip: self.conn.peer.ip() };
+        let endpoint = forward.lb.pick(cluster, &hash).ok_or(Local(Reason::NoHealthyUpstream))?;
+        self.record.upstream = Some(endpoint.addr);
+        self.active = Some(ActiveRequest::start(cluster, &endpoint).ok_or_else(|| {
+            cluster.stats.overflow.fetch_add(1, Relaxed);
+            Local(Reason::UpstreamOverflow)
+        })?);
+
+        let upstream_request = self.upstream_request(parts, body, forward, &authority)?;
+        let sent = self.conn.worker.pools.send(cluster, &endpoint, upstream_request, upgrade);
+        let started = Instant::now();
+        let result = match forward.timeout {
+            Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| ()),
+            None => Ok(sent.await),
+        };
+        let mut response = match result {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                let reason = match &error {
+                    UpstreamError::Overflow => {
+                        cluster.stats.overflow.fetch_add(1, Relaxed);
+                        Reason::UpstreamOverflow
+                    }
+                    UpstreamError::Connect(_) => Reason::UpstreamConnectFailure,
+                    UpstreamError::Reset(_) => {
+                        cluster.stats.rq_reset.fetch_add(1, Relaxed);
+                        Reason::UpstreamReset
+                    }
+                };
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %ErrorChain(&error), "upstream failed");
+                if reason.is_upstream_failure() {
+                    cluster.record_outcome(&endpoint, Outcome::LocalGatewayError);
+                }
+                return Err(Local(reason).into());
+            }
+            Err(()) => {
+                cluster.stats.rq_timeout.fetch_add(1, Relaxed);
+                cluster.record_outcome(&endpoint, Outcome::LocalGatewayError);
+                return Err(Local(Reason::UpstreamTimeout).into());
+            }
+        };
+        cluster.stats.rq_time.record(started.elapsed());
+        cluster.stats.record_status(response.status().as_u16());
+        cluster.record_outcome(&endpoint, Outcome::Status(response.status().as_u16()));
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(downstream) = on_upgrade
+        {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(downstream, upstream));
+            return Ok(response);
+        }
+        strip_hop_by_hop(response.headers_mut(), false);
+        Ok(response)
+    }
+
+    /// Sets `x-forwarded-for`, `x-forwarded-proto` and `x-request-id`.
+    fn forwarded_headers(&self, headers: &mut HeaderMap) {
+        let peer = self.conn.peer.ip().to_string();
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) if self.listener.kind != ListenerKind::Gateway => format!("{existing}, {peer}"),
+            _ => peer,
+        };
+        if let Ok(value) = HeaderValue::from_str(&xff) {
+            headers.insert(&X_FORWARDED_FOR, value);
+        }
+        if self.listener.kind == ListenerKind::Gateway || !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key(&X_REQUEST_ID)
+            && let Ok(value) = HeaderValue::from_str(&request_id())
+        {
+            headers.insert(&X_REQUEST_ID, value);
+        }
+    }
+
+    /// The request as sent upstream: URI form, authority and version for the cluster.
+    fn upstream_request(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        forward: &Forward,
+        authority: &str,
+    ) -> Result<Request<ProxyBody>, Local> {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let rewritten;
+        let path_and_query = match &forward.prefix_rewrite {
+            Some((prefix, replacement)) if path_and_query.starts_with(prefix.as_str()) => {
+                let rest = &path_and_query[prefix.len()..];
+                rewritten = if replacement.ends_with('/') && rest.starts_with('/') {
+                    format!("{replacement}{}", &rest[1..])
+                } else {
+                    format!("{replacement}{rest}")
+                };
+                rewritten.as_str()
+            }
+            _ => path_and_query,
+        };
+        let authority_value = match &forward.host_rewrite {
+            Some(host) => host.clone(),
+            None => HeaderValue::from_str(authority).map_err(|_| Local(Reason::BadRequest))?,
+        };
+        let authority = authority_value.to_str().map_err(|_| Local(Reason::BadRequest))?;
+        match forward.cluster.protocol {
+            UpstreamProtocol::Http1 => {
+                parts.uri = path_and_query.parse::<Uri>().map_err(|_| Local(Reason::BadRequest))?;
+                parts.version = Version::HTTP_11;
+                parts.headers.insert(header::HOST, authority_value.clone());
+                parts.headers.remove(header::TE);
+            }
+            UpstreamProtocol::Http2 => {
+                parts.uri = Uri::builder()
+                    .scheme("http")
+                    .authority(authority)
+                    .path_and_query(path_and_query)
+                    .build()
+                    .map_err(|_| Local(Reason::BadRequest))?;
+                parts.version = Version::HTTP_2;
+                parts.headers.remove(header::HOST);
+                if parts.headers.get(header::TE).is_some_and(|te| te != "trailers") {
+                    parts.headers.remove(header::TE);
+                }
+            }
+        }
+        let limit = self.listener.limits.max_request_body_bytes;
+        let body = match limit {
+            Some(limit) => body::boxed(body::Limited::new(body, limit)),
+            None => body::boxed(body),
+        };
+        Ok(Request::from_parts(parts, body))
+    }
+
+    /// Runs the response phases and wraps the body for the log phase.
+    fn finish(mut self, result: Result<Response<ProxyBody>, LocalOrFilter>) -> Response<ProxyBody> {
+        let stats = &self.listener.stats;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(LocalOrFilter::Local(Local(reason))) => {
+                self.record.reason = Some(reason.as_str());
+                let mut r = reply::local_reply(reason);
+                if reason == Reason::RequestSmuggling {
+                    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
+            }
+            Err(LocalOrFilter::Filter(reply)) => {
+                self.record.reason = Some(Reason::Filter.as_str());
+                filter_reply(reply)
+            }
+        };
+        if let Some(reason) = self.record.reason.filter(|r| *r != Reason::DirectResponse.as_str()) {
+            stats.record_local_reply(reason);
+        }
+
+        // response_headers phase (local replies included, as Envoy's encoder filters see them).
+        if !self.filters.is_empty() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = response.into_parts();
+            let mut replaced = None;
+            for filter in &mut self.filters {
+                if let FilterAction::Reply(reply) = filter.on_response_headers(&mut parts) {
+                    replaced = Some(reply);
+                    break;
+                }
+            }
+            response = match replaced {
+                Some(reply) => {
+                    self.record.reason = Some(Reason::Filter.as_str());
+                    filter_reply(reply)
+                }
+                None => Response::from_parts(parts, body),
+            };
+        }
+        *response.version_mut() = self.downstream_version;
+        self.record.status = response.status().as_u16();
+        stats.record_status(self.record.status);
+
+        let (parts, body) = response.into_parts();
+        let wants_body = self.listener.chain.wants_body();
+        let tail = Tail {
+            inner: body,
+            finish: Some(Box::new(Finish {
+                filters: self.filters,
+                record: self.record,
+                start: self.start,
+                active: self.active,
+                stats: stats.clone(),
+            })),
+            body_filters: wants_body,
+        };
+        Response::from_parts(parts, body::boxed(tail))
+    }
+}
+
+/// A local reply from the proxy or from a filter.
+enum LocalOrFilter {
+    Local(Local),
+    Filter(LocalReply),
+}
+
+impl From<Local> for LocalOrFilter {
+    fn from(local: Local) -> Self {
+        LocalOrFilter::Local(local)
+    }
+}
+
+fn filter_reply(reply: LocalReply) -> Response<ProxyBody> {
+    let mut response = reply::build(reply.status, Reason::Filter, reply.body);
+    response.headers_mut().extend(reply.headers);
+    response
+}
+
+fn wants_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(header::UPGRADE)
+        && connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes connection-specific headers (RFC 9110 §7.6.1): `Connection` and the headers it
+/// names, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade` (kept, with
+/// `Connection: upgrade`, when tunnelling an upgrade) and `TE` other than `trailers`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| !(keep_upgrade && t.eq_ignore_ascii_case("upgrade")))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if name != header::TE {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// A random UUID v4.
+fn request_id() -> String {
+    let bits = fastrand::u128(..);
+    let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(downstream, upstream) {
+        Ok((down, up)) => {
+            let mut down = TokioIo::new(down);
+            let mut up = TokioIo::new(up);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+                tracing::debug!(%error, "upgraded tunnel ended");
+            }
+        }
+        Err(error) => tracing::debug!(%error, "upgrade failed"),
+    }
+}
+
+/// Holds a request against its endpoint's and cluster's load until the response ends.
+struct ActiveRequest {
+    cluster: Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+}
+
+impl ActiveRequest {
+    /// `None` when the cluster's `max_requests` is reached.
+    fn start(cluster: &Arc<Cluster>, endpoint: &Arc<Endpoint>) -> Option<Self> {
+        if cluster.load.requests.fetch_add(1, Relaxed) >= cluster.breakers.max_requests {
+            cluster.load.requests.fetch_sub(1, Relaxed);
+            return None;
+        }
+        endpoint.active_requests.fetch_add(1, Relaxed);
+        cluster.stats.rq_active.fetch_add(1, Relaxed);
+        Some(Self { cluster: cluster.clone(), endpoint: endpoint.clone() })
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.cluster.load.requests.fetch_sub(1, Relaxed);
+        self.endpoint.active_requests.fetch_sub(1, Relaxed);
+        self.cluster.stats.rq_active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What happens when the response ends: the log phase and the release of the request's load.
+struct Finish {
+    filters: Vec<Box<dyn HttpFilter>>,
+    record: LogRecord,
+    start: Instant,
+    active: Option<ActiveRequest>,
+    stats: Arc<ListenerStats>,
+}
+
+impl Finish {
+    fn run(mut self, complete: bool) {
+        self.record.duration = self.start.elapsed();
+        for filter in &mut self.filters {
+            filter.on_log(&self.record);
+        }
+        let _ = &self.stats;
+        let r = &self.record;
+        tracing::debug!(
+            target: "weft::access",
+            method = %r.method, authority = %r.authority, path = %r.path, status = r.status,
+            route = ?r.route, cluster = ?r.cluster, upstream = ?r.upstream, reason = ?r.reason,
+            bytes = r.response_bytes, duration_us = r.duration.as_micros() as u64, complete,
+            "request"
+        );
+        drop(self.active);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The downstream response body: runs `response_body` filters and, at the end, `log`.
+    struct Tail {
+        #[pin]
+        inner: ProxyBody,
+        finish: Option<Box<Finish>>,
+        body_filters: bool,
+    }
+
+    impl PinnedDrop for Tail {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(finish) = this.project().finish.take() {
+                finish.run(false);
+            }
+        }
+    }
+}
+
+impl Body for Tail {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let polled = inner.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(finish), Some(data)) = (this.finish.as_mut(), frame.data_ref()) {
+                    finish.record.response_bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                if let Some(finish) = this.finish.take() {
+                    finish.run(matches!(polled, Poll::Ready(None)));
+                }
+            }
+            Poll::Pending => {}
+        }
+        if *this.body_filters
+            && let Poll::Ready(Some(Ok(frame))) = polled
+        {
+            let end = inner.is_end_stream();
+            let frame = match frame.into_data() {
+                Ok(mut data) => {
+                    if let Some(finish) = this.finish.as_mut() {
+                        for filter in &mut finish.filters {
+                            filter.on_response_body(&mut data, end);
+                        }
+                    }
+                    Frame::data(data)
+                }
+                Err(frame) => frame,
+            };
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.body_filters { SizeHint::default() } else { self.inner.size_hint() }
+    }
+}
+
+/// Displays an error with its sources.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().expect("value"));
+        h.insert("x-secret", "1".parse().expect("value"));
+        h.insert("keep-alive", "timeout=5".parse().expect("value"));
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("value"));
+        h.insert(header::TE, "gzip".parse().expect("value"));
+        h.insert(header::UPGRADE, "websocket".parse().expect("value"));
+        h.insert("x-kept", "1".parse().expect("value"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["x-kept"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "trailers".parse().expect("value"));
+        h.insert(header::CONNECTION, "upgrade".parse().expect("value"));
+        h.insert(header::UPGRADE, "websocket".parse().expect("value"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(header::TE).expect("te"), "trailers");
+        assert_eq!(h.get(header::UPGRADE).expect("upgrade"), "websocket");
+        assert_eq!(h.get(header::CONNECTION).expect("connection"), "upgrade");
+    }
+
+    #[test]
+    fn request_ids_are_uuid_v4() {
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(id, request_id());
+    }
+}

@@ -1,0 +1,274 @@
+//! The proxy as a whole: worker threads, the control thread (admin, health checks), listener
+//! sockets and snapshot updates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use weft_api::{LoadError, Snapshot};
+
+use crate::generation::Generation;
+use crate::listener::ListenerSockets;
+use crate::stats::Stats;
+
+/// How the proxy process runs (as opposed to what it routes, which is the [`Snapshot`]).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Worker threads, each with its own listeners and pools. Default: one per core.
+    pub workers: usize,
+    /// Where to serve the admin API. Default: none.
+    pub admin_address: Option<SocketAddr>,
+    /// How long in-flight requests may run after shutdown begins. Default: 5s.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            admin_address: None,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why the proxy could not start or take a snapshot. A refused snapshot changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The snapshot is invalid.
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    /// A listener could not be bound.
+    #[error("cannot bind listener {listener:?} to {address}")]
+    Bind {
+        /// The listener's name.
+        listener: String,
+        /// The address it asked for.
+        address: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The snapshot could not be compiled.
+    #[error("cannot compile snapshot")]
+    Build(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A thread or runtime could not be started.
+    #[error("cannot start {what}")]
+    Runtime {
+        /// What failed to start.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the control thread and the handle.
+pub(crate) struct Shared {
+    pub(crate) stats: Stats,
+    pub(crate) draining: AtomicBool,
+    pub(crate) generation: watch::Receiver<Arc<Generation>>,
+}
+
+/// A running proxy. Dropping it shuts it down without draining; call [`Proxy::shutdown`] to
+/// let in-flight requests finish.
+pub struct Proxy {
+    config: ProxyConfig,
+    shared: Arc<Shared>,
+    generation: watch::Sender<Arc<Generation>>,
+    shutdown: watch::Sender<Option<Duration>>,
+    workers: Vec<JoinHandle<()>>,
+    control: Option<JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
+    update: Mutex<()>,
+}
+
+impl Proxy {
+    /// Validates `snapshot`, binds its listeners and the admin port, and starts the workers.
+    pub fn start(config: ProxyConfig, snapshot: Snapshot) -> Result<Self, ProxyError> {
+        snapshot.validate()?;
+        let workers = config.workers.max(1);
+        let stats = Stats::default();
+        let sockets = bind_listeners(&snapshot, None, workers)?;
+        let first = Generation::build(Arc::new(snapshot), None, &sockets, &stats)
+            .map_err(|e| ProxyError::Build(Box::new(e)))?;
+        let (generation_tx, generation_rx) = watch::channel(Arc::new(first));
+        let (shutdown_tx, shutdown_rx) = watch::channel(None);
+        let shared = Arc::new(Shared { stats, draining: AtomicBool::new(false), generation: generation_rx.clone() });
+
+        let admin = match config.admin_address {
+            Some(addr) => {
+                let socket = std::net::TcpListener::bind(addr).map_err(|source| ProxyError::Bind {
+                    listener: "admin".to_owned(),
+                    address: addr.to_string(),
+                    source,
+                })?;
+                socket.set_nonblocking(true).map_err(|source| ProxyError::Runtime { what: "admin listener", source })?;
+                Some(socket)
+            }
+            None => None,
+        };
+        let admin_addr = admin.as_ref().and_then(|s| s.local_addr().ok());
+
+        let mut handles = Vec::with_capacity(workers);
+        for id in 0..workers {
+            let generation = generation_rx.clone();
+            let shutdown = shutdown_rx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("weft-worker-{id}"))
+                .spawn(move || {
+                    if let Err(error) = crate::worker::run(id, generation, shutdown) {
+                        tracing::error!(worker = id, %error, "worker failed to start");
+                    }
+                })
+                .map_err(|source| ProxyError::Runtime { what: "worker thread", source })?;
+            handles.push(handle);
+        }
+        let control = {
+            let shared = shared.clone();
+            let shutdown = shutdown_rx.clone();
+            std::thread::Builder::new()
+                .name("weft-control".to_owned())
+                .spawn(move || control(shared, admin, shutdown))
+                .map_err(|source| ProxyError::Runtime { what: "control thread", source })?
+        };
+        Ok(Self {
+            config: ProxyConfig { workers, ..config },
+            shared,
+            generation: generation_tx,
+            shutdown: shutdown_tx,
+            workers: handles,
+            control: Some(control),
+            admin_addr,
+            update: Mutex::new(()),
+        })
+    }
+
+    /// The bound address of a listener (port 0 resolved).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.generation.borrow().listeners.get(name).map(|l| l.sockets.addr)
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The version of the snapshot being served.
+    pub fn version(&self) -> String {
+        self.generation.borrow().snapshot.version.clone()
+    }
+
+    /// Applies a new snapshot atomically: new requests use it, in-flight requests finish on
+    /// the one they started with. On error nothing changes and the old snapshot keeps serving.
+    pub fn update(&self, snapshot: Snapshot) -> Result<(), ProxyError> {
+        let _serial = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        snapshot.validate()?;
+        let previous = self.generation.borrow().clone();
+        let sockets = bind_listeners(&snapshot, Some(&previous), self.config.workers)?;
+        let next = Generation::build(Arc::new(snapshot), Some(&previous), &sockets, &self.shared.stats)
+            .map_err(|e| ProxyError::Build(Box::new(e)))?;
+        tracing::info!(version = %next.snapshot.version, "snapshot applied");
+        self.generation.send_replace(Arc::new(next));
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `drain_timeout`, then
+    /// closes everything and returns.
+    pub fn shutdown(mut self) {
+        let drain = self.config.drain_timeout;
+        self.stop(drain);
+    }
+
+    fn stop(&mut self, drain: Duration) {
+        self.shared.draining.store(true, Relaxed);
+        self.shutdown.send_replace(Some(drain));
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.control.is_some() {
+            self.stop(Duration::ZERO);
+        }
+    }
+}
+
+/// Binds the snapshot's listeners, reusing the sockets of listeners whose name, address,
+/// kind and protocol are unchanged.
+fn bind_listeners(
+    snapshot: &Snapshot,
+    previous: Option<&Generation>,
+    workers: usize,
+) -> Result<HashMap<String, Arc<ListenerSockets>>, ProxyError> {
+    let mut sockets = HashMap::new();
+    for listener in &snapshot.listeners {
+        let reused = previous.and_then(|p| p.listeners.get(&listener.name)).map(|l| &l.sockets).filter(|s| {
+            s.configured == listener.address && s.kind == listener.kind && s.protocol == listener.protocol
+        });
+        let bound = match reused {
+            Some(s) => s.clone(),
+            None => Arc::new(ListenerSockets::bind(listener, workers).map_err(|source| ProxyError::Bind {
+                listener: listener.name.clone(),
+                address: listener.address.clone(),
+                source,
+            })?),
+        };
+        sockets.insert(listener.name.clone(), bound);
+    }
+    Ok(sockets)
+}
+
+/// The control thread: admin API and active health checks, restarted per generation.
+fn control(shared: Arc<Shared>, admin: Option<std::net::TcpListener>, mut shutdown: watch::Receiver<Option<Duration>>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "control runtime failed to start");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let admin = admin.and_then(|socket| match tokio::net::TcpListener::from_std(socket) {
+            Ok(socket) => Some(tokio::spawn(crate::admin::serve(socket, shared.clone()))),
+            Err(error) => {
+                tracing::error!(%error, "admin listener failed");
+                None
+            }
+        });
+        let mut generation = shared.generation.clone();
+        let mut checks = Vec::new();
+        loop {
+            for task in checks.drain(..) {
+                tokio::task::JoinHandle::abort(&task);
+            }
+            let current = generation.borrow_and_update().clone();
+            for cluster in current.clusters.by_name.values().filter(|c| c.health_check.is_some()) {
+                checks.push(tokio::spawn(crate::cluster::health::run(cluster.clone())));
+            }
+            tokio::select! {
+                changed = generation.changed() => if changed.is_err() { break },
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Keep answering /ready with 503 while the workers drain.
+        let drain = shutdown.borrow().unwrap_or_default();
+        for task in checks {
+            task.abort();
+        }
+        tokio::time::sleep(drain.min(Duration::from_millis(100))).await;
+        if let Some(admin) = admin {
+            admin.abort();
+        }
+    });
+}
