@@ -1,1 +1,10 @@
-fn main(){}
+//! Integration tests of weft-proxy: the real proxy on 127.0.0.1 port 0, in-process upstreams,
+//! real HTTP clients. One test binary for the crate keeps link times down.
+
+#![allow(unreachable_pub, reason = "test fixtures are shared between test modules")]
+
+mod support;
+
+mod basics;
+mod grpc;
+mod websocket;
