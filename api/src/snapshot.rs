@@ -463,11 +463,9 @@ impl Snapshot {
     /// Parses YAML and validates the result; errors name the offending field's path.
     pub fn from_yaml(text: &str) -> Result<Self, LoadError> {
         let deserializer = serde_yaml::Deserializer::from_str(text);
-        let snapshot: Snapshot = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            LoadError::Parse {
-                path: e.path().to_string(),
-                message: e.inner().to_string(),
-            }
+        let snapshot: Snapshot = serde_path_to_error::deserialize(deserializer).map_err(|e| LoadError::Parse {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
         })?;
         snapshot.validate()?;
         Ok(snapshot)

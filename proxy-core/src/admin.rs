@@ -15,7 +15,9 @@ use crate::proxy::Shared;
 /// Serves the admin API on `socket` until the task is aborted.
 pub(crate) async fn serve(socket: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((stream, _)) = socket.accept().await else { continue };
+        let Ok((stream, _)) = socket.accept().await else {
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| handle(shared.clone(), request));
@@ -54,23 +56,32 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
             });
             let body = serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
             let mut response = text(StatusCode::OK, body);
-            response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
             response
         }
         "/stats/prometheus" => {
             let mut response = text(StatusCode::OK, shared.stats.render(&generation.clusters.gauges()));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "admin paths: /ready /live /config_dump /stats/prometheus\n".to_owned()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "admin paths: /ready /live /config_dump /stats/prometheus\n".to_owned(),
+        ),
     })
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
     response
 }

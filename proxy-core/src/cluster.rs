@@ -109,7 +109,9 @@ impl Cluster {
             return self.all.clone();
         }
         self.subsets.get(labels).cloned().unwrap_or_else(|| {
-            Arc::new(LbSet::build(self, |e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+            Arc::new(LbSet::build(self, |e| {
+                labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))
+            }))
         })
     }
 
@@ -120,11 +122,15 @@ impl Cluster {
             Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
             Outcome::LocalGatewayError => (true, true),
         };
-        let streak_5xx = if is_5xx { endpoint.consecutive_5xx.fetch_add(1, Relaxed) + 1 } else {
+        let streak_5xx = if is_5xx {
+            endpoint.consecutive_5xx.fetch_add(1, Relaxed) + 1
+        } else {
             endpoint.consecutive_5xx.store(0, Relaxed);
             0
         };
-        let streak_gw = if is_gateway { endpoint.consecutive_gateway.fetch_add(1, Relaxed) + 1 } else {
+        let streak_gw = if is_gateway {
+            endpoint.consecutive_gateway.fetch_add(1, Relaxed) + 1
+        } else {
             endpoint.consecutive_gateway.store(0, Relaxed);
             0
         };
@@ -200,9 +206,15 @@ impl ClusterSet {
                 .filter_map(|e| {
                     let addr: SocketAddr = e.address.parse().ok()?;
                     let reused = old.and_then(|o| {
-                        o.endpoints.iter().find(|x| x.addr == addr && x.labels == e.labels && x.weight == e.weight)
+                        o.endpoints
+                            .iter()
+                            .find(|x| x.addr == addr && x.labels == e.labels && x.weight == e.weight)
                     });
-                    Some(reused.cloned().unwrap_or_else(|| Arc::new(Endpoint::new(addr, e.labels.clone(), e.weight))))
+                    Some(
+                        reused
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(Endpoint::new(addr, e.labels.clone(), e.weight))),
+                    )
                 })
                 .collect();
             let mut cluster = Cluster {
@@ -231,7 +243,10 @@ impl ClusterSet {
     }
 
     pub(crate) fn gauges(&self) -> BTreeMap<String, ClusterGauges> {
-        self.by_name.iter().map(|(name, c)| (name.clone(), c.gauges())).collect()
+        self.by_name
+            .iter()
+            .map(|(name, c)| (name.clone(), c.gauges()))
+            .collect()
     }
 }
 

@@ -134,7 +134,10 @@ impl FilterChain {
     /// A chain of the given factories, in order.
     pub fn from_factories(factories: Vec<Arc<dyn FilterFactory>>) -> Self {
         let wants_body = factories.iter().any(|f| f.wants_body());
-        Self { factories: factories.into(), wants_body }
+        Self {
+            factories: factories.into(),
+            wants_body,
+        }
     }
 
     /// Whether the chain has no filters (the request path then skips every phase).
@@ -157,7 +160,10 @@ impl FilterChain {
 fn native(config: &weft_api::FilterConfig) -> Result<Arc<dyn FilterFactory>, FilterError> {
     match config.native.as_str() {
         "headers" => headers::HeadersFactory::new(config).map(|f| Arc::new(f) as Arc<dyn FilterFactory>),
-        other => Err(FilterError::UnknownType { name: config.name.clone(), kind: other.to_owned() }),
+        other => Err(FilterError::UnknownType {
+            name: config.name.clone(),
+            kind: other.to_owned(),
+        }),
     }
 }
 

@@ -57,11 +57,14 @@ impl Generation {
         }
         let mut listeners = HashMap::new();
         for config in &snapshot.listeners {
-            let (Some(routes), Some(sockets)) = (tables.get(config.route_table.as_str()), sockets.get(&config.name)) else {
+            let (Some(routes), Some(sockets)) = (tables.get(config.route_table.as_str()), sockets.get(&config.name))
+            else {
                 continue; // refused by validation or binding before we get here
             };
-            let chain = FilterChain::build(&config.filters)
-                .map_err(|source| BuildError::Filter { listener: config.name.clone(), source })?;
+            let chain = FilterChain::build(&config.filters).map_err(|source| BuildError::Filter {
+                listener: config.name.clone(),
+                source,
+            })?;
             listeners.insert(
                 config.name.clone(),
                 Listener {
@@ -74,6 +77,10 @@ impl Generation {
                 },
             );
         }
-        Ok(Self { snapshot, listeners, clusters })
+        Ok(Self {
+            snapshot,
+            listeners,
+            clusters,
+        })
     }
 }

@@ -1,7 +1,9 @@
 //! One request's path through the proxy (see `docs/request-path.md` for the chart):
 //!
-//! 1. downstream checks: framing (no Content-Length with Transfer-Encoding), header count,
-//!    declared body size, authority present;
+//! 1. downstream checks: header count, declared body size, authority present (framing is
+//!    checked by hyper's parser: conflicting lengths and non-chunked transfer codings get 400;
+//!    with both Transfer-Encoding and Content-Length, Transfer-Encoding wins and the connection
+//!    closes after the response, as RFC 9112 §6.3 prescribes, so nothing can be smuggled);
 //! 2. header hygiene: hop-by-hop headers dropped, `x-forwarded-for`/`-proto` and
 //!    `x-request-id` set;
 //! 3. `request_headers` phase of the listener's filter chain (may answer locally);
@@ -15,7 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -57,7 +59,10 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Serves one request; never fails (errors become local replies).
-pub(crate) async fn serve(conn: Arc<Connection>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub(crate) async fn serve(
+    conn: Arc<Connection>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let generation = conn.worker.generation.borrow().clone();
     let Some(listener) = generation.listeners.get(&conn.listener) else {
         return Ok(reply::local_reply(Reason::Unavailable));
@@ -67,11 +72,14 @@ pub(crate) async fn serve(conn: Arc<Connection>, request: Request<Incoming>) -> 
         conn: &conn,
         listener,
         start,
-        filters: Vec::new(),
+        filters: None,
         record: LogRecord {
             method: request.method().clone(),
             authority: String::new(),
-            path: request.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
             status: 0,
             route: None,
             cluster: None,
@@ -91,7 +99,7 @@ struct Exchange<'a> {
     conn: &'a Connection,
     listener: &'a Listener,
     start: Instant,
-    filters: Vec<Box<dyn HttpFilter>>,
+    filters: Option<SharedFilters>,
     record: LogRecord,
     active: Option<ActiveRequest>,
     downstream_version: Version,
@@ -106,9 +114,6 @@ impl Exchange<'_> {
         let (mut parts, body) = request.into_parts();
 
         // 1. Downstream checks.
-        if parts.headers.contains_key(header::TRANSFER_ENCODING) && parts.headers.contains_key(header::CONTENT_LENGTH) {
-            return Err(Local(Reason::RequestSmuggling).into());
-        }
         if parts.headers.len() > limits.max_request_headers_count as usize {
             return Err(Local(Reason::HeadersTooLarge).into());
         }
@@ -131,14 +136,20 @@ impl Exchange<'_> {
 
         // 2. Header hygiene.
         let upgrade = wants_upgrade(&parts);
-        let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+        let on_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
         strip_hop_by_hop(&mut parts.headers, upgrade);
         self.forwarded_headers(&mut parts.headers);
 
         // 3. request_headers phase.
         if !self.listener.chain.is_empty() {
-            self.filters = self.listener.chain.instantiate();
-            for filter in &mut self.filters {
+            let filters = self
+                .filters
+                .insert(SharedFilters::new(self.listener.chain.instantiate()));
+            for filter in filters.lock().iter_mut() {
                 if let FilterAction::Reply(reply) = filter.on_request_headers(&mut parts) {
                     return Err(LocalOrFilter::Filter(reply));
                 }
@@ -172,8 +183,14 @@ impl Exchange<'_> {
         // 5. Upstream.
         let cluster = &forward.cluster;
         self.record.cluster = Some(cluster.name.clone());
-        let hash = HashInput { headers: &parts.headers, source_ip: self.conn.peer.ip() };
-        let endpoint = forward.lb.pick(cluster, &hash).ok_or(Local(Reason::NoHealthyUpstream))?;
+        let hash = HashInput {
+            headers: &parts.headers,
+            source_ip: self.conn.peer.ip(),
+        };
+        let endpoint = forward
+            .lb
+            .pick(cluster, &hash)
+            .ok_or(Local(Reason::NoHealthyUpstream))?;
         self.record.upstream = Some(endpoint.addr);
         self.active = Some(ActiveRequest::start(cluster, &endpoint).ok_or_else(|| {
             cluster.stats.overflow.fetch_add(1, Relaxed);
@@ -181,7 +198,11 @@ impl Exchange<'_> {
         })?);
 
         let upstream_request = self.upstream_request(parts, body, forward, &authority)?;
-        let sent = self.conn.worker.pools.send(cluster, &endpoint, upstream_request, upgrade);
+        let sent = self
+            .conn
+            .worker
+            .pools
+            .send(cluster, &endpoint, upstream_request, upgrade);
         let started = Instant::now();
         let result = match forward.timeout {
             Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| ()),
@@ -291,16 +312,25 @@ impl Exchange<'_> {
                     .map_err(|_| Local(Reason::BadRequest))?;
                 parts.version = Version::HTTP_2;
                 parts.headers.remove(header::HOST);
+                // HTTP/2 has no Upgrade: the request goes as an ordinary exchange.
+                parts.headers.remove(header::CONNECTION);
+                parts.headers.remove(header::UPGRADE);
                 if parts.headers.get(header::TE).is_some_and(|te| te != "trailers") {
                     parts.headers.remove(header::TE);
                 }
             }
         }
         let limit = self.listener.limits.max_request_body_bytes;
-        let body = match limit {
+        let mut body = match limit {
             Some(limit) => body::boxed(body::Limited::new(body, limit)),
             None => body::boxed(body),
         };
+        if let Some(filters) = self.filters.as_ref().filter(|_| self.listener.chain.wants_body()) {
+            body = body::boxed(RequestBody {
+                inner: body,
+                filters: filters.clone(),
+            });
+        }
         Ok(Request::from_parts(parts, body))
     }
 
@@ -311,11 +341,7 @@ impl Exchange<'_> {
             Ok(response) => response,
             Err(LocalOrFilter::Local(Local(reason))) => {
                 self.record.reason = Some(reason.as_str());
-                let mut r = reply::local_reply(reason);
-                if reason == Reason::RequestSmuggling {
-                    r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                r
+                reply::local_reply(reason)
             }
             Err(LocalOrFilter::Filter(reply)) => {
                 self.record.reason = Some(Reason::Filter.as_str());
@@ -327,10 +353,14 @@ impl Exchange<'_> {
         }
 
         // response_headers phase (local replies included, as Envoy's encoder filters see them).
-        if !self.filters.is_empty() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(filters) = self
+            .filters
+            .as_ref()
+            .filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
+        {
             let (mut parts, body) = response.into_parts();
             let mut replaced = None;
-            for filter in &mut self.filters {
+            for filter in filters.lock().iter_mut() {
                 if let FilterAction::Reply(reply) = filter.on_response_headers(&mut parts) {
                     replaced = Some(reply);
                     break;
@@ -437,7 +467,14 @@ fn request_id() -> String {
     let bits = fastrand::u128(..);
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let hex = format!("{bits:032x}");
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
@@ -468,7 +505,10 @@ impl ActiveRequest {
         }
         endpoint.active_requests.fetch_add(1, Relaxed);
         cluster.stats.rq_active.fetch_add(1, Relaxed);
-        Some(Self { cluster: cluster.clone(), endpoint: endpoint.clone() })
+        Some(Self {
+            cluster: cluster.clone(),
+            endpoint: endpoint.clone(),
+        })
     }
 }
 
@@ -482,7 +522,7 @@ impl Drop for ActiveRequest {
 
 /// What happens when the response ends: the log phase and the release of the request's load.
 struct Finish {
-    filters: Vec<Box<dyn HttpFilter>>,
+    filters: Option<SharedFilters>,
     record: LogRecord,
     start: Instant,
     active: Option<ActiveRequest>,
@@ -492,8 +532,10 @@ struct Finish {
 impl Finish {
     fn run(mut self, complete: bool) {
         self.record.duration = self.start.elapsed();
-        for filter in &mut self.filters {
-            filter.on_log(&self.record);
+        if let Some(filters) = &self.filters {
+            for filter in filters.lock().iter_mut() {
+                filter.on_log(&self.record);
+            }
         }
         let _ = &self.stats;
         let r = &self.record;
@@ -553,8 +595,8 @@ impl Body for Tail {
             let end = inner.is_end_stream();
             let frame = match frame.into_data() {
                 Ok(mut data) => {
-                    if let Some(finish) = this.finish.as_mut() {
-                        for filter in &mut finish.filters {
+                    if let Some(filters) = this.finish.as_ref().and_then(|f| f.filters.as_ref()) {
+                        for filter in filters.lock().iter_mut() {
                             filter.on_response_body(&mut data, end);
                         }
                     }
@@ -572,7 +614,65 @@ impl Body for Tail {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.body_filters { SizeHint::default() } else { self.inner.size_hint() }
+        if self.body_filters {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}
+
+/// A request's filter instances, shared by the request path and the body streams (request
+/// and response bodies may flow at the same time on HTTP/2). Only one worker thread touches
+/// them, so the lock is never contended.
+#[derive(Clone)]
+struct SharedFilters(Arc<Mutex<Vec<Box<dyn HttpFilter>>>>);
+
+impl SharedFilters {
+    fn new(filters: Vec<Box<dyn HttpFilter>>) -> Self {
+        Self(Arc::new(Mutex::new(filters)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Box<dyn HttpFilter>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The upstream request body: runs `request_body` filters on each chunk.
+    struct RequestBody {
+        #[pin]
+        inner: ProxyBody,
+        filters: SharedFilters,
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        match inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let end = inner.is_end_stream();
+                Poll::Ready(Some(Ok(match frame.into_data() {
+                    Ok(mut data) => {
+                        for filter in this.filters.lock().iter_mut() {
+                            filter.on_request_body(&mut data, end);
+                        }
+                        Frame::data(data)
+                    }
+                    Err(frame) => frame,
+                })))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 }
 
@@ -616,6 +716,71 @@ mod tests {
         assert_eq!(h.get(header::TE).expect("te"), "trailers");
         assert_eq!(h.get(header::UPGRADE).expect("upgrade"), "websocket");
         assert_eq!(h.get(header::CONNECTION).expect("connection"), "upgrade");
+    }
+
+    /// Upper-cases request bodies and counts response bytes; records its log call.
+    struct Shout(Arc<Mutex<Vec<String>>>);
+
+    impl HttpFilter for Shout {
+        fn on_request_body(&mut self, data: &mut Bytes, end: bool) {
+            *data = Bytes::from(data.to_ascii_uppercase());
+            self.0.lock().expect("lock").push(format!("request_body end={end}"));
+        }
+        fn on_response_body(&mut self, data: &mut Bytes, end: bool) {
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("response_body {} end={end}", data.len()));
+        }
+        fn on_log(&mut self, record: &LogRecord) {
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("log {} {}", record.status, record.response_bytes));
+        }
+    }
+
+    #[tokio::test]
+    async fn body_phases_and_log_run_on_streamed_bodies() {
+        use http_body_util::BodyExt;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let filters = SharedFilters::new(vec![Box::new(Shout(events.clone()))]);
+        let request = RequestBody {
+            inner: body::full("hello"),
+            filters: filters.clone(),
+        };
+        assert_eq!(request.collect().await.expect("body").to_bytes(), "HELLO");
+
+        let record = LogRecord {
+            method: Method::GET,
+            authority: "svc".into(),
+            path: "/".into(),
+            status: 200,
+            route: None,
+            cluster: None,
+            upstream: None,
+            reason: None,
+            response_bytes: 0,
+            duration: Default::default(),
+        };
+        let finish = Finish {
+            filters: Some(filters),
+            record,
+            start: Instant::now(),
+            active: None,
+            stats: Arc::new(ListenerStats::default()),
+        };
+        let tail = Tail {
+            inner: body::full("world!"),
+            finish: Some(Box::new(finish)),
+            body_filters: true,
+        };
+        assert_eq!(tail.collect().await.expect("body").to_bytes(), "world!");
+        let events = events.lock().expect("lock").clone();
+        assert_eq!(
+            events,
+            ["request_body end=true", "response_body 6 end=true", "log 200 6"]
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ impl ListenerSockets {
 
     /// Worker `id`'s socket; `None` if it was taken already.
     pub(crate) fn take(&self, id: usize) -> Option<std::net::TcpListener> {
-        self.sockets.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id)?.take()
+        self.sockets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(id)?
+            .take()
     }
 }
 

@@ -33,20 +33,22 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let snapshot = Snapshot::from_yaml_file(&args.config)
-        .with_context(|| format!("loading {}", args.config.display()))?;
+    let snapshot =
+        Snapshot::from_yaml_file(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     if args.check {
         tracing::info!(version = %snapshot.version, "snapshot is valid");
         return Ok(());
     }
-    let mut config = ProxyConfig { admin_address: Some(args.admin), drain_timeout: args.drain_timeout, ..Default::default() };
+    let mut config = ProxyConfig {
+        admin_address: Some(args.admin),
+        drain_timeout: args.drain_timeout,
+        ..Default::default()
+    };
     if let Some(workers) = args.workers {
         config.workers = workers;
     }
@@ -87,5 +89,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn proxy_listeners(path: &std::path::Path) -> Vec<String> {
-    Snapshot::from_yaml_file(path).map(|s| s.listeners.into_iter().map(|l| l.name).collect()).unwrap_or_default()
+    Snapshot::from_yaml_file(path)
+        .map(|s| s.listeners.into_iter().map(|l| l.name).collect())
+        .unwrap_or_default()
 }

@@ -81,7 +81,11 @@ impl Pools {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let key = (endpoint.addr, UpstreamProtocol::Http1);
         loop {
-            let idle = if upgrade { None } else { self.with(key, |p| take_idle(&mut p.idle)) };
+            let idle = if upgrade {
+                None
+            } else {
+                self.with(key, |p| take_idle(&mut p.idle))
+            };
             let reused = idle.is_some();
             let mut sender = match idle {
                 Some(sender) => sender,
@@ -94,7 +98,9 @@ impl Pools {
                 Ok(response) => {
                     let pooled = (!upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS)
                         .then(|| (self.clone(), key, sender));
-                    return Ok(response.map(|body| PooledBody::new(body, pooled)).map(crate::body::boxed));
+                    return Ok(response
+                        .map(|body| PooledBody::new(body, pooled))
+                        .map(crate::body::boxed));
                 }
                 Err(mut error) => match error.take_message() {
                     // A pooled connection closed under us before the request went out: the
@@ -179,7 +185,10 @@ async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<TcpStre
         return Err(UpstreamError::Overflow);
     }
     cluster.stats.cx_active.fetch_add(1, Relaxed);
-    let guard = ConnectionGuard { load: load.clone(), stats: cluster.stats.clone() };
+    let guard = ConnectionGuard {
+        load: load.clone(),
+        stats: cluster.stats.clone(),
+    };
     let stream = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(endpoint.addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -189,7 +198,11 @@ async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<TcpStre
         Err(_) => {
             cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
             return Err(UpstreamError::Connect(
-                format!("connect to {} timed out after {:?}", endpoint.addr, cluster.connect_timeout).into(),
+                format!(
+                    "connect to {} timed out after {:?}",
+                    endpoint.addr, cluster.connect_timeout
+                )
+                .into(),
             ));
         }
     };

@@ -98,7 +98,11 @@ impl Proxy {
             .map_err(|e| ProxyError::Build(Box::new(e)))?;
         let (generation_tx, generation_rx) = watch::channel(Arc::new(first));
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
-        let shared = Arc::new(Shared { stats, draining: AtomicBool::new(false), generation: generation_rx.clone() });
+        let shared = Arc::new(Shared {
+            stats,
+            draining: AtomicBool::new(false),
+            generation: generation_rx.clone(),
+        });
 
         let admin = match config.admin_address {
             Some(addr) => {
@@ -107,7 +111,10 @@ impl Proxy {
                     address: addr.to_string(),
                     source,
                 })?;
-                socket.set_nonblocking(true).map_err(|source| ProxyError::Runtime { what: "admin listener", source })?;
+                socket.set_nonblocking(true).map_err(|source| ProxyError::Runtime {
+                    what: "admin listener",
+                    source,
+                })?;
                 Some(socket)
             }
             None => None,
@@ -125,7 +132,10 @@ impl Proxy {
                         tracing::error!(worker = id, %error, "worker failed to start");
                     }
                 })
-                .map_err(|source| ProxyError::Runtime { what: "worker thread", source })?;
+                .map_err(|source| ProxyError::Runtime {
+                    what: "worker thread",
+                    source,
+                })?;
             handles.push(handle);
         }
         let control = {
@@ -134,7 +144,10 @@ impl Proxy {
             std::thread::Builder::new()
                 .name("weft-control".to_owned())
                 .spawn(move || control(shared, admin, shutdown))
-                .map_err(|source| ProxyError::Runtime { what: "control thread", source })?
+                .map_err(|source| ProxyError::Runtime {
+                    what: "control thread",
+                    source,
+                })?
         };
         Ok(Self {
             config: ProxyConfig { workers, ..config },
@@ -213,16 +226,19 @@ fn bind_listeners(
 ) -> Result<HashMap<String, Arc<ListenerSockets>>, ProxyError> {
     let mut sockets = HashMap::new();
     for listener in &snapshot.listeners {
-        let reused = previous.and_then(|p| p.listeners.get(&listener.name)).map(|l| &l.sockets).filter(|s| {
-            s.configured == listener.address && s.kind == listener.kind && s.protocol == listener.protocol
-        });
+        let reused = previous
+            .and_then(|p| p.listeners.get(&listener.name))
+            .map(|l| &l.sockets)
+            .filter(|s| s.configured == listener.address && s.kind == listener.kind && s.protocol == listener.protocol);
         let bound = match reused {
             Some(s) => s.clone(),
-            None => Arc::new(ListenerSockets::bind(listener, workers).map_err(|source| ProxyError::Bind {
-                listener: listener.name.clone(),
-                address: listener.address.clone(),
-                source,
-            })?),
+            None => Arc::new(
+                ListenerSockets::bind(listener, workers).map_err(|source| ProxyError::Bind {
+                    listener: listener.name.clone(),
+                    address: listener.address.clone(),
+                    source,
+                })?,
+            ),
         };
         sockets.insert(listener.name.clone(), bound);
     }

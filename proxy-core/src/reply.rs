@@ -13,8 +13,6 @@ pub const REASON_HEADER: &str = "x-weft-reason";
 pub enum Reason {
     /// The request is malformed (400).
     BadRequest,
-    /// The request has conflicting framing (Content-Length with Transfer-Encoding) (400).
-    RequestSmuggling,
     /// The request carries too many or too large headers (431).
     HeadersTooLarge,
     /// The request body is larger than allowed (413).
@@ -46,7 +44,6 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::BadRequest => "bad_request",
-            Reason::RequestSmuggling => "request_smuggling",
             Reason::HeadersTooLarge => "headers_too_large",
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::MethodNotAllowed => "method_not_allowed",
@@ -65,7 +62,7 @@ impl Reason {
     /// The status a local reply for this reason carries.
     pub fn status(self) -> StatusCode {
         match self {
-            Reason::BadRequest | Reason::RequestSmuggling => StatusCode::BAD_REQUEST,
+            Reason::BadRequest => StatusCode::BAD_REQUEST,
             Reason::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -91,7 +88,6 @@ impl Reason {
     fn body(self) -> &'static str {
         match self {
             Reason::BadRequest => "bad request\n",
-            Reason::RequestSmuggling => "bad request: both content-length and transfer-encoding\n",
             Reason::HeadersTooLarge => "request header fields too large\n",
             Reason::PayloadTooLarge => "payload too large\n",
             Reason::MethodNotAllowed => "method not allowed\n",

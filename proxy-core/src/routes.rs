@@ -56,7 +56,11 @@ enum HeaderMatchKind {
 /// What a route does.
 pub(crate) enum Action {
     Forward(Forward),
-    Direct { status: StatusCode, body: Bytes, headers: HeaderMap },
+    Direct {
+        status: StatusCode,
+        body: Bytes,
+        headers: HeaderMap,
+    },
 }
 
 /// Forwarding to a cluster, with everything resolved.
@@ -79,7 +83,10 @@ pub(crate) struct CompileError {
 
 impl RouteTable {
     pub(crate) fn compile(table: &weft_api::RouteTable, clusters: &ClusterSet) -> Result<Self, CompileError> {
-        let err = |message: String| CompileError { table: table.name.clone(), message };
+        let err = |message: String| CompileError {
+            table: table.name.clone(),
+            message,
+        };
         let mut compiled = RouteTable {
             exact: HashMap::new(),
             suffixes: Vec::new(),
@@ -133,10 +140,18 @@ impl RouteTable {
             return Some(i);
         }
         for candidate in [authority, host] {
-            if let Some((_, i)) = self.suffixes.iter().find(|(s, _)| candidate.len() > s.len() && candidate.ends_with(s.as_str())) {
+            if let Some((_, i)) = self
+                .suffixes
+                .iter()
+                .find(|(s, _)| candidate.len() > s.len() && candidate.ends_with(s.as_str()))
+            {
                 return Some(*i);
             }
-            if let Some((_, i)) = self.prefixes.iter().find(|(p, _)| candidate.len() > p.len() && candidate.starts_with(p.as_str())) {
+            if let Some((_, i)) = self
+                .prefixes
+                .iter()
+                .find(|(p, _)| candidate.len() > p.len() && candidate.starts_with(p.as_str()))
+            {
                 return Some(*i);
             }
         }
@@ -206,12 +221,20 @@ fn compile_route(route: &weft_api::Route, clusters: &ClusterSet) -> Result<Route
                 (_, _, Some(r)) => HeaderMatchKind::Regex(whole(r)?),
                 _ => HeaderMatchKind::Present,
             };
-            Ok(HeaderMatcher { name, kind, invert: h.invert })
+            Ok(HeaderMatcher {
+                name,
+                kind,
+                invert: h.invert,
+            })
         })
         .collect::<Result<_, String>>()?;
     let action = match (&route.forward, &route.direct_response) {
         (Some(f), _) => {
-            let cluster = clusters.by_name.get(&f.cluster).ok_or_else(|| format!("no cluster {:?}", f.cluster))?.clone();
+            let cluster = clusters
+                .by_name
+                .get(&f.cluster)
+                .ok_or_else(|| format!("no cluster {:?}", f.cluster))?
+                .clone();
             let lb = cluster.subset(&f.subset);
             let prefix_rewrite = f.prefix_rewrite.as_ref().and_then(|replacement| {
                 let prefix = route.matches.path.as_ref()?.prefix.clone()?;
@@ -222,7 +245,13 @@ fn compile_route(route: &weft_api::Route, clusters: &ClusterSet) -> Result<Route
                 .as_ref()
                 .map(|h| HeaderValue::from_str(h).map_err(|e| format!("host_rewrite {h:?}: {e}")))
                 .transpose()?;
-            Action::Forward(Forward { cluster, lb, timeout: f.timeout, prefix_rewrite, host_rewrite })
+            Action::Forward(Forward {
+                cluster,
+                lb,
+                timeout: f.timeout,
+                prefix_rewrite,
+                host_rewrite,
+            })
         }
         (None, Some(d)) => {
             let status = StatusCode::from_u16(d.status).map_err(|e| format!("status {}: {e}", d.status))?;
@@ -232,11 +261,20 @@ fn compile_route(route: &weft_api::Route, clusters: &ClusterSet) -> Result<Route
                 let value = HeaderValue::from_str(v).map_err(|e| format!("header {k:?} value: {e}"))?;
                 headers.append(name, value);
             }
-            Action::Direct { status, body: Bytes::from(d.body.clone()), headers }
+            Action::Direct {
+                status,
+                body: Bytes::from(d.body.clone()),
+                headers,
+            }
         }
         (None, None) => return Err("route has no action".to_owned()),
     };
-    Ok(Route { name: Arc::from(route.name.as_str()), path, headers, action })
+    Ok(Route {
+        name: Arc::from(route.name.as_str()),
+        path,
+        headers,
+        action,
+    })
 }
 
 #[cfg(test)]
@@ -265,14 +303,16 @@ mod tests {
 
     #[test]
     fn domains_prefer_exact_then_suffix_then_prefix_then_any() {
-        let t = table(&[
-            vhost("exact", "[\"api.example.com\"]"),
-            vhost("suffix", "[\"*.example.com\"]"),
-            vhost("longer", "[\"*.eu.example.com\"]"),
-            vhost("prefix", "[\"api.*\"]"),
-            vhost("any", "[\"*\"]"),
-        ]
-        .concat());
+        let t = table(
+            &[
+                vhost("exact", "[\"api.example.com\"]"),
+                vhost("suffix", "[\"*.example.com\"]"),
+                vhost("longer", "[\"*.eu.example.com\"]"),
+                vhost("prefix", "[\"api.*\"]"),
+                vhost("any", "[\"*\"]"),
+            ]
+            .concat(),
+        );
         assert_eq!(found(&t, "api.example.com").as_deref(), Some("exact"));
         assert_eq!(found(&t, "API.Example.com:8080").as_deref(), Some("exact"));
         assert_eq!(found(&t, "www.example.com").as_deref(), Some("suffix"));
@@ -304,7 +344,11 @@ mod tests {
         let name = |path: &str, h: &HeaderMap| t.find("reviews", path, h).map(|r| r.name.to_string());
         assert_eq!(name("/reviews/1", &jason).as_deref(), Some("jason"));
         assert_eq!(name("/reviews/1", &HeaderMap::new()).as_deref(), Some("not-test"));
-        assert_eq!(name("/reviews/1x", &HeaderMap::new()), None, "regex must match the whole path");
+        assert_eq!(
+            name("/reviews/1x", &HeaderMap::new()),
+            None,
+            "regex must match the whole path"
+        );
         let mut test = HeaderMap::new();
         test.insert("x-test", "1".parse().expect("value"));
         assert_eq!(name("/reviews/1", &test), None);

@@ -72,8 +72,9 @@ fn class_index(status: u16) -> Option<usize> {
 }
 
 /// Upper bounds of the latency histogram buckets, in milliseconds.
-const BUCKETS_MS: [f64; 15] =
-    [0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0];
+const BUCKETS_MS: [f64; 15] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+];
 
 /// A fixed-bucket latency histogram.
 #[derive(Default)]
@@ -89,7 +90,8 @@ impl Histogram {
         if let Some(bucket) = self.buckets.get(index) {
             bucket.fetch_add(1, Relaxed);
         }
-        self.sum_us.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.sum_us
+            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 }
 
@@ -124,43 +126,172 @@ impl Stats {
         let listeners = self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner()).clone();
 
-        header(&mut out, "weft_listener_downstream_rq_total", "counter", "Responses sent downstream, by status class.");
+        header(
+            &mut out,
+            "weft_listener_downstream_rq_total",
+            "counter",
+            "Responses sent downstream, by status class.",
+        );
         for (name, s) in &listeners {
             for (i, counter) in s.rq_by_class.iter().enumerate() {
-                let _ = writeln!(out, "weft_listener_downstream_rq_total{{listener=\"{}\",code_class=\"{}xx\"}} {}", esc(name), i + 1, counter.load(Relaxed));
+                let _ = writeln!(
+                    out,
+                    "weft_listener_downstream_rq_total{{listener=\"{}\",code_class=\"{}xx\"}} {}",
+                    esc(name),
+                    i + 1,
+                    counter.load(Relaxed)
+                );
             }
         }
-        simple(&mut out, "weft_listener_downstream_cx_total", "counter", "Downstream connections accepted.", "listener", &listeners, |s| s.cx_total.load(Relaxed) as i64);
-        simple(&mut out, "weft_listener_downstream_cx_active", "gauge", "Downstream connections open.", "listener", &listeners, |s| s.cx_active.load(Relaxed));
-        header(&mut out, "weft_listener_local_replies_total", "counter", "Responses made by the proxy itself, by x-weft-reason.");
+        simple(
+            &mut out,
+            "weft_listener_downstream_cx_total",
+            "counter",
+            "Downstream connections accepted.",
+            "listener",
+            &listeners,
+            |s| s.cx_total.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_listener_downstream_cx_active",
+            "gauge",
+            "Downstream connections open.",
+            "listener",
+            &listeners,
+            |s| s.cx_active.load(Relaxed),
+        );
+        header(
+            &mut out,
+            "weft_listener_local_replies_total",
+            "counter",
+            "Responses made by the proxy itself, by x-weft-reason.",
+        );
         for (name, s) in &listeners {
             let map = s.local_replies.lock().unwrap_or_else(|p| p.into_inner());
             for (reason, count) in map.iter() {
-                let _ = writeln!(out, "weft_listener_local_replies_total{{listener=\"{}\",reason=\"{reason}\"}} {count}", esc(name));
+                let _ = writeln!(
+                    out,
+                    "weft_listener_local_replies_total{{listener=\"{}\",reason=\"{reason}\"}} {count}",
+                    esc(name)
+                );
             }
         }
 
-        header(&mut out, "weft_cluster_upstream_rq_total", "counter", "Upstream responses, by status class.");
+        header(
+            &mut out,
+            "weft_cluster_upstream_rq_total",
+            "counter",
+            "Upstream responses, by status class.",
+        );
         for (name, s) in &clusters {
             for (i, counter) in s.rq_by_class.iter().enumerate() {
-                let _ = writeln!(out, "weft_cluster_upstream_rq_total{{cluster=\"{}\",code_class=\"{}xx\"}} {}", esc(name), i + 1, counter.load(Relaxed));
+                let _ = writeln!(
+                    out,
+                    "weft_cluster_upstream_rq_total{{cluster=\"{}\",code_class=\"{}xx\"}} {}",
+                    esc(name),
+                    i + 1,
+                    counter.load(Relaxed)
+                );
             }
         }
         let c = &clusters;
-        simple(&mut out, "weft_cluster_upstream_rq_active", "gauge", "Requests in flight to the cluster.", "cluster", c, |s| s.rq_active.load(Relaxed));
-        simple(&mut out, "weft_cluster_upstream_cx_total", "counter", "Upstream connections opened.", "cluster", c, |s| s.cx_total.load(Relaxed) as i64);
-        simple(&mut out, "weft_cluster_upstream_cx_active", "gauge", "Upstream connections open.", "cluster", c, |s| s.cx_active.load(Relaxed));
-        simple(&mut out, "weft_cluster_upstream_cx_connect_fail_total", "counter", "Upstream connections that failed to open.", "cluster", c, |s| s.cx_connect_fail.load(Relaxed) as i64);
-        simple(&mut out, "weft_cluster_upstream_rq_timeout_total", "counter", "Upstream requests that timed out.", "cluster", c, |s| s.rq_timeout.load(Relaxed) as i64);
-        simple(&mut out, "weft_cluster_upstream_rq_reset_total", "counter", "Upstream requests reset before the response.", "cluster", c, |s| s.rq_reset.load(Relaxed) as i64);
-        simple(&mut out, "weft_cluster_upstream_overflow_total", "counter", "Requests refused by a circuit breaker.", "cluster", c, |s| s.overflow.load(Relaxed) as i64);
-        simple(&mut out, "weft_cluster_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection.", "cluster", c, |s| s.ejections.load(Relaxed) as i64);
-        simple(&mut out, "weft_cluster_health_check_failures_total", "counter", "Failed active health checks.", "cluster", c, |s| s.hc_failures.load(Relaxed) as i64);
+        simple(
+            &mut out,
+            "weft_cluster_upstream_rq_active",
+            "gauge",
+            "Requests in flight to the cluster.",
+            "cluster",
+            c,
+            |s| s.rq_active.load(Relaxed),
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_cx_total",
+            "counter",
+            "Upstream connections opened.",
+            "cluster",
+            c,
+            |s| s.cx_total.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_cx_active",
+            "gauge",
+            "Upstream connections open.",
+            "cluster",
+            c,
+            |s| s.cx_active.load(Relaxed),
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_cx_connect_fail_total",
+            "counter",
+            "Upstream connections that failed to open.",
+            "cluster",
+            c,
+            |s| s.cx_connect_fail.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_rq_timeout_total",
+            "counter",
+            "Upstream requests that timed out.",
+            "cluster",
+            c,
+            |s| s.rq_timeout.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_rq_reset_total",
+            "counter",
+            "Upstream requests reset before the response.",
+            "cluster",
+            c,
+            |s| s.rq_reset.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_overflow_total",
+            "counter",
+            "Requests refused by a circuit breaker.",
+            "cluster",
+            c,
+            |s| s.overflow.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_outlier_ejections_total",
+            "counter",
+            "Endpoints ejected by outlier detection.",
+            "cluster",
+            c,
+            |s| s.ejections.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_health_check_failures_total",
+            "counter",
+            "Failed active health checks.",
+            "cluster",
+            c,
+            |s| s.hc_failures.load(Relaxed) as i64,
+        );
 
         for (metric, help, pick) in [
-            ("weft_cluster_membership_total", "Endpoints in the cluster.", (|g: &ClusterGauges| g.total) as fn(&ClusterGauges) -> usize),
-            ("weft_cluster_membership_healthy", "Endpoints passing health checks.", |g| g.healthy),
-            ("weft_cluster_outlier_ejected", "Endpoints ejected right now.", |g| g.ejected),
+            (
+                "weft_cluster_membership_total",
+                "Endpoints in the cluster.",
+                (|g: &ClusterGauges| g.total) as fn(&ClusterGauges) -> usize,
+            ),
+            (
+                "weft_cluster_membership_healthy",
+                "Endpoints passing health checks.",
+                |g| g.healthy,
+            ),
+            ("weft_cluster_outlier_ejected", "Endpoints ejected right now.", |g| {
+                g.ejected
+            }),
         ] {
             header(&mut out, metric, "gauge", help);
             for (name, g) in gauges {
@@ -168,17 +299,34 @@ impl Stats {
             }
         }
 
-        header(&mut out, "weft_cluster_upstream_rq_time_ms", "histogram", "Time from sending the request to the response headers.");
+        header(
+            &mut out,
+            "weft_cluster_upstream_rq_time_ms",
+            "histogram",
+            "Time from sending the request to the response headers.",
+        );
         for (name, s) in &clusters {
             let mut cumulative = 0;
             for (i, bucket) in s.rq_time.buckets.iter().enumerate() {
                 cumulative += bucket.load(Relaxed);
                 let le = BUCKETS_MS.get(i).map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-                let _ = writeln!(out, "weft_cluster_upstream_rq_time_ms_bucket{{cluster=\"{}\",le=\"{le}\"}} {cumulative}", esc(name));
+                let _ = writeln!(
+                    out,
+                    "weft_cluster_upstream_rq_time_ms_bucket{{cluster=\"{}\",le=\"{le}\"}} {cumulative}",
+                    esc(name)
+                );
             }
             let sum_ms = s.rq_time.sum_us.load(Relaxed) as f64 / 1000.0;
-            let _ = writeln!(out, "weft_cluster_upstream_rq_time_ms_sum{{cluster=\"{}\"}} {sum_ms}", esc(name));
-            let _ = writeln!(out, "weft_cluster_upstream_rq_time_ms_count{{cluster=\"{}\"}} {cumulative}", esc(name));
+            let _ = writeln!(
+                out,
+                "weft_cluster_upstream_rq_time_ms_sum{{cluster=\"{}\"}} {sum_ms}",
+                esc(name)
+            );
+            let _ = writeln!(
+                out,
+                "weft_cluster_upstream_rq_time_ms_count{{cluster=\"{}\"}} {cumulative}",
+                esc(name)
+            );
         }
         out
     }

@@ -3,15 +3,16 @@
 //! on the worker that accepted it, so the request path takes no cross-thread locks.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use weft_api::ListenerProtocol;
 
@@ -19,43 +20,87 @@ use crate::generation::Generation;
 use crate::http::{Connection, WorkerContext};
 use crate::listener::ListenerSockets;
 use crate::pool::Pools;
+use crate::stats::ListenerStats;
 
 /// Runs worker `id` until `shutdown` carries a drain deadline; returns once drained.
 pub(crate) fn run(
     id: usize,
     generation: watch::Receiver<Arc<Generation>>,
-    mut shutdown: watch::Receiver<Option<Duration>>,
+    shutdown: watch::Receiver<Option<Duration>>,
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let context = Arc::new(WorkerContext { generation: generation.clone(), pools: Arc::new(Pools::default()) });
-        let graceful = Arc::new(GracefulShutdown::new());
+        let context = Arc::new(WorkerContext {
+            generation: generation.clone(),
+            pools: Arc::new(Pools::default()),
+        });
+        let tracker = Arc::new(Tracker::default());
         let mut accepting: HashMap<String, (Arc<ListenerSockets>, JoinHandle<()>)> = HashMap::new();
         let mut generation = generation;
+        let mut stop = shutdown.clone();
         loop {
-            reconcile(id, &generation.borrow_and_update(), &mut accepting, &context, &graceful);
+            reconcile(
+                id,
+                &generation.borrow_and_update(),
+                &mut accepting,
+                &context,
+                &tracker,
+                &shutdown,
+            );
             tokio::select! {
                 changed = generation.changed() => if changed.is_err() { break },
-                _ = shutdown.changed() => break,
+                _ = stop.changed() => break,
             }
         }
-        let drain = shutdown.borrow().unwrap_or_default();
+        let drain = stop.borrow().unwrap_or_default();
         for (_, (_, task)) in accepting.drain() {
             task.abort();
-            let _ = task.await;
         }
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            tracing::error!(worker = id, "connections still referenced; closing without drain");
-            return;
-        };
-        let open = graceful.count();
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-            tracing::warn!(worker = id, open, "drain deadline passed; closing remaining connections");
+        let open = tracker.count.load(Relaxed);
+        if tokio::time::timeout(drain, tracker.idle()).await.is_err() {
+            tracing::warn!(
+                worker = id,
+                open,
+                "drain deadline passed; closing remaining connections"
+            );
         } else {
-            tracing::debug!(worker = id, "drained");
+            tracing::debug!(worker = id, open, "drained");
         }
     });
     Ok(())
+}
+
+/// Counts a worker's open downstream connections so shutdown can wait for them.
+#[derive(Default)]
+struct Tracker {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+impl Tracker {
+    fn enter(self: &Arc<Self>) -> TrackerGuard {
+        self.count.fetch_add(1, Relaxed);
+        TrackerGuard(self.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.changed.notified();
+            if self.count.load(Relaxed) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct TrackerGuard(Arc<Tracker>);
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Relaxed);
+        self.0.changed.notify_waiters();
+    }
 }
 
 /// Starts accepting on listeners new in this generation and stops the ones that left it.
@@ -64,10 +109,14 @@ fn reconcile(
     generation: &Generation,
     accepting: &mut HashMap<String, (Arc<ListenerSockets>, JoinHandle<()>)>,
     context: &Arc<WorkerContext>,
-    graceful: &Arc<GracefulShutdown>,
+    tracker: &Arc<Tracker>,
+    shutdown: &watch::Receiver<Option<Duration>>,
 ) {
     accepting.retain(|name, (sockets, task)| {
-        let keep = generation.listeners.get(name).is_some_and(|l| Arc::ptr_eq(&l.sockets, sockets));
+        let keep = generation
+            .listeners
+            .get(name)
+            .is_some_and(|l| Arc::ptr_eq(&l.sockets, sockets));
         if !keep {
             task.abort();
         }
@@ -77,7 +126,9 @@ fn reconcile(
         if accepting.contains_key(name) {
             continue;
         }
-        let Some(socket) = listener.sockets.take(id) else { continue };
+        let Some(socket) = listener.sockets.take(id) else {
+            continue;
+        };
         let socket = match TcpListener::from_std(socket) {
             Ok(socket) => socket,
             Err(error) => {
@@ -90,7 +141,8 @@ fn reconcile(
             name.clone(),
             listener.sockets.protocol,
             context.clone(),
-            graceful.clone(),
+            tracker.clone(),
+            shutdown.clone(),
         ));
         accepting.insert(name.clone(), (listener.sockets.clone(), task));
     }
@@ -101,7 +153,8 @@ async fn accept_loop(
     name: String,
     protocol: ListenerProtocol,
     context: Arc<WorkerContext>,
-    graceful: Arc<GracefulShutdown>,
+    tracker: Arc<Tracker>,
+    shutdown: watch::Receiver<Option<Duration>>,
 ) {
     loop {
         let (stream, peer) = match socket.accept().await {
@@ -115,38 +168,83 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let generation = context.generation.borrow().clone();
-        let Some(listener) = generation.listeners.get(&name) else { continue };
+        let Some(listener) = generation.listeners.get(&name) else {
+            continue;
+        };
         let limits = listener.limits;
         let stats = listener.stats.clone();
         stats.cx_total.fetch_add(1, Relaxed);
         stats.cx_active.fetch_add(1, Relaxed);
-        let connection = Arc::new(Connection { listener: name.clone(), peer, worker: context.clone() });
-        let service = hyper::service::service_fn(move |request| crate::http::serve(connection.clone(), request));
-
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .max_headers(limits.max_request_headers_count as usize)
-            .max_buf_size((limits.max_request_headers_bytes as usize).max(8192));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.http2_max_concurrent_streams)
-            .max_header_list_size(limits.max_request_headers_bytes);
-        let builder = match protocol {
-            ListenerProtocol::Http1 => builder.http1_only(),
-            ListenerProtocol::Http2 => builder.http2_only(),
-            ListenerProtocol::Auto => builder,
-        };
-        let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let serving = graceful.watch(serving);
-        tokio::spawn(async move {
-            if let Err(error) = serving.await {
-                tracing::debug!(%error, "downstream connection ended");
-            }
-            stats.cx_active.fetch_sub(1, Relaxed);
+        let connection = Arc::new(Connection {
+            listener: name.clone(),
+            peer,
+            worker: context.clone(),
         });
+        let service = hyper::service::service_fn(move |request| crate::http::serve(connection.clone(), request));
+        let io = TokioIo::new(stream);
+        let guard = tracker.enter();
+        let shutdown = shutdown.clone();
+        let header_bytes = (limits.max_request_headers_bytes as usize).max(8192);
+        match protocol {
+            ListenerProtocol::Http1 => {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .max_headers(limits.max_request_headers_count as usize)
+                    .max_header_size(header_bytes)
+                    .max_buf_size(header_bytes.max(64 * 1024))
+                    .serve_connection(io, service)
+                    .with_upgrades();
+                tokio::spawn(drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats));
+            }
+            ListenerProtocol::Http2 => {
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(limits.http2_max_concurrent_streams)
+                    .max_header_list_size(limits.max_request_headers_bytes)
+                    .serve_connection(io, service);
+                tokio::spawn(drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats));
+            }
+            ListenerProtocol::Auto => {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .max_headers(limits.max_request_headers_count as usize)
+                    .max_buf_size(header_bytes);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(limits.http2_max_concurrent_streams)
+                    .max_header_list_size(limits.max_request_headers_bytes);
+                let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+                tokio::spawn(drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats));
+            }
+        }
     }
+}
+
+/// Serves one connection; when shutdown begins, asks it to finish gracefully (HTTP/1.1 closes
+/// after the in-flight response, HTTP/2 sends GOAWAY) and waits for it.
+async fn drive<C, E>(
+    conn: C,
+    mut shutdown: watch::Receiver<Option<Duration>>,
+    graceful: impl FnOnce(Pin<&mut C>),
+    _guard: TrackerGuard,
+    stats: Arc<ListenerStats>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = async { let _ = shutdown.wait_for(Option::is_some).await; } => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "downstream connection ended");
+    }
+    stats.cx_active.fetch_sub(1, Relaxed);
 }

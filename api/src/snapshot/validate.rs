@@ -55,7 +55,10 @@ struct Errors(Vec<ValidationError>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ValidationError { path: path.into(), message: message.into() });
+        self.0.push(ValidationError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -88,7 +91,12 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
         }
         let mut filter_names = HashSet::new();
         for (j, filter) in listener.filters.iter().enumerate() {
-            check_name(&mut errors, &format!("{path}.filters[{j}]"), &filter.name, &mut filter_names);
+            check_name(
+                &mut errors,
+                &format!("{path}.filters[{j}]"),
+                &filter.name,
+                &mut filter_names,
+            );
         }
     }
 
@@ -127,9 +135,7 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
         for (j, endpoint) in cluster.endpoints.iter().enumerate() {
             let path = format!("{path}.endpoints[{j}]");
             match endpoint.address.parse::<SocketAddr>() {
-                Ok(addr) if addr.port() == 0 => {
-                    errors.push(format!("{path}.address"), "port 0 cannot be connected to")
-                }
+                Ok(addr) if addr.port() == 0 => errors.push(format!("{path}.address"), "port 0 cannot be connected to"),
                 Ok(addr) => {
                     if !endpoint_addresses.insert(addr) {
                         errors.push(format!("{path}.address"), format!("{addr} is listed twice"));
@@ -145,13 +151,17 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
             }
         }
         match (&cluster.lb_policy, &cluster.hash_on) {
-            (LbPolicy::RingHash, None) => {
-                errors.push(format!("{path}.hash_on"), "ring_hash needs hash_on (header, cookie or source_ip)")
-            }
+            (LbPolicy::RingHash, None) => errors.push(
+                format!("{path}.hash_on"),
+                "ring_hash needs hash_on (header, cookie or source_ip)",
+            ),
             (LbPolicy::RingHash, Some(h)) => {
                 let set = usize::from(h.header.is_some()) + usize::from(h.cookie.is_some()) + usize::from(h.source_ip);
                 if set != 1 {
-                    errors.push(format!("{path}.hash_on"), "exactly one of header, cookie, source_ip must be set");
+                    errors.push(
+                        format!("{path}.hash_on"),
+                        "exactly one of header, cookie, source_ip must be set",
+                    );
                 }
             }
             (_, Some(_)) => errors.push(format!("{path}.hash_on"), "only used with lb_policy ring_hash"),
@@ -190,10 +200,16 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
         }
         if let Some(od) = &cluster.outlier_detection {
             if od.max_ejection_percent > 100 {
-                errors.push(format!("{path}.outlier_detection.max_ejection_percent"), "must be at most 100");
+                errors.push(
+                    format!("{path}.outlier_detection.max_ejection_percent"),
+                    "must be at most 100",
+                );
             }
             if od.base_ejection_time.is_zero() {
-                errors.push(format!("{path}.outlier_detection.base_ejection_time"), "must be greater than zero");
+                errors.push(
+                    format!("{path}.outlier_detection.base_ejection_time"),
+                    "must be greater than zero",
+                );
             }
         }
     }
@@ -209,7 +225,11 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
         errors.push("limits.http2_max_concurrent_streams", "must be at least 1");
     }
 
-    if errors.0.is_empty() { Ok(()) } else { Err(LoadError::Invalid(errors.0)) }
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Invalid(errors.0))
+    }
 }
 
 fn check_name<'a>(errors: &mut Errors, path: &str, name: &'a str, seen: &mut HashSet<&'a str>) {
@@ -231,16 +251,24 @@ fn check_route(errors: &mut Errors, path: &str, route: &Route, snapshot: &Snapsh
         (Some(forward), None) => {
             let path = format!("{path}.forward");
             if !clusters.contains(forward.cluster.as_str()) {
-                errors.push(format!("{path}.cluster"), format!("no cluster named {:?}", forward.cluster));
+                errors.push(
+                    format!("{path}.cluster"),
+                    format!("no cluster named {:?}", forward.cluster),
+                );
             } else if !forward.subset.is_empty() {
                 let cluster = snapshot.cluster(&forward.cluster);
                 let any = cluster.is_some_and(|c| {
-                    c.endpoints.iter().any(|e| forward.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+                    c.endpoints
+                        .iter()
+                        .any(|e| forward.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
                 });
                 // An empty subset is legal (endpoints may come later) but almost always a typo
                 // while endpoints are static; say so rather than serve 503s silently.
                 if !any && cluster.is_some_and(|c| !c.endpoints.is_empty()) {
-                    errors.push(format!("{path}.subset"), "no endpoint of the cluster carries these labels");
+                    errors.push(
+                        format!("{path}.subset"),
+                        "no endpoint of the cluster carries these labels",
+                    );
                 }
             }
             if let Some(rewrite) = &forward.prefix_rewrite {
@@ -251,12 +279,18 @@ fn check_route(errors: &mut Errors, path: &str, route: &Route, snapshot: &Snapsh
                 }
             }
             if forward.timeout.is_some_and(|t| t.is_zero()) {
-                errors.push(format!("{path}.timeout"), "must be greater than zero (omit it for none)");
+                errors.push(
+                    format!("{path}.timeout"),
+                    "must be greater than zero (omit it for none)",
+                );
             }
             if let Some(host) = &forward.host_rewrite
                 && http_authority_invalid(host)
             {
-                errors.push(format!("{path}.host_rewrite"), format!("{host:?} is not a valid authority"));
+                errors.push(
+                    format!("{path}.host_rewrite"),
+                    format!("{host:?} is not a valid authority"),
+                );
             }
         }
         (None, Some(direct)) => {
@@ -270,7 +304,10 @@ fn check_route(errors: &mut Errors, path: &str, route: &Route, snapshot: &Snapsh
 }
 
 fn http_authority_invalid(host: &str) -> bool {
-    host.is_empty() || host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/' || b.is_ascii_control())
+    host.is_empty()
+        || host
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b == b'/' || b.is_ascii_control())
 }
 
 fn check_path_match(errors: &mut Errors, path: &str, m: &PathMatch) {
@@ -285,7 +322,10 @@ fn check_path_match(errors: &mut Errors, path: &str, m: &PathMatch) {
 
 fn check_header_match(errors: &mut Errors, path: &str, m: &HeaderMatch) {
     if http_header_name_invalid(&m.name) {
-        errors.push(format!("{path}.name"), format!("{:?} is not a valid header name", m.name));
+        errors.push(
+            format!("{path}.name"),
+            format!("{:?} is not a valid header name", m.name),
+        );
     }
     let set = usize::from(m.exact.is_some()) + usize::from(m.prefix.is_some()) + usize::from(m.regex.is_some());
     if set > 1 {
@@ -298,7 +338,9 @@ fn check_header_match(errors: &mut Errors, path: &str, m: &HeaderMatch) {
 
 fn http_header_name_invalid(name: &str) -> bool {
     name.is_empty()
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn check_regex(errors: &mut Errors, path: &str, re: &str) {
@@ -366,7 +408,10 @@ clusters:
 
         let bad = GOOD.replace("timeout: 2s", "timeout: 2 fortnights");
         let err = Snapshot::from_yaml(&bad).expect_err("bad timeout").to_string();
-        assert!(err.contains("route_tables[0].virtual_hosts[0].routes[0].forward.timeout"), "{err}");
+        assert!(
+            err.contains("route_tables[0].virtual_hosts[0].routes[0].forward.timeout"),
+            "{err}"
+        );
 
         let bad = GOOD.replace("lb_policy: ring_hash", "lb_policy: ring_hash\n    lb_polciy: random");
         let err = Snapshot::from_yaml(&bad).expect_err("unknown field").to_string();
@@ -380,7 +425,10 @@ clusters:
             .replace("address: 127.0.0.1:9081", "address: localhost:9081")
             .replace("route_table: main", "route_table: mian")
             .replace("prefix: /api", "regex: '(unclosed'")
-            .replace("hash_on: { header: x-user }", "hash_on: { header: x-user, source_ip: true }");
+            .replace(
+                "hash_on: { header: x-user }",
+                "hash_on: { header: x-user, source_ip: true }",
+            );
         let errors = errors_of(&bad);
         for expected in [
             "listeners[0].route_table: no route table named \"mian\"",
@@ -390,23 +438,45 @@ clusters:
             "clusters[0].endpoints[1].address: \"localhost:9081\" is not an ip:port socket address",
             "clusters[0].hash_on: exactly one of header, cookie, source_ip must be set",
         ] {
-            assert!(errors.iter().any(|e| e.starts_with(expected)), "missing {expected:?} in {errors:#?}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "missing {expected:?} in {errors:#?}"
+            );
         }
     }
 
     #[test]
     fn routes_need_exactly_one_action_and_known_subsets() {
         let bad = GOOD.replace("- direct_response: { status: 200, body: ok }", "- name: empty");
-        assert!(errors_of(&bad).iter().any(|e| e.contains("routes[1]: set one of forward and direct_response")));
+        assert!(
+            errors_of(&bad)
+                .iter()
+                .any(|e| e.contains("routes[1]: set one of forward and direct_response"))
+        );
         let bad = GOOD.replace("subset: { version: v1 }", "subset: { version: v9 }");
-        assert!(errors_of(&bad).iter().any(|e| e.contains("forward.subset: no endpoint")));
+        assert!(
+            errors_of(&bad)
+                .iter()
+                .any(|e| e.contains("forward.subset: no endpoint"))
+        );
     }
 
     #[test]
     fn duplicates_are_refused() {
         let bad = GOOD.replace("address: 127.0.0.1:9081", "address: 127.0.0.1:9080");
-        assert!(errors_of(&bad).iter().any(|e| e.contains("endpoints[1].address: 127.0.0.1:9080 is listed twice")));
-        let bad = GOOD.replace("domains: [\"reviews\", \"*.example.com\"]", "domains: [\"reviews\", \"Reviews\"]");
-        assert!(errors_of(&bad).iter().any(|e| e.contains("domains[1]: \"Reviews\" is already served")));
+        assert!(
+            errors_of(&bad)
+                .iter()
+                .any(|e| e.contains("endpoints[1].address: 127.0.0.1:9080 is listed twice"))
+        );
+        let bad = GOOD.replace(
+            "domains: [\"reviews\", \"*.example.com\"]",
+            "domains: [\"reviews\", \"Reviews\"]",
+        );
+        assert!(
+            errors_of(&bad)
+                .iter()
+                .any(|e| e.contains("domains[1]: \"Reviews\" is already served"))
+        );
     }
 }

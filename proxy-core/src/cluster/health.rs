@@ -56,7 +56,11 @@ fn record(cluster: &Cluster, endpoint: &Endpoint, ok: bool, healthy_threshold: u
     }
 }
 
-async fn check(cluster: &Cluster, endpoint: &Endpoint, path: &str) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+async fn check(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+    path: &str,
+) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
     let stream = TcpStream::connect(endpoint.addr).await?;
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
@@ -70,15 +74,20 @@ async fn check(cluster: &Cluster, endpoint: &Endpoint, path: &str) -> Result<u16
             let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, ProxyBody>(io).await?;
             tokio::spawn(conn);
             let mut req = request(path.to_owned())?;
-            req.headers_mut().insert(header::HOST, http::HeaderValue::from_str(&cluster.name)?);
-            req.headers_mut().insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            req.headers_mut()
+                .insert(header::HOST, http::HeaderValue::from_str(&cluster.name)?);
+            req.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
             sender.send_request(req).await?.status()
         }
         UpstreamProtocol::Http2 => {
             let (mut sender, conn) =
                 hyper::client::conn::http2::handshake::<_, _, ProxyBody>(TokioExecutor::new(), io).await?;
             tokio::spawn(conn);
-            sender.send_request(request(format!("http://{}{path}", cluster.name))?).await?.status()
+            sender
+                .send_request(request(format!("http://{}{path}", cluster.name))?)
+                .await?
+                .status()
         }
     };
     Ok(status.as_u16())

@@ -30,8 +30,18 @@ impl LbSet {
     pub(crate) fn build(cluster: &Cluster, include: impl Fn(&Endpoint) -> bool) -> Self {
         let members: Vec<Arc<Endpoint>> = cluster.endpoints.iter().filter(|e| include(e)).cloned().collect();
         let schedule = smooth_wrr(&members);
-        let ring = if cluster.lb_policy == LbPolicy::RingHash { build_ring(&members) } else { Vec::new() };
-        Self { members, schedule, cursor: Cursor::default(), ring, policy: cluster.lb_policy }
+        let ring = if cluster.lb_policy == LbPolicy::RingHash {
+            build_ring(&members)
+        } else {
+            Vec::new()
+        };
+        Self {
+            members,
+            schedule,
+            cursor: Cursor::default(),
+            ring,
+            policy: cluster.lb_policy,
+        }
     }
 
     /// Picks an available endpoint, or `None` when none is healthy and un-ejected.
@@ -64,12 +74,18 @@ impl LbSet {
     }
 
     fn random(&self, now: u64) -> Option<&Arc<Endpoint>> {
-        let available: u64 = self.members.iter().filter(|e| e.is_available(now)).map(|e| u64::from(e.weight)).sum();
-        if available == 0 {
+        self.random_except(now, None)
+    }
+
+    /// Weighted random choice among available members, other than `except`.
+    fn random_except(&self, now: u64, except: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+        let eligible = |e: &&Arc<Endpoint>| e.is_available(now) && except.is_none_or(|x| !Arc::ptr_eq(x, e));
+        let total: u64 = self.members.iter().filter(eligible).map(|e| u64::from(e.weight)).sum();
+        if total == 0 {
             return None;
         }
-        let mut point = fastrand::u64(0..available);
-        self.members.iter().filter(|e| e.is_available(now)).find(|e| {
+        let mut point = fastrand::u64(0..total);
+        self.members.iter().filter(eligible).find(|e| {
             let w = u64::from(e.weight);
             if point < w {
                 true
@@ -82,7 +98,11 @@ impl LbSet {
 
     fn least_request(&self, now: u64) -> Option<&Arc<Endpoint>> {
         let a = self.random(now)?;
-        let b = self.random(now)?;
+        // Two distinct candidates where there are two: drawing with replacement would compare
+        // an endpoint with itself.
+        let Some(b) = self.random_except(now, Some(a)) else {
+            return Some(a);
+        };
         // Weighted: compare active requests relative to weight.
         let load = |e: &Endpoint| u64::from(e.active_requests.load(Relaxed)) * 1000 / u64::from(e.weight.max(1));
         Some(if load(b) < load(a) { b } else { a })
@@ -185,9 +205,7 @@ mod tests {
             .enumerate()
             .map(|(i, w)| format!("      - {{ address: 127.0.0.1:{}, weight: {w} }}\n", 9000 + i))
             .collect();
-        let yaml = format!(
-            "clusters:\n  - name: c\n    lb_policy: {policy}\n{extra}    endpoints:\n{endpoints}"
-        );
+        let yaml = format!("clusters:\n  - name: c\n    lb_policy: {policy}\n{extra}    endpoints:\n{endpoints}");
         let snapshot = weft_api::Snapshot::from_yaml(&yaml).expect("valid snapshot");
         let set = ClusterSet::build(&snapshot, None, &Stats::default());
         set.by_name.get("c").expect("cluster").clone()
@@ -197,7 +215,10 @@ mod tests {
         let mut counts = HashMap::new();
         for i in 0..n {
             let headers = input(i);
-            let hi = HashInput { headers: &headers, source_ip: [127, 0, 0, 1].into() };
+            let hi = HashInput {
+                headers: &headers,
+                source_ip: [127, 0, 0, 1].into(),
+            };
             let e = cluster.all.pick(cluster, &hi).expect("an endpoint");
             *counts.entry(e.addr.port()).or_default() += 1;
         }
@@ -226,9 +247,9 @@ mod tests {
         let c = cluster("least_request", &[1, 1], "");
         c.endpoints[0].active_requests.store(50, Relaxed);
         let counts = counts(&c, 1000, |_| http::HeaderMap::new());
-        // P2C picks the busy one only when both draws land on it: about a quarter of the time.
+        // Two distinct candidates out of two: the idle one wins every time.
         let busy = counts.get(&9000).copied().unwrap_or(0);
-        assert!((150..350).contains(&busy), "busy endpoint got {busy}");
+        assert_eq!(busy, 0, "busy endpoint got {busy}");
     }
 
     #[test]
@@ -242,7 +263,10 @@ mod tests {
         let mut first = HashMap::new();
         for i in 0..500 {
             let headers = by_key(i);
-            let hi = HashInput { headers: &headers, source_ip: [127, 0, 0, 1].into() };
+            let hi = HashInput {
+                headers: &headers,
+                source_ip: [127, 0, 0, 1].into(),
+            };
             let port = c.all.pick(&c, &hi).expect("endpoint").addr.port();
             assert_eq!(*first.entry(i % 50).or_insert(port), port, "key {} moved", i % 50);
         }
@@ -253,7 +277,10 @@ mod tests {
         for (key, port) in &first {
             let mut h = http::HeaderMap::new();
             h.insert("x-user", format!("user-{key}").parse().expect("header"));
-            let hi = HashInput { headers: &h, source_ip: [127, 0, 0, 1].into() };
+            let hi = HashInput {
+                headers: &h,
+                source_ip: [127, 0, 0, 1].into(),
+            };
             let now = c.all.pick(&c, &hi).expect("endpoint").addr.port();
             if *port != 9000 {
                 assert_eq!(now, *port);
@@ -277,7 +304,10 @@ mod tests {
         for e in &c.endpoints {
             e.healthy.store(false, Relaxed);
         }
-        let hi = HashInput { headers: &http::HeaderMap::new(), source_ip: [127, 0, 0, 1].into() };
+        let hi = HashInput {
+            headers: &http::HeaderMap::new(),
+            source_ip: [127, 0, 0, 1].into(),
+        };
         assert!(c.all.pick(&c, &hi).is_none());
     }
 }

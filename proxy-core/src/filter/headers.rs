@@ -66,7 +66,10 @@ pub(super) struct HeadersFactory {
 
 impl HeadersFactory {
     pub(super) fn new(config: &weft_api::FilterConfig) -> Result<Self, FilterError> {
-        let invalid = |message: String| FilterError::InvalidConfig { name: config.name.clone(), message };
+        let invalid = |message: String| FilterError::InvalidConfig {
+            name: config.name.clone(),
+            message,
+        };
         let parsed: Config = if config.config.is_null() {
             Config::default()
         } else {
@@ -84,7 +87,14 @@ impl HeadersFactory {
             .deny
             .map(|d| {
                 let status = StatusCode::from_u16(d.status).map_err(|e| format!("deny.status: {e}"))?;
-                Ok::<_, String>((d.path_prefix, LocalReply { status, headers: HeaderMap::new(), body: Bytes::from(d.body) }))
+                Ok::<_, String>((
+                    d.path_prefix,
+                    LocalReply {
+                        status,
+                        headers: HeaderMap::new(),
+                        body: Bytes::from(d.body),
+                    },
+                ))
             })
             .transpose()
             .map_err(invalid)?;
@@ -95,7 +105,10 @@ impl HeadersFactory {
             response_remove: names(&parsed.response_headers_remove).map_err(invalid)?,
             deny,
         };
-        Ok(Self { name: config.name.clone(), compiled: Arc::new(compiled) })
+        Ok(Self {
+            name: config.name.clone(),
+            compiled: Arc::new(compiled),
+        })
     }
 }
 

@@ -5,6 +5,10 @@
 
 mod support;
 
+mod balancing;
 mod basics;
 mod grpc;
+mod lifecycle;
+mod protocols;
+mod resilience;
 mod websocket;

@@ -89,7 +89,9 @@ impl Drop for Upstream {
     }
 }
 
-pub type Handler = Arc<dyn Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>> + Send + Sync,
+>;
 
 /// Serves `handler` on 127.0.0.1:0, HTTP/1.1 and HTTP/2 (auto-detected).
 pub async fn upstream<F, Fut>(handler: F) -> Upstream
@@ -114,7 +116,9 @@ where
     let task = tokio::spawn(async move {
         let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             let counter = counter.clone();
             connections.spawn(async move {
@@ -145,7 +149,13 @@ pub async fn describe(name: &str, request: Request<Incoming>) -> Response<Full<B
         .uri
         .authority()
         .map(|a| a.to_string())
-        .or_else(|| parts.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .or_else(|| {
+            parts
+                .headers
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     let mut text = format!(
         "{name} {} {} {:?} {host}\n",
@@ -189,7 +199,9 @@ pub struct H1 {
 impl H1 {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("connect to proxy");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
         tokio::spawn(conn);
         Self { sender }
     }
@@ -227,7 +239,9 @@ impl H2 {
     }
 
     pub async fn get(&mut self, authority: &str, path: &str) -> Reply {
-        let request = Request::get(format!("http://{authority}{path}")).body(Full::new(Bytes::new())).expect("request");
+        let request = Request::get(format!("http://{authority}{path}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
         self.sender.ready().await.expect("ready");
         let response = self.sender.send_request(request).await.expect("response");
         into_reply(response).await
@@ -237,7 +251,11 @@ impl H2 {
 pub async fn into_reply(response: Response<Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned() }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// One `GET` on a fresh HTTP/1.1 connection.
@@ -267,7 +285,11 @@ pub async fn metric(proxy: &Proxy, sample: &str) -> Option<f64> {
 }
 
 /// Counts of `x-upstream` values over `n` sequential requests on one connection.
-pub async fn spread(addr: SocketAddr, n: usize, headers: impl Fn(usize) -> Vec<(String, String)>) -> BTreeMap<String, usize> {
+pub async fn spread(
+    addr: SocketAddr,
+    n: usize,
+    headers: impl Fn(usize) -> Vec<(String, String)>,
+) -> BTreeMap<String, usize> {
     let mut client = H1::connect(addr).await;
     let mut counts = BTreeMap::new();
     for i in 0..n {
@@ -275,7 +297,9 @@ pub async fn spread(addr: SocketAddr, n: usize, headers: impl Fn(usize) -> Vec<(
         let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let reply = client.get("svc", "/", &pairs).await;
         assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-        *counts.entry(reply.header("x-upstream").unwrap_or("?").to_owned()).or_default() += 1;
+        *counts
+            .entry(reply.header("x-upstream").unwrap_or("?").to_owned())
+            .or_default() += 1;
     }
     counts
 }
