@@ -87,13 +87,53 @@ pub enum ListenerProtocol {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
-    /// Name of this filter instance, used in logs and stats.
+    /// Name of this filter instance, used in logs, stats and as the proxy-wasm plugin name.
     pub name: String,
-    /// A filter built into the proxy, by type name (for example `headers`).
-    pub native: String,
-    /// The filter's configuration; its shape is the filter's own.
-    #[serde(default)]
+    /// A filter built into the proxy, by type name (for example `headers`). Exactly one of
+    /// `native` and `wasm` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native: Option<String>,
+    /// A proxy-wasm module. Exactly one of `native` and `wasm` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmModule>,
+    /// The filter's configuration. A Wasm filter receives it in `on_configure`: a string as
+    /// is, anything else as JSON.
+    #[serde(default, skip_serializing_if = "serde_yaml::Value::is_null")]
     pub config: serde_yaml::Value,
+    /// What happens to a request when the filter fails (trap, deadline, memory cap).
+    /// Default: `fail_closed`.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+}
+
+/// Where a Wasm module comes from and how its VM is set up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WasmModule {
+    /// Path of the `.wasm` file.
+    pub file: String,
+    /// Expected sha256 of the file, lowercase hex; a mismatch rejects the snapshot.
+    pub sha256: String,
+    /// Passed to `on_vm_start`: a string as is, anything else as JSON.
+    #[serde(default, skip_serializing_if = "serde_yaml::Value::is_null")]
+    pub vm_config: serde_yaml::Value,
+    /// The root context id the module's root context is created under. Default: empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_id: String,
+}
+
+/// What a failing filter means for requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// The request gets a local 503; the VM is recreated for later requests.
+    #[default]
+    FailClosed,
+    /// The filter is skipped for the request; the VM is recreated for later requests.
+    FailOpen,
+    /// As `fail_closed`, and the VM is recreated with exponential backoff; after repeated
+    /// crashes the filter stays down (fail closed) until the next snapshot.
+    Reload,
 }
 
 /// A named set of virtual hosts.
@@ -138,6 +178,9 @@ pub struct Route {
     /// Answer locally. Exactly one of `forward` and `direct_response` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// Filters of the listener's chain skipped for this route, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled_filters: Vec<String>,
 }
 
 /// Conditions on a request; all must hold.

@@ -175,6 +175,8 @@ impl Cluster {
 pub(crate) struct HashInput<'a> {
     pub(crate) headers: &'a http::HeaderMap,
     pub(crate) source_ip: IpAddr,
+    /// A key chosen by a filter (`set_upstream`), used instead of the cluster's `hash_on`.
+    pub(crate) key: Option<&'a str>,
 }
 
 /// All clusters of one snapshot generation.

@@ -22,6 +22,22 @@ pub enum FilterAction {
     Continue,
     /// Stop the chain and answer with this response (a "local reply").
     Reply(LocalReply),
+    /// Stop here until [`HttpFilter::poll_resume`] says how to go on (the filter waits for an
+    /// HTTP callout, a timer, ...). The head stays editable while paused.
+    Pause,
+}
+
+/// What a filter decided at a body phase.
+#[derive(Debug)]
+pub enum BodyAction {
+    /// Pass the data on (possibly edited).
+    Continue,
+    /// Keep this data buffered; the filter is called again with everything buffered so far
+    /// and the next chunk appended, up to `limits.max_buffered_body_bytes` (over it: 413 for
+    /// requests, a reset for responses). At the end of the stream the data passes on.
+    Buffer,
+    /// Answer locally (request body only; on a response body it resets the stream).
+    Reply(LocalReply),
 }
 
 /// A response made by a filter.
@@ -33,6 +49,35 @@ pub struct LocalReply {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// Detail reported in logs (proxy-wasm `status_code_details`).
+    pub details: String,
+}
+
+impl LocalReply {
+    /// A reply with a status and body, no extra headers.
+    pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Self {
+        Self { status, headers: HeaderMap::new(), body: body.into(), details: String::new() }
+    }
+}
+
+/// A paused headers phase resumes on the head it stopped at.
+pub enum Head<'a> {
+    /// The request head (the `request_headers` phase paused).
+    Request(&'a mut http::request::Parts),
+    /// The response head (the `response_headers` phase paused).
+    Response(&'a mut http::response::Parts),
+}
+
+/// A filter's wishes about the upstream, applied after `request_headers` (Weft's
+/// `set_upstream` extension).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamChoice {
+    /// Send to this cluster instead of the route's.
+    pub cluster: Option<String>,
+    /// Only endpoints carrying these labels.
+    pub subset: Option<std::collections::BTreeMap<String, String>>,
+    /// Hash key for `ring_hash` clusters, instead of the cluster's `hash_on`.
+    pub hash_key: Option<String>,
 }
 
 /// What the log phase knows about a finished request.
@@ -62,24 +107,58 @@ pub struct LogRecord {
 
 /// One filter's per-request state. Every method has a pass-through default.
 pub trait HttpFilter: Send {
-    /// `request_headers`: may edit the request head or answer locally.
-    fn on_request_headers(&mut self, _request: &mut http::request::Parts) -> FilterAction {
+    /// `request_headers`: may edit the request head, answer locally or pause.
+    fn on_request_headers(&mut self, _request: &mut http::request::Parts, _end_of_stream: bool) -> FilterAction {
         FilterAction::Continue
     }
 
-    /// `request_body`: may edit each chunk in place; called only if the factory wants bodies.
-    fn on_request_body(&mut self, _data: &mut Bytes, _end_of_stream: bool) {}
+    /// `request_body`: `body` holds what this filter buffered so far plus the new chunk;
+    /// called only if the factory wants bodies.
+    fn on_request_body(&mut self, _body: &mut Bytes, _end_of_stream: bool) -> BodyAction {
+        BodyAction::Continue
+    }
 
-    /// `response_headers`: may edit the response head or replace the response locally.
-    fn on_response_headers(&mut self, _response: &mut http::response::Parts) -> FilterAction {
+    /// `response_headers`: may edit the response head, replace the response or pause.
+    fn on_response_headers(&mut self, _response: &mut http::response::Parts, _end_of_stream: bool) -> FilterAction {
         FilterAction::Continue
     }
 
-    /// `response_body`: may edit each chunk in place; called only if the factory wants bodies.
-    fn on_response_body(&mut self, _data: &mut Bytes, _end_of_stream: bool) {}
+    /// `response_body`: as `on_request_body`, for the response.
+    fn on_response_body(&mut self, _body: &mut Bytes, _end_of_stream: bool) -> BodyAction {
+        BodyAction::Continue
+    }
+
+    /// After a headers phase returned [`FilterAction::Pause`]: `Pending` while still waiting,
+    /// then how to go on. The default resumes at once.
+    fn poll_resume(&mut self, _cx: &mut std::task::Context<'_>, _head: Head<'_>) -> std::task::Poll<FilterAction> {
+        std::task::Poll::Ready(FilterAction::Continue)
+    }
+
+    /// Upstream wishes made during `request_headers` (`set_upstream`), taken once.
+    fn take_upstream_choice(&mut self) -> Option<UpstreamChoice> {
+        None
+    }
 
     /// `log`: the exchange is over (or was abandoned).
     fn on_log(&mut self, _record: &LogRecord) {}
+}
+
+/// What a filter instance knows about the connection and worker it serves.
+#[derive(Clone)]
+pub struct FilterContext {
+    /// The worker thread's index.
+    pub worker: usize,
+    /// The downstream peer.
+    pub source: std::net::SocketAddr,
+    /// The local address the connection arrived on.
+    pub destination: std::net::SocketAddr,
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The name of the route the request matched before filters ran, if any.
+    pub route: Option<Arc<str>>,
+    /// Whether the downstream connection is mutual TLS.
+    pub mtls: bool,
+    pub(crate) callouts: Option<Arc<crate::callout::Callouts>>,
 }
 
 /// Builds per-request filter instances; one per filter per snapshot.
@@ -88,10 +167,15 @@ pub trait FilterFactory: Send + Sync {
     fn name(&self) -> &str;
 
     /// A fresh instance for one request.
-    fn create(&self) -> Box<dyn HttpFilter>;
+    fn create(&self, context: &FilterContext) -> Box<dyn HttpFilter>;
 
     /// Whether the body phases should be called (they cost a lock per chunk).
     fn wants_body(&self) -> bool {
+        false
+    }
+
+    /// Whether instances may make HTTP callouts (the request then carries a callout handle).
+    fn wants_callouts(&self) -> bool {
         false
     }
 }
@@ -122,6 +206,7 @@ pub enum FilterError {
 pub struct FilterChain {
     factories: Arc<[Arc<dyn FilterFactory>]>,
     wants_body: bool,
+    wants_callouts: bool,
 }
 
 impl FilterChain {
@@ -134,10 +219,8 @@ impl FilterChain {
     /// A chain of the given factories, in order.
     pub fn from_factories(factories: Vec<Arc<dyn FilterFactory>>) -> Self {
         let wants_body = factories.iter().any(|f| f.wants_body());
-        Self {
-            factories: factories.into(),
-            wants_body,
-        }
+        let wants_callouts = factories.iter().any(|f| f.wants_callouts());
+        Self { factories: factories.into(), wants_body, wants_callouts }
     }
 
     /// Whether the chain has no filters (the request path then skips every phase).
@@ -150,19 +233,33 @@ impl FilterChain {
         self.wants_body
     }
 
-    /// Fresh instances for one request.
-    pub fn instantiate(&self) -> Vec<Box<dyn HttpFilter>> {
-        self.factories.iter().map(|f| f.create()).collect()
+    /// Whether any filter may make HTTP callouts.
+    pub fn wants_callouts(&self) -> bool {
+        self.wants_callouts
+    }
+
+    /// Fresh instances for one request, skipping the filters named in `disabled`.
+    pub fn instantiate(&self, context: &FilterContext, disabled: &[String]) -> Vec<Box<dyn HttpFilter>> {
+        self.factories
+            .iter()
+            .filter(|f| !disabled.iter().any(|d| d == f.name()))
+            .map(|f| f.create(context))
+            .collect()
+    }
+
+    /// The factories, in order.
+    pub fn factories(&self) -> &[Arc<dyn FilterFactory>] {
+        &self.factories
     }
 }
 
 /// Builds a native filter from its config.
 fn native(config: &weft_api::FilterConfig) -> Result<Arc<dyn FilterFactory>, FilterError> {
-    match config.native.as_str() {
-        "headers" => headers::HeadersFactory::new(config).map(|f| Arc::new(f) as Arc<dyn FilterFactory>),
+    match config.native.as_deref() {
+        Some("headers") => headers::HeadersFactory::new(config).map(|f| Arc::new(f) as Arc<dyn FilterFactory>),
         other => Err(FilterError::UnknownType {
             name: config.name.clone(),
-            kind: other.to_owned(),
+            kind: other.unwrap_or("(none)").to_owned(),
         }),
     }
 }

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -32,23 +32,26 @@ use weft_api::{ListenerKind, UpstreamProtocol};
 
 use crate::body::{self, BoxError, ProxyBody};
 use crate::cluster::{Cluster, Endpoint, HashInput, Outcome};
-use crate::filter::{FilterAction, HttpFilter, LocalReply, LogRecord};
+use crate::callout::Callouts;
+use crate::chain::{Direction, FilteredBody, SharedFilters};
+use crate::filter::{FilterContext, LocalReply, LogRecord};
 use crate::generation::{Generation, Listener};
 use crate::pool::{Pools, UpstreamError};
 use crate::reply::{self, Reason};
 use crate::routes::{Action, Forward};
-use crate::stats::ListenerStats;
 
 /// What a worker shares with its connections.
 pub(crate) struct WorkerContext {
+    pub(crate) id: usize,
     pub(crate) generation: watch::Receiver<Arc<Generation>>,
     pub(crate) pools: Arc<Pools>,
 }
 
 /// One downstream connection.
 pub(crate) struct Connection {
-    pub(crate) listener: String,
+    pub(crate) listener: Arc<str>,
     pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
     pub(crate) worker: Arc<WorkerContext>,
 }
 
@@ -64,12 +67,13 @@ pub(crate) async fn serve(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let generation = conn.worker.generation.borrow().clone();
-    let Some(listener) = generation.listeners.get(&conn.listener) else {
+    let Some(listener) = generation.listeners.get(&*conn.listener) else {
         return Ok(reply::local_reply(Reason::Unavailable));
     };
     let start = Instant::now();
     let mut exchange = Exchange {
         conn: &conn,
+        generation: &generation,
         listener,
         start,
         filters: None,
@@ -92,11 +96,12 @@ pub(crate) async fn serve(
         downstream_version: request.version(),
     };
     let response = exchange.run(request).await;
-    Ok(exchange.finish(response))
+    Ok(exchange.finish(response).await)
 }
 
 struct Exchange<'a> {
     conn: &'a Connection,
+    generation: &'a Arc<Generation>,
     listener: &'a Listener,
     start: Instant,
     filters: Option<SharedFilters>,
@@ -105,13 +110,14 @@ struct Exchange<'a> {
     downstream_version: Version,
 }
 
-/// Why a request was answered locally, with an optional replacement body.
+/// Why a request was answered locally.
 struct Local(Reason);
 
 impl Exchange<'_> {
     async fn run(&mut self, request: Request<Incoming>) -> Result<Response<ProxyBody>, LocalOrFilter> {
         let limits = &self.listener.limits;
         let (mut parts, body) = request.into_parts();
+        let body_empty = body.is_end_stream();
 
         // 1. Downstream checks.
         if parts.headers.len() > limits.max_request_headers_count as usize {
@@ -136,38 +142,48 @@ impl Exchange<'_> {
 
         // 2. Header hygiene.
         let upgrade = wants_upgrade(&parts);
-        let on_upgrade = if upgrade {
-            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-        } else {
-            None
-        };
+        let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
         strip_hop_by_hop(&mut parts.headers, upgrade);
         self.forwarded_headers(&mut parts.headers);
 
-        // 3. request_headers phase.
+        // 3. request_headers phase. The route is matched first so a route can disable filters
+        //    and filters can read its name; it is matched again afterwards, since filters may
+        //    change what routing looks at.
+        let mut route = self.listener.routes.find(&authority, parts.uri.path(), &parts.headers).cloned();
+        let mut authority = authority;
         if !self.listener.chain.is_empty() {
-            let filters = self
-                .filters
-                .insert(SharedFilters::new(self.listener.chain.instantiate()));
-            for filter in filters.lock().iter_mut() {
-                if let FilterAction::Reply(reply) = filter.on_request_headers(&mut parts) {
-                    return Err(LocalOrFilter::Filter(reply));
-                }
+            let context = FilterContext {
+                worker: self.conn.worker.id,
+                source: self.conn.peer,
+                destination: self.conn.local,
+                listener: self.conn.listener.clone(),
+                route: route.as_ref().map(|r| r.name.clone()),
+                mtls: false,
+                callouts: self.listener.chain.wants_callouts().then(|| {
+                    Arc::new(Callouts {
+                        generation: self.generation.clone(),
+                        pools: self.conn.worker.pools.clone(),
+                        source_ip: self.conn.peer.ip(),
+                    })
+                }),
+            };
+            let disabled = route.as_ref().map_or(&[][..], |r| &r.disabled_filters[..]);
+            let filters = SharedFilters::new(self.listener.chain.instantiate(&context, disabled));
+            if let Some(reply) = filters.request_headers(&mut parts, body_empty).await {
+                self.filters = Some(filters);
+                return Err(LocalOrFilter::Filter(reply));
             }
+            if parts.uri.authority().is_none()
+                && let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok())
+            {
+                host.clone_into(&mut authority);
+            }
+            route = self.listener.routes.find(&authority, parts.uri.path(), &parts.headers).cloned();
+            self.filters = Some(filters);
         }
-        // A filter may have changed the authority through Host.
-        let authority = match parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-            Some(h) if parts.uri.authority().is_none() && h != authority => h.to_owned(),
-            _ => authority,
-        };
 
         // 4. Route.
-        let route = self
-            .listener
-            .routes
-            .find(&authority, parts.uri.path(), &parts.headers)
-            .ok_or(Local(Reason::NoRoute))?
-            .clone();
+        let route = route.ok_or(Local(Reason::NoRoute))?;
         self.record.route = Some(route.name.clone());
         let forward = match &route.action {
             Action::Direct { status, body, headers } => {
@@ -180,29 +196,28 @@ impl Exchange<'_> {
             Action::Forward(forward) => forward,
         };
 
-        // 5. Upstream.
-        let cluster = &forward.cluster;
-        self.record.cluster = Some(cluster.name.clone());
-        let hash = HashInput {
-            headers: &parts.headers,
-            source_ip: self.conn.peer.ip(),
+        // 5. Upstream: the route's cluster, unless a filter chose another (`set_upstream`).
+        let choice = self.filters.as_ref().and_then(SharedFilters::upstream_choice).unwrap_or_default();
+        let cluster = match &choice.cluster {
+            Some(name) => self.generation.clusters.by_name.get(name).cloned().ok_or(Local(Reason::NoRoute))?,
+            None => forward.cluster.clone(),
         };
-        let endpoint = forward
-            .lb
-            .pick(cluster, &hash)
-            .ok_or(Local(Reason::NoHealthyUpstream))?;
+        let lb = match &choice.subset {
+            Some(labels) => cluster.subset(labels),
+            None if choice.cluster.is_some() => cluster.all.clone(),
+            None => forward.lb.clone(),
+        };
+        self.record.cluster = Some(cluster.name.clone());
+        let hash = HashInput { headers: &parts.headers, source_ip: self.conn.peer.ip(), key: choice.hash_key.as_deref() };
+        let endpoint = lb.pick(&cluster, &hash).ok_or(Local(Reason::NoHealthyUpstream))?;
         self.record.upstream = Some(endpoint.addr);
-        self.active = Some(ActiveRequest::start(cluster, &endpoint).ok_or_else(|| {
+        self.active = Some(ActiveRequest::start(&cluster, &endpoint).ok_or_else(|| {
             cluster.stats.overflow.fetch_add(1, Relaxed);
             Local(Reason::UpstreamOverflow)
         })?);
 
-        let upstream_request = self.upstream_request(parts, body, forward, &authority)?;
-        let sent = self
-            .conn
-            .worker
-            .pools
-            .send(cluster, &endpoint, upstream_request, upgrade);
+        let upstream_request = self.upstream_request(parts, body, &cluster, forward, &authority)?;
+        let sent = self.conn.worker.pools.send(&cluster, &endpoint, upstream_request, upgrade);
         let started = Instant::now();
         let result = match forward.timeout {
             Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| ()),
@@ -211,6 +226,9 @@ impl Exchange<'_> {
         let mut response = match result {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
+                if let Some(reply) = self.filters.as_ref().and_then(SharedFilters::take_reply) {
+                    return Err(LocalOrFilter::Filter(reply));
+                }
                 let reason = match &error {
                     UpstreamError::Overflow => {
                         cluster.stats.overflow.fetch_add(1, Relaxed);
@@ -274,6 +292,7 @@ impl Exchange<'_> {
         &self,
         mut parts: http::request::Parts,
         body: Incoming,
+        cluster: &Cluster,
         forward: &Forward,
         authority: &str,
     ) -> Result<Request<ProxyBody>, Local> {
@@ -296,7 +315,7 @@ impl Exchange<'_> {
             None => HeaderValue::from_str(authority).map_err(|_| Local(Reason::BadRequest))?,
         };
         let authority = authority_value.to_str().map_err(|_| Local(Reason::BadRequest))?;
-        match forward.cluster.protocol {
+        match cluster.protocol {
             UpstreamProtocol::Http1 => {
                 parts.uri = path_and_query.parse::<Uri>().map_err(|_| Local(Reason::BadRequest))?;
                 parts.version = Version::HTTP_11;
@@ -320,22 +339,24 @@ impl Exchange<'_> {
                 }
             }
         }
-        let limit = self.listener.limits.max_request_body_bytes;
-        let mut body = match limit {
+        let limits = &self.listener.limits;
+        let mut body = match limits.max_request_body_bytes {
             Some(limit) => body::boxed(body::Limited::new(body, limit)),
             None => body::boxed(body),
         };
         if let Some(filters) = self.filters.as_ref().filter(|_| self.listener.chain.wants_body()) {
-            body = body::boxed(RequestBody {
-                inner: body,
-                filters: filters.clone(),
-            });
+            body = body::boxed(FilteredBody::new(
+                body,
+                filters.clone(),
+                Direction::Request,
+                limits.max_buffered_body_bytes as usize,
+            ));
         }
         Ok(Request::from_parts(parts, body))
     }
 
     /// Runs the response phases and wraps the body for the log phase.
-    fn finish(mut self, result: Result<Response<ProxyBody>, LocalOrFilter>) -> Response<ProxyBody> {
+    async fn finish(mut self, result: Result<Response<ProxyBody>, LocalOrFilter>) -> Response<ProxyBody> {
         let stats = &self.listener.stats;
         let mut response = match result {
             Ok(response) => response,
@@ -353,25 +374,27 @@ impl Exchange<'_> {
         }
 
         // response_headers phase (local replies included, as Envoy's encoder filters see them).
-        if let Some(filters) = self
-            .filters
-            .as_ref()
-            .filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
-        {
+        if let Some(filters) = self.filters.as_ref().filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS) {
             let (mut parts, body) = response.into_parts();
-            let mut replaced = None;
-            for filter in filters.lock().iter_mut() {
-                if let FilterAction::Reply(reply) = filter.on_response_headers(&mut parts) {
-                    replaced = Some(reply);
-                    break;
-                }
-            }
-            response = match replaced {
+            let end = body.is_end_stream();
+            response = match filters.response_headers(&mut parts, end).await {
                 Some(reply) => {
                     self.record.reason = Some(Reason::Filter.as_str());
                     filter_reply(reply)
                 }
-                None => Response::from_parts(parts, body),
+                None => {
+                    let body = if self.listener.chain.wants_body() {
+                        body::boxed(FilteredBody::new(
+                            body,
+                            filters.clone(),
+                            Direction::Response,
+                            self.listener.limits.max_buffered_body_bytes as usize,
+                        ))
+                    } else {
+                        body
+                    };
+                    Response::from_parts(parts, body)
+                }
             };
         }
         *response.version_mut() = self.downstream_version;
@@ -379,7 +402,6 @@ impl Exchange<'_> {
         stats.record_status(self.record.status);
 
         let (parts, body) = response.into_parts();
-        let wants_body = self.listener.chain.wants_body();
         let tail = Tail {
             inner: body,
             finish: Some(Box::new(Finish {
@@ -387,9 +409,7 @@ impl Exchange<'_> {
                 record: self.record,
                 start: self.start,
                 active: self.active,
-                stats: stats.clone(),
             })),
-            body_filters: wants_body,
         };
         Response::from_parts(parts, body::boxed(tail))
     }
@@ -526,18 +546,14 @@ struct Finish {
     record: LogRecord,
     start: Instant,
     active: Option<ActiveRequest>,
-    stats: Arc<ListenerStats>,
 }
 
 impl Finish {
     fn run(mut self, complete: bool) {
         self.record.duration = self.start.elapsed();
         if let Some(filters) = &self.filters {
-            for filter in filters.lock().iter_mut() {
-                filter.on_log(&self.record);
-            }
+            filters.log(&self.record);
         }
-        let _ = &self.stats;
         let r = &self.record;
         tracing::debug!(
             target: "weft::access",
@@ -551,12 +567,11 @@ impl Finish {
 }
 
 pin_project_lite::pin_project! {
-    /// The downstream response body: runs `response_body` filters and, at the end, `log`.
+    /// The downstream response body: counts bytes and runs the `log` phase at the end.
     struct Tail {
         #[pin]
         inner: ProxyBody,
         finish: Option<Box<Finish>>,
-        body_filters: bool,
     }
 
     impl PinnedDrop for Tail {
@@ -574,8 +589,7 @@ impl Body for Tail {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let mut inner = this.inner;
-        let polled = inner.as_mut().poll_frame(cx);
+        let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(finish), Some(data)) = (this.finish.as_mut(), frame.data_ref()) {
@@ -589,23 +603,6 @@ impl Body for Tail {
             }
             Poll::Pending => {}
         }
-        if *this.body_filters
-            && let Poll::Ready(Some(Ok(frame))) = polled
-        {
-            let end = inner.is_end_stream();
-            let frame = match frame.into_data() {
-                Ok(mut data) => {
-                    if let Some(filters) = this.finish.as_ref().and_then(|f| f.filters.as_ref()) {
-                        for filter in filters.lock().iter_mut() {
-                            filter.on_response_body(&mut data, end);
-                        }
-                    }
-                    Frame::data(data)
-                }
-                Err(frame) => frame,
-            };
-            return Poll::Ready(Some(Ok(frame)));
-        }
         polled
     }
 
@@ -614,65 +611,7 @@ impl Body for Tail {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.body_filters {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
-        }
-    }
-}
-
-/// A request's filter instances, shared by the request path and the body streams (request
-/// and response bodies may flow at the same time on HTTP/2). Only one worker thread touches
-/// them, so the lock is never contended.
-#[derive(Clone)]
-struct SharedFilters(Arc<Mutex<Vec<Box<dyn HttpFilter>>>>);
-
-impl SharedFilters {
-    fn new(filters: Vec<Box<dyn HttpFilter>>) -> Self {
-        Self(Arc::new(Mutex::new(filters)))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Vec<Box<dyn HttpFilter>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The upstream request body: runs `request_body` filters on each chunk.
-    struct RequestBody {
-        #[pin]
-        inner: ProxyBody,
-        filters: SharedFilters,
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let mut inner = this.inner;
-        match inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let end = inner.is_end_stream();
-                Poll::Ready(Some(Ok(match frame.into_data() {
-                    Ok(mut data) => {
-                        for filter in this.filters.lock().iter_mut() {
-                            filter.on_request_body(&mut data, end);
-                        }
-                        Frame::data(data)
-                    }
-                    Err(frame) => frame,
-                })))
-            }
-            other => other,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.size_hint()
     }
 }
 
@@ -716,71 +655,6 @@ mod tests {
         assert_eq!(h.get(header::TE).expect("te"), "trailers");
         assert_eq!(h.get(header::UPGRADE).expect("upgrade"), "websocket");
         assert_eq!(h.get(header::CONNECTION).expect("connection"), "upgrade");
-    }
-
-    /// Upper-cases request bodies and counts response bytes; records its log call.
-    struct Shout(Arc<Mutex<Vec<String>>>);
-
-    impl HttpFilter for Shout {
-        fn on_request_body(&mut self, data: &mut Bytes, end: bool) {
-            *data = Bytes::from(data.to_ascii_uppercase());
-            self.0.lock().expect("lock").push(format!("request_body end={end}"));
-        }
-        fn on_response_body(&mut self, data: &mut Bytes, end: bool) {
-            self.0
-                .lock()
-                .expect("lock")
-                .push(format!("response_body {} end={end}", data.len()));
-        }
-        fn on_log(&mut self, record: &LogRecord) {
-            self.0
-                .lock()
-                .expect("lock")
-                .push(format!("log {} {}", record.status, record.response_bytes));
-        }
-    }
-
-    #[tokio::test]
-    async fn body_phases_and_log_run_on_streamed_bodies() {
-        use http_body_util::BodyExt;
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let filters = SharedFilters::new(vec![Box::new(Shout(events.clone()))]);
-        let request = RequestBody {
-            inner: body::full("hello"),
-            filters: filters.clone(),
-        };
-        assert_eq!(request.collect().await.expect("body").to_bytes(), "HELLO");
-
-        let record = LogRecord {
-            method: Method::GET,
-            authority: "svc".into(),
-            path: "/".into(),
-            status: 200,
-            route: None,
-            cluster: None,
-            upstream: None,
-            reason: None,
-            response_bytes: 0,
-            duration: Default::default(),
-        };
-        let finish = Finish {
-            filters: Some(filters),
-            record,
-            start: Instant::now(),
-            active: None,
-            stats: Arc::new(ListenerStats::default()),
-        };
-        let tail = Tail {
-            inner: body::full("world!"),
-            finish: Some(Box::new(finish)),
-            body_filters: true,
-        };
-        assert_eq!(tail.collect().await.expect("body").to_bytes(), "world!");
-        let events = events.lock().expect("lock").clone();
-        assert_eq!(
-            events,
-            ["request_body end=true", "response_body 6 end=true", "log 200 6"]
-        );
     }
 
     #[test]

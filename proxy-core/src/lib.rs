@@ -13,6 +13,8 @@
 
 mod admin;
 mod body;
+mod callout;
+mod chain;
 mod cluster;
 pub mod filter;
 mod generation;

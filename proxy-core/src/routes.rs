@@ -28,6 +28,8 @@ struct VirtualHost {
 /// A compiled route.
 pub(crate) struct Route {
     pub(crate) name: Arc<str>,
+    /// Filters of the listener's chain skipped on this route.
+    pub(crate) disabled_filters: Vec<String>,
     path: PathMatcher,
     headers: Vec<HeaderMatcher>,
     pub(crate) action: Action,
@@ -271,6 +273,7 @@ fn compile_route(route: &weft_api::Route, clusters: &ClusterSet) -> Result<Route
     };
     Ok(Route {
         name: Arc::from(route.name.as_str()),
+        disabled_filters: route.disabled_filters.clone(),
         path,
         headers,
         action,

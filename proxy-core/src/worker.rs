@@ -31,6 +31,7 @@ pub(crate) fn run(
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let context = Arc::new(WorkerContext {
+            id,
             generation: generation.clone(),
             pools: Arc::new(Pools::default()),
         });
@@ -156,6 +157,7 @@ async fn accept_loop(
     tracker: Arc<Tracker>,
     shutdown: watch::Receiver<Option<Duration>>,
 ) {
+    let listener_name: Arc<str> = Arc::from(name.as_str());
     loop {
         let (stream, peer) = match socket.accept().await {
             Ok(accepted) => accepted,
@@ -175,11 +177,8 @@ async fn accept_loop(
         let stats = listener.stats.clone();
         stats.cx_total.fetch_add(1, Relaxed);
         stats.cx_active.fetch_add(1, Relaxed);
-        let connection = Arc::new(Connection {
-            listener: name.clone(),
-            peer,
-            worker: context.clone(),
-        });
+        let local = stream.local_addr().unwrap_or(listener.sockets.addr);
+        let connection = Arc::new(Connection { listener: listener_name.clone(), peer, local, worker: context.clone() });
         let service = hyper::service::service_fn(move |request| crate::http::serve(connection.clone(), request));
         let io = TokioIo::new(stream);
         let guard = tracker.enter();

@@ -128,6 +128,9 @@ fn hash64(value: impl Hash) -> u64 {
 }
 
 fn hash_key(cluster: &Cluster, input: &HashInput<'_>) -> Option<u64> {
+    if let Some(key) = input.key {
+        return Some(hash64(key.as_bytes()));
+    }
     let on = cluster.hash_on.as_ref()?;
     if let Some(name) = &on.header {
         return input.headers.get(name.as_str()).map(|v| hash64(v.as_bytes()));
@@ -218,6 +221,7 @@ mod tests {
             let hi = HashInput {
                 headers: &headers,
                 source_ip: [127, 0, 0, 1].into(),
+                key: None,
             };
             let e = cluster.all.pick(cluster, &hi).expect("an endpoint");
             *counts.entry(e.addr.port()).or_default() += 1;
@@ -266,6 +270,7 @@ mod tests {
             let hi = HashInput {
                 headers: &headers,
                 source_ip: [127, 0, 0, 1].into(),
+                key: None,
             };
             let port = c.all.pick(&c, &hi).expect("endpoint").addr.port();
             assert_eq!(*first.entry(i % 50).or_insert(port), port, "key {} moved", i % 50);
@@ -280,6 +285,7 @@ mod tests {
             let hi = HashInput {
                 headers: &h,
                 source_ip: [127, 0, 0, 1].into(),
+                key: None,
             };
             let now = c.all.pick(&c, &hi).expect("endpoint").addr.port();
             if *port != 9000 {
@@ -304,10 +310,7 @@ mod tests {
         for e in &c.endpoints {
             e.healthy.store(false, Relaxed);
         }
-        let hi = HashInput {
-            headers: &http::HeaderMap::new(),
-            source_ip: [127, 0, 0, 1].into(),
-        };
+        let hi = HashInput { headers: &http::HeaderMap::new(), source_ip: [127, 0, 0, 1].into(), key: None };
         assert!(c.all.pick(&c, &hi).is_none());
     }
 }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
 use serde::Deserialize;
 
-use super::{FilterAction, FilterError, FilterFactory, HttpFilter, LocalReply, header_pair};
+use super::{FilterAction, FilterContext, FilterError, FilterFactory, HttpFilter, LocalReply, header_pair};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,11 +89,7 @@ impl HeadersFactory {
                 let status = StatusCode::from_u16(d.status).map_err(|e| format!("deny.status: {e}"))?;
                 Ok::<_, String>((
                     d.path_prefix,
-                    LocalReply {
-                        status,
-                        headers: HeaderMap::new(),
-                        body: Bytes::from(d.body),
-                    },
+                    LocalReply::new(status, Bytes::from(d.body)),
                 ))
             })
             .transpose()
@@ -117,7 +113,7 @@ impl FilterFactory for HeadersFactory {
         &self.name
     }
 
-    fn create(&self) -> Box<dyn HttpFilter> {
+    fn create(&self, _context: &FilterContext) -> Box<dyn HttpFilter> {
         Box::new(HeadersFilter(self.compiled.clone()))
     }
 }
@@ -125,7 +121,7 @@ impl FilterFactory for HeadersFactory {
 struct HeadersFilter(Arc<Compiled>);
 
 impl HttpFilter for HeadersFilter {
-    fn on_request_headers(&mut self, request: &mut http::request::Parts) -> FilterAction {
+    fn on_request_headers(&mut self, request: &mut http::request::Parts, _end_of_stream: bool) -> FilterAction {
         if let Some((prefix, reply)) = &self.0.deny
             && request.uri.path().starts_with(prefix.as_str())
         {
@@ -140,7 +136,7 @@ impl HttpFilter for HeadersFilter {
         FilterAction::Continue
     }
 
-    fn on_response_headers(&mut self, response: &mut http::response::Parts) -> FilterAction {
+    fn on_response_headers(&mut self, response: &mut http::response::Parts, _end_of_stream: bool) -> FilterAction {
         for name in &self.0.response_remove {
             response.headers.remove(name);
         }
