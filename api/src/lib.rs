@@ -12,7 +12,7 @@ pub mod snapshot;
 
 pub use duration::{format_duration, parse_duration};
 pub use snapshot::{
-    CircuitBreakers, Cluster, DirectResponse, Endpoint, FailurePolicy, FilterConfig, Forward, HashOn, HeaderMatch, HealthCheck,
-    LbPolicy, Limits, Listener, ListenerKind, ListenerProtocol, LoadError, OutlierDetection, PathMatch, Route,
-    RouteMatch, RouteTable, Snapshot, UpstreamProtocol, ValidationError, VirtualHost, WasmModule,
+    CircuitBreakers, Cluster, DirectResponse, Endpoint, FailurePolicy, FilterConfig, Forward, HashOn, HeaderMatch,
+    HealthCheck, LbPolicy, Limits, Listener, ListenerKind, ListenerProtocol, LoadError, OutlierDetection, PathMatch,
+    Route, RouteMatch, RouteTable, Snapshot, UpstreamProtocol, ValidationError, VirtualHost, WasmModule,
 };

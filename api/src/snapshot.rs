@@ -120,6 +120,9 @@ pub struct WasmModule {
     /// The root context id the module's root context is created under. Default: empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub root_id: String,
+    /// VMs with the same id share shared data and queues. Default: the filter's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_id: Option<String>,
 }
 
 /// What a failing filter means for requests.

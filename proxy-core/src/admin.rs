@@ -63,7 +63,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
             response
         }
         "/stats/prometheus" => {
-            let mut response = text(StatusCode::OK, shared.stats.render(&generation.clusters.gauges()));
+            let mut body = shared.stats.render(&generation.clusters.gauges());
+            shared.wasm.render(&mut body);
+            let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -105,10 +105,15 @@ impl Callouts {
         }
         let uri: Uri = match cluster.protocol {
             UpstreamProtocol::Http1 => path.parse().map_err(|_| bad("bad :path"))?,
-            UpstreamProtocol::Http2 => format!("http://{authority}{path}").parse().map_err(|_| bad("bad :path"))?,
+            UpstreamProtocol::Http2 => format!("http://{authority}{path}")
+                .parse()
+                .map_err(|_| bad("bad :path"))?,
         };
         if cluster.protocol == UpstreamProtocol::Http1 {
-            headers.insert(header::HOST, HeaderValue::from_str(&authority).map_err(|_| bad("bad :authority"))?);
+            headers.insert(
+                header::HOST,
+                HeaderValue::from_str(&authority).map_err(|_| bad("bad :authority"))?,
+            );
         }
         if !request.body.is_empty() {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
@@ -122,19 +127,35 @@ impl Callouts {
             UpstreamProtocol::Http2 => http::Version::HTTP_2,
         };
         let empty = http::HeaderMap::new();
-        let hash = HashInput { headers: &empty, source_ip: self.source_ip, key: None };
-        let endpoint =
-            cluster.all.pick(&cluster, &hash).ok_or_else(|| CalloutError::NoHealthyUpstream(request.cluster.clone()))?;
-        let response = self.pools.send(&cluster, &endpoint, outgoing, false).await.map_err(CalloutError::Upstream)?;
+        let hash = HashInput {
+            headers: &empty,
+            source_ip: self.source_ip,
+            key: None,
+        };
+        let endpoint = cluster
+            .all
+            .pick(&cluster, &hash)
+            .ok_or_else(|| CalloutError::NoHealthyUpstream(request.cluster.clone()))?;
+        let response = self
+            .pools
+            .send(&cluster, &endpoint, outgoing, false)
+            .await
+            .map_err(CalloutError::Upstream)?;
         let (parts, body) = response.into_parts();
         let collected = body.collect().await.map_err(CalloutError::Body)?;
         let trailers = collected.trailers().map(pairs).unwrap_or_default();
         let mut headers = vec![(":status".to_owned(), parts.status.as_str().as_bytes().to_vec())];
         headers.extend(pairs(&parts.headers));
-        Ok(CalloutResponse { headers, body: collected.to_bytes(), trailers })
+        Ok(CalloutResponse {
+            headers,
+            body: collected.to_bytes(),
+            trailers,
+        })
     }
 }
 
 fn pairs(map: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
-    map.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect()
+    map.iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
 }

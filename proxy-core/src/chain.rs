@@ -137,7 +137,15 @@ pin_project_lite::pin_project! {
 impl FilteredBody {
     pub(crate) fn new(inner: ProxyBody, filters: SharedFilters, direction: Direction, limit: usize) -> Self {
         let n = filters.len();
-        Self { inner, filters, buffers: vec![BytesMut::new(); n], direction, limit, done: false, trailers: None }
+        Self {
+            inner,
+            filters,
+            buffers: vec![BytesMut::new(); n],
+            direction,
+            limit,
+            done: false,
+            trailers: None,
+        }
     }
 }
 
@@ -168,7 +176,10 @@ fn run(
             BodyAction::Buffer => {
                 if whole.len() > limit {
                     if direction == Direction::Request {
-                        inner.reply = Some(LocalReply::new(http::StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n"));
+                        inner.reply = Some(LocalReply::new(
+                            http::StatusCode::PAYLOAD_TOO_LARGE,
+                            "payload too large\n",
+                        ));
                     }
                     return Err(BodyPhaseError::TooLarge(limit));
                 }
@@ -243,7 +254,10 @@ mod tests {
 
     impl HttpFilter for Shout {
         fn on_request_body(&mut self, body: &mut Bytes, end: bool) -> BodyAction {
-            self.0.lock().expect("lock").push(format!("request_body {} end={end}", body.len()));
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("request_body {} end={end}", body.len()));
             if !end {
                 return BodyAction::Buffer;
             }
@@ -251,7 +265,10 @@ mod tests {
             BodyAction::Continue
         }
         fn on_response_body(&mut self, body: &mut Bytes, end: bool) -> BodyAction {
-            self.0.lock().expect("lock").push(format!("response_body {} end={end}", body.len()));
+            self.0
+                .lock()
+                .expect("lock")
+                .push(format!("response_body {} end={end}", body.len()));
             BodyAction::Continue
         }
     }
@@ -263,7 +280,11 @@ mod tests {
         type Data = Bytes;
         type Error = BoxError;
         fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))))
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes())))),
+            )
         }
     }
 
@@ -275,12 +296,22 @@ mod tests {
     async fn buffering_filters_see_the_whole_body_and_pass_it_on_at_the_end() {
         let events = Arc::new(Mutex::new(Vec::new()));
         let filters = SharedFilters::new(vec![Box::new(Shout(events.clone()))]);
-        let body = FilteredBody::new(chunks(&["hel", "lo ", "world"]), filters.clone(), Direction::Request, 1024);
+        let body = FilteredBody::new(
+            chunks(&["hel", "lo ", "world"]),
+            filters.clone(),
+            Direction::Request,
+            1024,
+        );
         assert_eq!(body.collect().await.expect("body").to_bytes(), "HELLO WORLD");
         let events = events.lock().expect("lock").clone();
         assert_eq!(
             events,
-            ["request_body 3 end=false", "request_body 6 end=false", "request_body 11 end=false", "request_body 11 end=true"]
+            [
+                "request_body 3 end=false",
+                "request_body 6 end=false",
+                "request_body 11 end=false",
+                "request_body 11 end=true"
+            ]
         );
     }
 
@@ -288,8 +319,16 @@ mod tests {
     async fn buffering_past_the_limit_fails_with_413() {
         let events = Arc::new(Mutex::new(Vec::new()));
         let filters = SharedFilters::new(vec![Box::new(Shout(events))]);
-        let body = FilteredBody::new(chunks(&["0123456789", "0123456789"]), filters.clone(), Direction::Request, 15);
+        let body = FilteredBody::new(
+            chunks(&["0123456789", "0123456789"]),
+            filters.clone(),
+            Direction::Request,
+            15,
+        );
         assert!(body.collect().await.is_err());
-        assert_eq!(filters.take_reply().expect("reply").status, http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            filters.take_reply().expect("reply").status,
+            http::StatusCode::PAYLOAD_TOO_LARGE
+        );
     }
 }

@@ -56,7 +56,12 @@ pub struct LocalReply {
 impl LocalReply {
     /// A reply with a status and body, no extra headers.
     pub fn new(status: StatusCode, body: impl Into<Bytes>) -> Self {
-        Self { status, headers: HeaderMap::new(), body: body.into(), details: String::new() }
+        Self {
+            status,
+            headers: HeaderMap::new(),
+            body: body.into(),
+            details: String::new(),
+        }
     }
 }
 
@@ -139,6 +144,12 @@ pub trait HttpFilter: Send {
         None
     }
 
+    /// Whether the filter asked, during `response_headers`, for the request to be sent again
+    /// to another endpoint (the `retry` extension); taken once.
+    fn take_retry(&mut self) -> bool {
+        false
+    }
+
     /// `log`: the exchange is over (or was abandoned).
     fn on_log(&mut self, _record: &LogRecord) {}
 }
@@ -159,6 +170,16 @@ pub struct FilterContext {
     /// Whether the downstream connection is mutual TLS.
     pub mtls: bool,
     pub(crate) callouts: Option<Arc<crate::callout::Callouts>>,
+    pub(crate) worker_context: Option<Arc<crate::http::WorkerContext>>,
+}
+
+/// Where a response came from; in the response's extensions during `response_headers`.
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    /// The cluster the request went to.
+    pub cluster: Arc<str>,
+    /// The endpoint that answered.
+    pub endpoint: std::net::SocketAddr,
 }
 
 /// Builds per-request filter instances; one per filter per snapshot.
@@ -191,6 +212,14 @@ pub enum FilterError {
         /// The requested type.
         kind: String,
     },
+    /// A Wasm filter could not be loaded or started.
+    #[error("filter {name:?}: {message}")]
+    Wasm {
+        /// The filter's name.
+        name: String,
+        /// What failed.
+        message: String,
+    },
     /// The filter refused its configuration.
     #[error("filter {name:?}: invalid config: {message}")]
     InvalidConfig {
@@ -210,9 +239,33 @@ pub struct FilterChain {
 }
 
 impl FilterChain {
-    /// Builds the chain for a listener's filter configs.
-    pub fn build(configs: &[weft_api::FilterConfig]) -> Result<Self, FilterError> {
-        let factories = configs.iter().map(native).collect::<Result<Vec<_>, _>>()?;
+    /// Builds the chain for a listener's filter configs: native filters here, Wasm filters
+    /// through the host (compiling and starting each module; any failure refuses the chain).
+    pub(crate) fn build(
+        configs: &[weft_api::FilterConfig],
+        wasm: &crate::wasm::WasmHost,
+        workers: usize,
+    ) -> Result<Self, FilterError> {
+        let mut factories = Vec::with_capacity(configs.len());
+        for config in configs {
+            let factory: Arc<dyn FilterFactory> = match &config.wasm {
+                Some(module) => {
+                    let runtime = wasm.runtime().map_err(|message| FilterError::Wasm {
+                        name: config.name.clone(),
+                        message,
+                    })?;
+                    Arc::new(crate::wasm::WasmFactory::new(
+                        runtime,
+                        config,
+                        module,
+                        workers,
+                        wasm.counters(&config.name),
+                    )?)
+                }
+                None => native(config)?,
+            };
+            factories.push(factory);
+        }
         Ok(Self::from_factories(factories))
     }
 
@@ -220,7 +273,11 @@ impl FilterChain {
     pub fn from_factories(factories: Vec<Arc<dyn FilterFactory>>) -> Self {
         let wants_body = factories.iter().any(|f| f.wants_body());
         let wants_callouts = factories.iter().any(|f| f.wants_callouts());
-        Self { factories: factories.into(), wants_body, wants_callouts }
+        Self {
+            factories: factories.into(),
+            wants_body,
+            wants_callouts,
+        }
     }
 
     /// Whether the chain has no filters (the request path then skips every phase).

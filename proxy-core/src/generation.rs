@@ -49,6 +49,8 @@ impl Generation {
         previous: Option<&Generation>,
         sockets: &HashMap<String, Arc<ListenerSockets>>,
         stats: &Stats,
+        wasm: &crate::wasm::WasmHost,
+        workers: usize,
     ) -> Result<Self, BuildError> {
         let clusters = ClusterSet::build(&snapshot, previous.map(|p| &p.clusters), stats);
         let mut tables = HashMap::new();
@@ -61,7 +63,7 @@ impl Generation {
             else {
                 continue; // refused by validation or binding before we get here
             };
-            let chain = FilterChain::build(&config.filters).map_err(|source| BuildError::Filter {
+            let chain = FilterChain::build(&config.filters, wasm, workers).map_err(|source| BuildError::Filter {
                 listener: config.name.clone(),
                 source,
             })?;

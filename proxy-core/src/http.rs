@@ -16,8 +16,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -31,10 +31,10 @@ use tokio::sync::watch;
 use weft_api::{ListenerKind, UpstreamProtocol};
 
 use crate::body::{self, BoxError, ProxyBody};
-use crate::cluster::{Cluster, Endpoint, HashInput, Outcome};
 use crate::callout::Callouts;
 use crate::chain::{Direction, FilteredBody, SharedFilters};
-use crate::filter::{FilterContext, LocalReply, LogRecord};
+use crate::cluster::{Cluster, Endpoint, HashInput, Outcome};
+use crate::filter::{FilterContext, LocalReply, LogRecord, UpstreamInfo};
 use crate::generation::{Generation, Listener};
 use crate::pool::{Pools, UpstreamError};
 use crate::reply::{self, Reason};
@@ -142,14 +142,22 @@ impl Exchange<'_> {
 
         // 2. Header hygiene.
         let upgrade = wants_upgrade(&parts);
-        let on_upgrade = if upgrade { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
+        let on_upgrade = if upgrade {
+            parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        } else {
+            None
+        };
         strip_hop_by_hop(&mut parts.headers, upgrade);
         self.forwarded_headers(&mut parts.headers);
 
         // 3. request_headers phase. The route is matched first so a route can disable filters
         //    and filters can read its name; it is matched again afterwards, since filters may
         //    change what routing looks at.
-        let mut route = self.listener.routes.find(&authority, parts.uri.path(), &parts.headers).cloned();
+        let mut route = self
+            .listener
+            .routes
+            .find(&authority, parts.uri.path(), &parts.headers)
+            .cloned();
         let mut authority = authority;
         if !self.listener.chain.is_empty() {
             let context = FilterContext {
@@ -159,6 +167,7 @@ impl Exchange<'_> {
                 listener: self.conn.listener.clone(),
                 route: route.as_ref().map(|r| r.name.clone()),
                 mtls: false,
+                worker_context: Some(self.conn.worker.clone()),
                 callouts: self.listener.chain.wants_callouts().then(|| {
                     Arc::new(Callouts {
                         generation: self.generation.clone(),
@@ -178,7 +187,11 @@ impl Exchange<'_> {
             {
                 host.clone_into(&mut authority);
             }
-            route = self.listener.routes.find(&authority, parts.uri.path(), &parts.headers).cloned();
+            route = self
+                .listener
+                .routes
+                .find(&authority, parts.uri.path(), &parts.headers)
+                .cloned();
             self.filters = Some(filters);
         }
 
@@ -197,9 +210,19 @@ impl Exchange<'_> {
         };
 
         // 5. Upstream: the route's cluster, unless a filter chose another (`set_upstream`).
-        let choice = self.filters.as_ref().and_then(SharedFilters::upstream_choice).unwrap_or_default();
+        let choice = self
+            .filters
+            .as_ref()
+            .and_then(SharedFilters::upstream_choice)
+            .unwrap_or_default();
         let cluster = match &choice.cluster {
-            Some(name) => self.generation.clusters.by_name.get(name).cloned().ok_or(Local(Reason::NoRoute))?,
+            Some(name) => self
+                .generation
+                .clusters
+                .by_name
+                .get(name)
+                .cloned()
+                .ok_or(Local(Reason::NoRoute))?,
             None => forward.cluster.clone(),
         };
         let lb = match &choice.subset {
@@ -208,7 +231,11 @@ impl Exchange<'_> {
             None => forward.lb.clone(),
         };
         self.record.cluster = Some(cluster.name.clone());
-        let hash = HashInput { headers: &parts.headers, source_ip: self.conn.peer.ip(), key: choice.hash_key.as_deref() };
+        let hash = HashInput {
+            headers: &parts.headers,
+            source_ip: self.conn.peer.ip(),
+            key: choice.hash_key.as_deref(),
+        };
         let endpoint = lb.pick(&cluster, &hash).ok_or(Local(Reason::NoHealthyUpstream))?;
         self.record.upstream = Some(endpoint.addr);
         self.active = Some(ActiveRequest::start(&cluster, &endpoint).ok_or_else(|| {
@@ -217,7 +244,11 @@ impl Exchange<'_> {
         })?);
 
         let upstream_request = self.upstream_request(parts, body, &cluster, forward, &authority)?;
-        let sent = self.conn.worker.pools.send(&cluster, &endpoint, upstream_request, upgrade);
+        let sent = self
+            .conn
+            .worker
+            .pools
+            .send(&cluster, &endpoint, upstream_request, upgrade);
         let started = Instant::now();
         let result = match forward.timeout {
             Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| ()),
@@ -253,6 +284,10 @@ impl Exchange<'_> {
             }
         };
         cluster.stats.rq_time.record(started.elapsed());
+        response.extensions_mut().insert(UpstreamInfo {
+            cluster: cluster.name.clone(),
+            endpoint: endpoint.addr,
+        });
         cluster.stats.record_status(response.status().as_u16());
         cluster.record_outcome(&endpoint, Outcome::Status(response.status().as_u16()));
 
@@ -374,7 +409,11 @@ impl Exchange<'_> {
         }
 
         // response_headers phase (local replies included, as Envoy's encoder filters see them).
-        if let Some(filters) = self.filters.as_ref().filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS) {
+        if let Some(filters) = self
+            .filters
+            .as_ref()
+            .filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
+        {
             let (mut parts, body) = response.into_parts();
             let end = body.is_end_stream();
             response = match filters.response_headers(&mut parts, end).await {
@@ -429,7 +468,9 @@ impl From<Local> for LocalOrFilter {
 
 fn filter_reply(reply: LocalReply) -> Response<ProxyBody> {
     let mut response = reply::build(reply.status, Reason::Filter, reply.body);
-    response.headers_mut().extend(reply.headers);
+    for (name, value) in &reply.headers {
+        response.headers_mut().insert(name, value.clone());
+    }
     response
 }
 

@@ -25,7 +25,9 @@ mod proxy;
 mod reply;
 mod routes;
 mod stats;
+mod wasm;
 mod worker;
 
 pub use proxy::{Proxy, ProxyConfig, ProxyError};
 pub use reply::{REASON_HEADER, Reason};
+pub use wasm::WasmSettings;

@@ -24,6 +24,10 @@ pub struct ProxyConfig {
     pub admin_address: Option<SocketAddr>,
     /// How long in-flight requests may run after shutdown begins. Default: 5s.
     pub drain_timeout: Duration,
+    /// Bounds on Wasm filters: call deadline, memory cap, compiled-module cache.
+    pub wasm: crate::wasm::WasmSettings,
+    /// This proxy's node id, readable by filters as `node.id`. Default: `weft-proxy`.
+    pub node_id: String,
 }
 
 impl Default for ProxyConfig {
@@ -32,6 +36,8 @@ impl Default for ProxyConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             admin_address: None,
             drain_timeout: Duration::from_secs(5),
+            wasm: crate::wasm::WasmSettings::default(),
+            node_id: "weft-proxy".to_owned(),
         }
     }
 }
@@ -70,6 +76,7 @@ pub enum ProxyError {
 /// State shared by the control thread and the handle.
 pub(crate) struct Shared {
     pub(crate) stats: Stats,
+    pub(crate) wasm: crate::wasm::WasmHost,
     pub(crate) draining: AtomicBool,
     pub(crate) generation: watch::Receiver<Arc<Generation>>,
 }
@@ -93,13 +100,16 @@ impl Proxy {
         snapshot.validate()?;
         let workers = config.workers.max(1);
         let stats = Stats::default();
+        let wasm = crate::wasm::WasmHost::new(config.wasm.clone());
+        crate::wasm::set_node_id(&config.node_id);
         let sockets = bind_listeners(&snapshot, None, workers)?;
-        let first = Generation::build(Arc::new(snapshot), None, &sockets, &stats)
+        let first = Generation::build(Arc::new(snapshot), None, &sockets, &stats, &wasm, workers)
             .map_err(|e| ProxyError::Build(Box::new(e)))?;
         let (generation_tx, generation_rx) = watch::channel(Arc::new(first));
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
         let shared = Arc::new(Shared {
             stats,
+            wasm,
             draining: AtomicBool::new(false),
             generation: generation_rx.clone(),
         });
@@ -183,9 +193,17 @@ impl Proxy {
         snapshot.validate()?;
         let previous = self.generation.borrow().clone();
         let sockets = bind_listeners(&snapshot, Some(&previous), self.config.workers)?;
-        let next = Generation::build(Arc::new(snapshot), Some(&previous), &sockets, &self.shared.stats)
-            .map_err(|e| ProxyError::Build(Box::new(e)))?;
+        let next = Generation::build(
+            Arc::new(snapshot),
+            Some(&previous),
+            &sockets,
+            &self.shared.stats,
+            &self.shared.wasm,
+            self.config.workers,
+        )
+        .map_err(|e| ProxyError::Build(Box::new(e)))?;
         tracing::info!(version = %next.snapshot.version, "snapshot applied");
+        self.shared.wasm.retain_modules(&next.snapshot);
         self.generation.send_replace(Arc::new(next));
         Ok(())
     }

@@ -178,7 +178,12 @@ async fn accept_loop(
         stats.cx_total.fetch_add(1, Relaxed);
         stats.cx_active.fetch_add(1, Relaxed);
         let local = stream.local_addr().unwrap_or(listener.sockets.addr);
-        let connection = Arc::new(Connection { listener: listener_name.clone(), peer, local, worker: context.clone() });
+        let connection = Arc::new(Connection {
+            listener: listener_name.clone(),
+            peer,
+            local,
+            worker: context.clone(),
+        });
         let service = hyper::service::service_fn(move |request| crate::http::serve(connection.clone(), request));
         let io = TokioIo::new(stream);
         let guard = tracker.enter();

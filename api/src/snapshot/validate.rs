@@ -242,9 +242,16 @@ fn check_name<'a>(errors: &mut Errors, path: &str, name: &'a str, seen: &mut Has
 
 fn check_route(errors: &mut Errors, path: &str, route: &Route, snapshot: &Snapshot, clusters: &HashSet<&str>) {
     for (i, name) in route.disabled_filters.iter().enumerate() {
-        let known = snapshot.listeners.iter().flat_map(|l| &l.filters).any(|f| &f.name == name);
+        let known = snapshot
+            .listeners
+            .iter()
+            .flat_map(|l| &l.filters)
+            .any(|f| &f.name == name);
         if !known {
-            errors.push(format!("{path}.disabled_filters[{i}]"), format!("no filter named {name:?}"));
+            errors.push(
+                format!("{path}.disabled_filters[{i}]"),
+                format!("no filter named {name:?}"),
+            );
         }
     }
     if let Some(p) = &route.matches.path {

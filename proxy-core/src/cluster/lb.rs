@@ -310,7 +310,11 @@ mod tests {
         for e in &c.endpoints {
             e.healthy.store(false, Relaxed);
         }
-        let hi = HashInput { headers: &http::HeaderMap::new(), source_ip: [127, 0, 0, 1].into(), key: None };
+        let hi = HashInput {
+            headers: &http::HeaderMap::new(),
+            source_ip: [127, 0, 0, 1].into(),
+            key: None,
+        };
         assert!(c.all.pick(&c, &hi).is_none());
     }
 }

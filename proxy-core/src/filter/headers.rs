@@ -87,10 +87,7 @@ impl HeadersFactory {
             .deny
             .map(|d| {
                 let status = StatusCode::from_u16(d.status).map_err(|e| format!("deny.status: {e}"))?;
-                Ok::<_, String>((
-                    d.path_prefix,
-                    LocalReply::new(status, Bytes::from(d.body)),
-                ))
+                Ok::<_, String>((d.path_prefix, LocalReply::new(status, Bytes::from(d.body))))
             })
             .transpose()
             .map_err(invalid)?;

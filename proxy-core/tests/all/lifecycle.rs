@@ -57,6 +57,7 @@ async fn drain_deadline_closes_stuck_requests() {
         workers: 1,
         admin_address: None,
         drain_timeout: Duration::from_millis(300),
+        ..Default::default()
     };
     let proxy = weft_proxy::Proxy::start(config, snapshot).expect("starts");
     let addr = proxy.listener_addr("main").expect("listener");

@@ -11,4 +11,5 @@ mod grpc;
 mod lifecycle;
 mod protocols;
 mod resilience;
+mod wasm;
 mod websocket;

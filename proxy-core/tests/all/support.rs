@@ -27,6 +27,7 @@ pub fn start_proxy(yaml: &str, workers: usize) -> Proxy {
         workers,
         admin_address: Some("127.0.0.1:0".parse().expect("addr")),
         drain_timeout: Duration::from_secs(5),
+        ..Default::default()
     };
     Proxy::start(config, snapshot).expect("proxy starts")
 }
@@ -320,4 +321,66 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A test filter from `filters/testdata`, built for wasm32-wasip1 on first use: its path and
+/// sha256.
+pub fn test_filter(crate_name: &str) -> (String, String) {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root");
+    let target = root.join("target/filters");
+    BUILT.get_or_init(|| {
+        let status = std::process::Command::new(env!("CARGO"))
+            .current_dir(root.join("filters"))
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["build", "--quiet", "--release", "--locked", "--target", "wasm32-wasip1"])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the test filters failed");
+    });
+    let path = target.join(format!("wasm32-wasip1/release/{crate_name}.wasm"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    (path.display().to_string(), hex)
+}
+
+/// YAML for one Wasm filter entry of a listener's `filters:` (indented 6 spaces).
+pub fn wasm_filter(name: &str, crate_name: &str, config: &str, policy: &str) -> String {
+    let (file, sha) = test_filter(crate_name);
+    format!(
+        "      - name: {name}\n        wasm: {{ file: \"{file}\", sha256: \"{sha}\" }}\n        config: {config}\n        failure_policy: {policy}\n"
+    )
+}
+
+/// A snapshot with listener `main` running `filters` (from [`wasm_filter`]) in front of
+/// cluster `c` (`cluster_yaml`), plus extra clusters.
+pub fn with_filters(filters: &str, cluster_yaml: &str, extra_clusters: &str) -> String {
+    format!(
+        r#"
+version: "wasm"
+listeners:
+  - name: main
+    address: 127.0.0.1:0
+    route_table: rt
+    filters:
+{filters}
+route_tables:
+  - name: rt
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - name: default
+            forward: {{ cluster: c }}
+clusters:
+  - name: c
+{cluster_yaml}
+{extra_clusters}
+"#
+    )
 }

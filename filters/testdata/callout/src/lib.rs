@@ -1,0 +1,146 @@
+//! `test_callout`: an HTTP-callout authorizer.
+//!
+//! Plugin configuration (JSON object): `{"cluster": "<cluster name>", "timeout_ms": N}`;
+//! `cluster` is required, `timeout_ms` defaults to 1000 and must be an integer in `0..=u32::MAX`.
+//! Anything else (empty, not an object, wrong types) is rejected; unknown keys are ignored.
+//!
+//! - request headers: `dispatch_http_call(cluster, [(":method","GET"), (":path","/check"),
+//!   (":authority","authz"), ("x-user", <request x-user or "">)], no body, no trailers,
+//!   timeout)` and Pause. If the dispatch fails: local reply 500 `callout dispatch failed\n`.
+//! - call response with `:status` `200`: add request header `x-authz: <response body>` (lossy
+//!   UTF-8, surrounding ASCII whitespace trimmed) and resume the request.
+//! - call response with another `:status`: local reply 403 with header
+//!   `x-authz-status: <status>` (`none` if the status is empty), body `callout denied\n`.
+//! - call response without `:status` (timeout, connect failure, ...): local reply 503
+//!   `callout failed\n`.
+
+use std::time::Duration;
+
+use log::warn;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+#[allow(dead_code)]
+#[path = "../../../common/flat_json.rs"]
+mod flat_json;
+
+const DEFAULT_TIMEOUT_MS: u64 = 1000;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(CalloutRoot { config: None })
+    });
+}}
+
+#[derive(Clone)]
+struct Config {
+    cluster: String,
+    timeout: Duration,
+}
+
+fn parse_config(config: &[u8]) -> Result<Config, String> {
+    let mut cluster = None;
+    let mut timeout_ms = DEFAULT_TIMEOUT_MS;
+    for (key, value) in flat_json::parse_object(config)? {
+        match key.as_str() {
+            "cluster" => match value {
+                flat_json::Value::Str(s) if !s.is_empty() => cluster = Some(s),
+                _ => return Err("\"cluster\" must be a non-empty string".to_string()),
+            },
+            "timeout_ms" => match value.as_u64() {
+                Some(ms) if ms <= u64::from(u32::MAX) => timeout_ms = ms,
+                _ => return Err("\"timeout_ms\" must be an integer in 0..=4294967295".to_string()),
+            },
+            _ => {}
+        }
+    }
+    Ok(Config {
+        cluster: cluster.ok_or_else(|| "\"cluster\" is required".to_string())?,
+        timeout: Duration::from_millis(timeout_ms),
+    })
+}
+
+struct CalloutRoot {
+    config: Option<Config>,
+}
+
+impl Context for CalloutRoot {}
+
+impl RootContext for CalloutRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        match parse_config(&config) {
+            Ok(config) => {
+                self.config = Some(config);
+                true
+            }
+            Err(why) => {
+                warn!("test_callout: rejecting configuration: {why}");
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Callout {
+            config: self.config.clone(),
+        }))
+    }
+}
+
+struct Callout {
+    /// `None` only if the host created a stream without a successful `on_configure`.
+    config: Option<Config>,
+}
+
+impl Context for Callout {
+    fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        match self.get_http_call_response_header(":status") {
+            None => {
+                self.send_http_response(503, vec![], Some(b"callout failed\n"));
+            }
+            Some(status) if status == "200" => {
+                let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+                let body = String::from_utf8_lossy(&body);
+                self.add_http_request_header("x-authz", body.trim_ascii());
+                self.resume_http_request();
+            }
+            Some(status) => {
+                let status = if status.is_empty() { "none" } else { &status };
+                self.send_http_response(403, vec![("x-authz-status", status)], Some(b"callout denied\n"));
+            }
+        }
+    }
+}
+
+impl HttpContext for Callout {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(config) = &self.config else {
+            self.send_http_response(500, vec![], Some(b"callout dispatch failed\n"));
+            return Action::Pause;
+        };
+        let user = self.get_http_request_header("x-user").unwrap_or_default();
+        let dispatched = self.dispatch_http_call(
+            &config.cluster,
+            vec![
+                (":method", "GET"),
+                (":path", "/check"),
+                (":authority", "authz"),
+                ("x-user", &user),
+            ],
+            None,
+            vec![],
+            config.timeout,
+        );
+        if let Err(status) = dispatched {
+            warn!("test_callout: dispatch to {:?} failed: {status:?}", config.cluster);
+            self.send_http_response(500, vec![], Some(b"callout dispatch failed\n"));
+        }
+        Action::Pause
+    }
+}

@@ -1,0 +1,57 @@
+//! Weft's host extensions, reached through `proxy_call_foreign_function` (see `docs/abi.md`).
+//! Arguments and results are JSON.
+
+use serde_json::Value;
+
+use super::abi::Status;
+use super::host::HostState;
+use crate::filter::UpstreamChoice;
+
+/// Runs foreign function `name`; the result bytes go back to the guest.
+pub(crate) fn call(state: &mut HostState, name: &str, args: &[u8]) -> Result<Vec<u8>, Status> {
+    match name {
+        "weft.set_upstream" => set_upstream(state, args),
+        "weft.retry" => {
+            if state.stream.info.is_none() {
+                return Err(Status::BadArgument);
+            }
+            state.intents.retry = true;
+            Ok(Vec::new())
+        }
+        "weft.peer_principal" => {
+            let info = state.stream.info.as_deref().ok_or(Status::NotFound)?;
+            info.peer_principal
+                .as_ref()
+                .map(|p| p.as_bytes().to_vec())
+                .ok_or(Status::NotFound)
+        }
+        _ => Err(Status::NotFound),
+    }
+}
+
+/// `{"cluster": "reviews", "subset": {"version": "v2"}, "hash_key": "jason"}`, every field
+/// optional.
+fn set_upstream(state: &mut HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
+    if state.stream.info.is_none() {
+        return Err(Status::BadArgument);
+    }
+    let value: Value = serde_json::from_slice(args).map_err(|_| Status::SerializationFailure)?;
+    let object = value.as_object().ok_or(Status::SerializationFailure)?;
+    let mut choice = UpstreamChoice::default();
+    for (key, value) in object {
+        match (key.as_str(), value) {
+            ("cluster", Value::String(c)) => choice.cluster = Some(c.clone()),
+            ("hash_key", Value::String(k)) => choice.hash_key = Some(k.clone()),
+            ("subset", Value::Object(labels)) => {
+                let mut subset = std::collections::BTreeMap::new();
+                for (k, v) in labels {
+                    subset.insert(k.clone(), v.as_str().ok_or(Status::SerializationFailure)?.to_owned());
+                }
+                choice.subset = Some(subset);
+            }
+            _ => return Err(Status::SerializationFailure),
+        }
+    }
+    state.intents.upstream = Some(choice);
+    Ok(Vec::new())
+}

@@ -1,0 +1,838 @@
+//! Wasm filters in the chain: a factory per filter and snapshot, one VM per worker (created
+//! on first use on that worker, with a root driver task for ticks, queues and root
+//! callouts), a stream context per request, and the failure policy.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, Uri};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use weft_api::{FailurePolicy, FilterConfig, WasmModule};
+
+use super::abi::BufferType;
+use super::host::{HeadView, Intents, Plugin, StreamData};
+use super::props::StreamInfo;
+use super::runtime::{LoadedModule, WasmRuntime};
+use super::vm::{Phase, ROOT_CONTEXT, Vm, VmError};
+use crate::callout::{CalloutError, CalloutResponse, Callouts};
+use crate::filter::{
+    BodyAction, FilterAction, FilterContext, FilterError, FilterFactory, Head, HttpFilter, LocalReply, LogRecord,
+    UpstreamChoice, UpstreamInfo,
+};
+use crate::http::WorkerContext;
+
+/// Crashes within this window that put a `reload` filter down.
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// Crashes within [`CRASH_WINDOW`] after which a `reload` filter stays down.
+const CRASH_LIMIT: usize = 5;
+
+/// Counters of one filter, exported at `/stats/prometheus`.
+#[derive(Default)]
+pub(crate) struct FilterCounters {
+    pub(crate) vms_created: AtomicU64,
+    pub(crate) failures: Mutex<HashMap<&'static str, u64>>,
+}
+
+/// What every instance of a filter shares.
+struct Shared {
+    runtime: Arc<WasmRuntime>,
+    module: Arc<LoadedModule>,
+    plugin: Arc<Plugin>,
+    policy: FailurePolicy,
+    counters: Arc<FilterCounters>,
+}
+
+/// One worker's VM of a filter.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    vm: Option<Vm>,
+    /// Advances whenever the VM is replaced; contexts of an older VM are dead.
+    epoch: u64,
+    crashes: Vec<Instant>,
+    retry_at: Option<Instant>,
+    down: bool,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SlotState {
+    fn crash(&mut self, shared: &Shared, worker: usize, error: &VmError) {
+        self.vm = None;
+        self.epoch += 1;
+        if let Ok(mut failures) = shared.counters.failures.lock() {
+            *failures.entry(error.kind()).or_default() += 1;
+        }
+        tracing::error!(filter = %shared.plugin.name, worker, %error, "wasm filter failed; its VM will be recreated");
+        if shared.policy == FailurePolicy::Reload {
+            let now = Instant::now();
+            self.crashes.retain(|at| now.duration_since(*at) < CRASH_WINDOW);
+            self.crashes.push(now);
+            if self.crashes.len() >= CRASH_LIMIT {
+                self.down = true;
+                tracing::error!(filter = %shared.plugin.name, worker, crashes = self.crashes.len(), "wasm filter is crash-looping; it stays down until the next snapshot");
+            } else {
+                let backoff = Duration::from_millis(100) * 2u32.pow(self.crashes.len() as u32 - 1);
+                self.retry_at = Some(now + backoff);
+            }
+        }
+    }
+
+    /// The VM, created if there is none and the policy allows it now.
+    fn ensure(
+        &mut self,
+        shared: &Arc<Shared>,
+        slot: &Arc<Slot>,
+        worker: usize,
+        context: Option<&Arc<WorkerContext>>,
+    ) -> Option<&mut Vm> {
+        if self.vm.is_none() {
+            if self.down || self.retry_at.is_some_and(|at| Instant::now() < at) {
+                return None;
+            }
+            let (queue_tx, queue_rx) = mpsc::unbounded_channel();
+            match Vm::new(&shared.runtime, &shared.module, shared.plugin.clone(), Some(queue_tx)) {
+                Ok(vm) => {
+                    self.epoch += 1;
+                    shared.counters.vms_created.fetch_add(1, Relaxed);
+                    if let (Ok(handle), Some(context)) = (tokio::runtime::Handle::try_current(), context) {
+                        handle.spawn(drive_root(
+                            Arc::downgrade(slot),
+                            self.epoch,
+                            queue_rx,
+                            context.clone(),
+                            shared.clone(),
+                            worker,
+                        ));
+                    }
+                    self.vm = Some(vm);
+                }
+                Err(error) => {
+                    self.crash(shared, worker, &error);
+                    return None;
+                }
+            }
+        }
+        self.vm.as_mut()
+    }
+}
+
+/// Builds a filter's instances; one per filter and snapshot.
+pub(crate) struct WasmFactory {
+    shared: Arc<Shared>,
+    slots: Vec<Arc<Slot>>,
+}
+
+/// The bytes a guest receives for a configuration value: a string as is, else JSON.
+fn config_bytes(value: &serde_yaml::Value) -> Bytes {
+    match value {
+        serde_yaml::Value::Null => Bytes::new(),
+        serde_yaml::Value::String(s) => Bytes::from(s.clone()),
+        other => Bytes::from(serde_json::to_vec(other).unwrap_or_default()),
+    }
+}
+
+impl WasmFactory {
+    /// Loads the module (verifying its digest) and checks that a VM starts with this
+    /// configuration: `on_vm_start` and `on_configure` must accept it.
+    pub(crate) fn new(
+        runtime: &Arc<WasmRuntime>,
+        config: &FilterConfig,
+        wasm: &WasmModule,
+        workers: usize,
+        counters: Arc<FilterCounters>,
+    ) -> Result<Self, FilterError> {
+        let fail = |message: String| FilterError::Wasm {
+            name: config.name.clone(),
+            message,
+        };
+        let module = runtime
+            .load(&wasm.file, &wasm.sha256)
+            .map_err(|e| fail(e.to_string()))?;
+        let plugin = Arc::new(Plugin {
+            name: config.name.clone(),
+            vm_id: wasm.vm_id.clone().unwrap_or_else(|| config.name.clone()),
+            root_id: wasm.root_id.clone(),
+            vm_config: config_bytes(&wasm.vm_config),
+            plugin_config: config_bytes(&config.config),
+        });
+        Vm::new(runtime, &module, plugin.clone(), None).map_err(|e| fail(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            runtime: runtime.clone(),
+            module,
+            plugin,
+            policy: config.failure_policy,
+            counters,
+        });
+        Ok(Self {
+            shared,
+            slots: (0..workers.max(1)).map(|_| Arc::new(Slot::default())).collect(),
+        })
+    }
+}
+
+impl FilterFactory for WasmFactory {
+    fn name(&self) -> &str {
+        &self.shared.plugin.name
+    }
+
+    fn create(&self, context: &FilterContext) -> Box<dyn HttpFilter> {
+        let slot = self
+            .slots
+            .get(context.worker)
+            .or_else(|| self.slots.first())
+            .cloned()
+            .unwrap_or_default();
+        Box::new(WasmFilter {
+            shared: self.shared.clone(),
+            slot,
+            worker: context.worker,
+            worker_context: context.worker_context.clone(),
+            context: None,
+            failed: false,
+            info: Some(Box::new(StreamInfo {
+                source: context.source,
+                destination: context.destination,
+                listener: context.listener.clone(),
+                route: context.route.clone(),
+                mtls: context.mtls,
+                peer_principal: None,
+                worker: context.worker,
+                start: SystemTime::now(),
+                method: String::new(),
+                path: String::new(),
+                authority: String::new(),
+                scheme: "http".to_owned(),
+                protocol: "HTTP/1.1",
+                request_id: String::new(),
+                request_size: 0,
+                response_code: None,
+                response_code_details: String::new(),
+                response_size: 0,
+                upstream: None,
+                cluster: None,
+            })),
+            properties: HashMap::new(),
+            callouts: context.callouts.clone(),
+            pending: Vec::new(),
+            pending_reply: None,
+            resumed: false,
+            upstream: None,
+            retry: false,
+        })
+    }
+
+    fn wants_body(&self) -> bool {
+        true
+    }
+
+    fn wants_callouts(&self) -> bool {
+        true
+    }
+}
+
+type Pending = Vec<(u32, JoinHandle<Result<CalloutResponse, CalloutError>>)>;
+
+/// One request's stream context in this worker's VM.
+struct WasmFilter {
+    shared: Arc<Shared>,
+    slot: Arc<Slot>,
+    worker: usize,
+    worker_context: Option<Arc<WorkerContext>>,
+    /// (context id, VM epoch) once created.
+    context: Option<(i32, u64)>,
+    /// The VM failed under this request; the policy decides what the request gets.
+    failed: bool,
+    info: Option<Box<StreamInfo>>,
+    properties: HashMap<String, Vec<u8>>,
+    callouts: Option<Arc<Callouts>>,
+    pending: Pending,
+    pending_reply: Option<LocalReply>,
+    resumed: bool,
+    upstream: Option<UpstreamChoice>,
+    retry: bool,
+}
+
+/// The inputs of one guest call besides the stream data.
+struct CallInput {
+    stream: StreamData,
+    call_response: Option<CalloutResponse>,
+}
+
+impl WasmFilter {
+    /// Runs `call` on this worker's VM with `input` visible to hostcalls. Returns the
+    /// result (`None` when the filter failed), the stream data back, and the intents.
+    fn run<R>(
+        &mut self,
+        input: CallInput,
+        call: impl FnOnce(&mut Vm, i32) -> Result<R, VmError>,
+    ) -> (Option<R>, StreamData, Intents) {
+        let mut stream = input.stream;
+        if self.failed {
+            return (None, stream, Intents::default());
+        }
+        let slot = self.slot.clone();
+        let mut state = slot.lock();
+        if state
+            .ensure(&self.shared, &slot, self.worker, self.worker_context.as_ref())
+            .is_none()
+        {
+            self.failed = true;
+            return (None, stream, Intents::default());
+        }
+        let current = state.epoch;
+        let Some(vm) = state.vm.as_mut() else {
+            return (None, stream, Intents::default());
+        };
+        let context = match self.context {
+            Some((id, epoch)) if epoch == current => id,
+            Some(_) => {
+                // The VM this stream started on was replaced.
+                drop(state);
+                self.failed = true;
+                return (None, stream, Intents::default());
+            }
+            None => match vm.create_context() {
+                Ok(id) => id,
+                Err(error) => {
+                    let worker = self.worker;
+                    state.crash(&self.shared, worker, &error);
+                    self.failed = true;
+                    return (None, stream, Intents::default());
+                }
+            },
+        };
+        let epoch = state.epoch;
+        self.context = Some((context, epoch));
+        let vm = match state.vm.as_mut() {
+            Some(vm) => vm,
+            None => return (None, stream, Intents::default()),
+        };
+        stream.info = self.info.take();
+        stream.properties = std::mem::take(&mut self.properties);
+        let host = vm.host();
+        host.stream = stream;
+        host.call_response = input.call_response;
+        host.callouts = self.callouts.clone();
+        let result = call(vm, context);
+        let host = vm.host();
+        let mut stream = std::mem::take(&mut host.stream);
+        host.call_response = None;
+        host.callouts = None;
+        let intents = std::mem::take(&mut host.intents);
+        self.info = stream.info.take();
+        self.properties = std::mem::take(&mut stream.properties);
+        match result {
+            Ok(r) => (Some(r), stream, intents),
+            Err(error) => {
+                state.crash(&self.shared, self.worker, &error);
+                self.failed = true;
+                (None, stream, Intents::default())
+            }
+        }
+    }
+
+    /// What a request gets when the filter failed.
+    fn failure(&self) -> FilterAction {
+        match self.shared.policy {
+            FailurePolicy::FailOpen => FilterAction::Continue,
+            FailurePolicy::FailClosed | FailurePolicy::Reload => FilterAction::Reply(self.failure_reply()),
+        }
+    }
+
+    fn failure_reply(&self) -> LocalReply {
+        let mut reply = LocalReply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("filter {} failed\n", self.shared.plugin.name),
+        );
+        reply
+            .headers
+            .insert("x-weft-reason", HeaderValue::from_static("filter_failure"));
+        reply.details = "wasm_failure".to_owned();
+        reply
+    }
+
+    /// Applies what the guest asked for; a reply wins over everything else.
+    fn apply(&mut self, intents: Intents) -> Option<LocalReply> {
+        for (token, request) in intents.callouts {
+            match &self.callouts {
+                Some(callouts) => {
+                    let callouts = callouts.clone();
+                    self.pending
+                        .push((token, tokio::spawn(async move { callouts.call(request).await })));
+                }
+                None => tracing::warn!(filter = %self.shared.plugin.name, "callout without a callout handle dropped"),
+            }
+        }
+        if intents.upstream.is_some() {
+            self.upstream = intents.upstream;
+        }
+        self.retry |= intents.retry;
+        if intents.continue_request || intents.continue_response {
+            self.resumed = true;
+        }
+        if intents.close {
+            let mut reply = LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, "stream closed by filter\n");
+            reply.details = "closed_by_filter".to_owned();
+            return Some(reply);
+        }
+        intents.local_reply
+    }
+
+    fn headers_outcome(&mut self, result: Option<i32>, intents: Intents) -> FilterAction {
+        let Some(action) = result else { return self.failure() };
+        if let Some(reply) = self.apply(intents) {
+            return FilterAction::Reply(reply);
+        }
+        if action == 1 && !self.resumed {
+            FilterAction::Pause
+        } else {
+            self.resumed = false;
+            FilterAction::Continue
+        }
+    }
+
+    fn body(&mut self, phase: Phase, kind: BufferType, body: &mut Bytes, end: bool) -> BodyAction {
+        let stream = StreamData {
+            body: Some((kind, body.to_vec())),
+            ..Default::default()
+        };
+        let size = body.len();
+        let (result, stream, intents) = self.run(
+            CallInput {
+                stream,
+                call_response: None,
+            },
+            |vm, ctx| vm.phase(phase, ctx, size, end),
+        );
+        if let Some((_, data)) = stream.body {
+            *body = Bytes::from(data);
+        }
+        let Some(action) = result else {
+            return match self.failure() {
+                FilterAction::Reply(reply) => BodyAction::Reply(reply),
+                _ => BodyAction::Continue,
+            };
+        };
+        if let Some(reply) = self.apply(intents) {
+            return BodyAction::Reply(reply);
+        }
+        if action == 1 {
+            BodyAction::Buffer
+        } else {
+            BodyAction::Continue
+        }
+    }
+
+    /// Delivers a finished callout to the guest, with the paused head visible.
+    fn deliver(&mut self, token: u32, result: Result<CalloutResponse, CalloutError>, head: &mut Head<'_>) {
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(filter = %self.shared.plugin.name, token, %error, "callout failed");
+                CalloutResponse::default()
+            }
+        };
+        let (headers, body, trailers) = (response.headers.len(), response.body.len(), response.trailers.len());
+        let mut stream = StreamData::default();
+        match head {
+            Head::Request(parts) => stream.request = Some(request_view(parts)),
+            Head::Response(parts) => stream.response = Some(response_view(parts)),
+        }
+        let input = CallInput {
+            stream,
+            call_response: Some(response),
+        };
+        let (result, stream, intents) = self.run(input, |vm, ctx| {
+            vm.http_call_response(ctx, token, headers, body, trailers)
+        });
+        match head {
+            Head::Request(parts) => restore_request(parts, stream.request),
+            Head::Response(parts) => restore_response(parts, stream.response),
+        }
+        if result.is_none() {
+            if let FilterAction::Reply(reply) = self.failure() {
+                self.pending_reply = Some(reply);
+            } else {
+                self.resumed = true;
+            }
+            return;
+        }
+        if let Some(reply) = self.apply(intents) {
+            self.pending_reply = Some(reply);
+        }
+    }
+}
+
+/// Moves a request head into a view (pseudo-headers from the method and URI).
+fn request_view(parts: &mut http::request::Parts) -> HeadView {
+    let map = std::mem::take(&mut parts.headers);
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            map.get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let scheme = parts.uri.scheme_str().unwrap_or("http").to_owned();
+    HeadView {
+        pseudo: vec![
+            (":method", parts.method.to_string()),
+            (":path", path),
+            (":authority", authority),
+            (":scheme", scheme),
+        ],
+        map,
+    }
+}
+
+/// Moves a view back into the request head, applying pseudo-header edits.
+fn restore_request(parts: &mut http::request::Parts, view: Option<HeadView>) {
+    let Some(view) = view else { return };
+    parts.headers = view.map;
+    for (key, value) in view.pseudo {
+        match key {
+            ":method" => {
+                if let Ok(m) = Method::from_bytes(value.as_bytes()) {
+                    parts.method = m;
+                }
+            }
+            ":path" => {
+                let current = parts.uri.path_and_query().map(|p| p.as_str());
+                if current != Some(value.as_str()) {
+                    let mut builder = Uri::builder();
+                    if let (Some(scheme), Some(authority)) = (parts.uri.scheme(), parts.uri.authority()) {
+                        builder = builder.scheme(scheme.clone()).authority(authority.clone());
+                    }
+                    if let Ok(uri) = builder.path_and_query(value.as_str()).build() {
+                        parts.uri = uri;
+                    }
+                }
+            }
+            ":authority" => {
+                let current = parts.uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+                    parts
+                        .headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                });
+                if current.as_deref() != Some(value.as_str())
+                    && let Ok(host) = HeaderValue::from_str(&value)
+                {
+                    parts.headers.insert(http::header::HOST, host);
+                    if parts.uri.authority().is_some()
+                        && let Ok(uri) = Uri::builder()
+                            .scheme(parts.uri.scheme_str().unwrap_or("http"))
+                            .authority(value.as_str())
+                            .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
+                            .build()
+                    {
+                        parts.uri = uri;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn response_view(parts: &mut http::response::Parts) -> HeadView {
+    HeadView {
+        pseudo: vec![(":status", parts.status.as_str().to_owned())],
+        map: std::mem::take(&mut parts.headers),
+    }
+}
+
+fn restore_response(parts: &mut http::response::Parts, view: Option<HeadView>) {
+    let Some(view) = view else { return };
+    parts.headers = view.map;
+    for (key, value) in view.pseudo {
+        if key == ":status"
+            && let Ok(status) = value
+                .parse::<u16>()
+                .map_err(|_| ())
+                .and_then(|s| StatusCode::from_u16(s).map_err(|_| ()))
+        {
+            parts.status = status;
+        }
+    }
+}
+
+impl HttpFilter for WasmFilter {
+    fn on_request_headers(&mut self, request: &mut http::request::Parts, end_of_stream: bool) -> FilterAction {
+        if let Some(info) = self.info.as_mut() {
+            info.method = request.method.to_string();
+            info.path = request
+                .uri
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+            info.authority = request
+                .uri
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    request
+                        .headers
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            info.protocol = match request.version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            };
+            info.request_id = request
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            info.request_size = request
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+        }
+        let view = request_view(request);
+        let count = view.pseudo.len() + view.map.len();
+        let stream = StreamData {
+            request: Some(view),
+            ..Default::default()
+        };
+        let (result, stream, intents) = self.run(
+            CallInput {
+                stream,
+                call_response: None,
+            },
+            |vm, ctx| vm.phase(Phase::RequestHeaders, ctx, count, end_of_stream),
+        );
+        restore_request(request, stream.request);
+        self.headers_outcome(result, intents)
+    }
+
+    fn on_request_body(&mut self, body: &mut Bytes, end_of_stream: bool) -> BodyAction {
+        self.body(Phase::RequestBody, BufferType::RequestBody, body, end_of_stream)
+    }
+
+    fn on_response_headers(&mut self, response: &mut http::response::Parts, end_of_stream: bool) -> FilterAction {
+        if let Some(info) = self.info.as_mut() {
+            info.response_code = Some(response.status.as_u16());
+            if let Some(upstream) = response.extensions.get::<UpstreamInfo>() {
+                info.upstream = Some(upstream.endpoint);
+                info.cluster = Some(upstream.cluster.clone());
+            }
+        }
+        let view = response_view(response);
+        let count = view.pseudo.len() + view.map.len();
+        let stream = StreamData {
+            response: Some(view),
+            ..Default::default()
+        };
+        let (result, stream, intents) = self.run(
+            CallInput {
+                stream,
+                call_response: None,
+            },
+            |vm, ctx| vm.phase(Phase::ResponseHeaders, ctx, count, end_of_stream),
+        );
+        restore_response(response, stream.response);
+        self.headers_outcome(result, intents)
+    }
+
+    fn on_response_body(&mut self, body: &mut Bytes, end_of_stream: bool) -> BodyAction {
+        if let Some(info) = self.info.as_mut() {
+            info.response_size += body.len() as u64;
+        }
+        self.body(Phase::ResponseBody, BufferType::ResponseBody, body, end_of_stream)
+    }
+
+    fn poll_resume(&mut self, cx: &mut Context<'_>, mut head: Head<'_>) -> Poll<FilterAction> {
+        loop {
+            if let Some(reply) = self.pending_reply.take() {
+                return Poll::Ready(FilterAction::Reply(reply));
+            }
+            if self.resumed {
+                self.resumed = false;
+                return Poll::Ready(FilterAction::Continue);
+            }
+            if self.failed {
+                return Poll::Ready(self.failure());
+            }
+            let ready = self.pending.iter_mut().enumerate().find_map(|(i, (_, handle))| {
+                match std::pin::Pin::new(handle).poll(cx) {
+                    Poll::Ready(result) => Some((i, result)),
+                    Poll::Pending => None,
+                }
+            });
+            match ready {
+                Some((i, result)) => {
+                    let (token, _) = self.pending.swap_remove(i);
+                    let result = result.unwrap_or_else(|_| Err(CalloutError::Timeout));
+                    self.deliver(token, result, &mut head);
+                }
+                None if self.pending.is_empty() => {
+                    // Paused with nothing that could resume it: go on rather than hang.
+                    tracing::warn!(filter = %self.shared.plugin.name, "filter paused without a pending callout; continuing");
+                    return Poll::Ready(FilterAction::Continue);
+                }
+                None => return Poll::Pending,
+            }
+        }
+    }
+
+    fn take_upstream_choice(&mut self) -> Option<UpstreamChoice> {
+        self.upstream.take()
+    }
+
+    fn take_retry(&mut self) -> bool {
+        std::mem::take(&mut self.retry)
+    }
+
+    fn on_log(&mut self, record: &LogRecord) {
+        if let Some(info) = self.info.as_mut() {
+            info.response_code = Some(record.status);
+            info.response_code_details = record.reason.unwrap_or("via_upstream").to_owned();
+            info.response_size = record.response_bytes;
+            info.upstream = record.upstream;
+            info.cluster = record.cluster.clone();
+        }
+        if self.context.is_some() {
+            let (_, _, _) = self.run(
+                CallInput {
+                    stream: StreamData::default(),
+                    call_response: None,
+                },
+                |vm, ctx| vm.finish_context(ctx, true),
+            );
+            self.context = None;
+        }
+    }
+}
+
+impl Drop for WasmFilter {
+    fn drop(&mut self) {
+        for (_, handle) in self.pending.drain(..) {
+            handle.abort();
+        }
+        if self.context.is_some() && !self.failed {
+            let _ = self.run(
+                CallInput {
+                    stream: StreamData::default(),
+                    call_response: None,
+                },
+                |vm, ctx| vm.finish_context(ctx, false),
+            );
+        }
+    }
+}
+
+/// The root context's life on one worker: ticks, queue notifications and root callouts.
+async fn drive_root(
+    slot: Weak<Slot>,
+    epoch: u64,
+    mut queue: mpsc::UnboundedReceiver<u32>,
+    worker_context: Arc<WorkerContext>,
+    shared: Arc<Shared>,
+    worker: usize,
+) {
+    let mut pending: Pending = Vec::new();
+    loop {
+        let period = {
+            let Some(slot) = slot.upgrade() else { return };
+            let state = slot.lock();
+            match (&state.vm, state.epoch == epoch) {
+                (Some(vm), true) => vm.tick_period_ms.filter(|p| *p > 0),
+                _ => return,
+            }
+        };
+        let tick = async {
+            match period {
+                Some(ms) => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
+                None => std::future::pending().await,
+            }
+        };
+        let completed = poll_fn(|cx| {
+            for (i, (_, handle)) in pending.iter_mut().enumerate() {
+                if let Poll::Ready(result) = std::pin::Pin::new(handle).poll(cx) {
+                    return Poll::Ready((i, result));
+                }
+            }
+            Poll::Pending
+        });
+        enum Event {
+            Tick,
+            Queue(u32),
+            Callout(
+                usize,
+                Result<Result<CalloutResponse, CalloutError>, tokio::task::JoinError>,
+            ),
+        }
+        let event = tokio::select! {
+            () = tick => Event::Tick,
+            Some(id) = queue.recv() => Event::Queue(id),
+            (i, result) = completed => Event::Callout(i, result),
+        };
+        let Some(slot) = slot.upgrade() else { return };
+        let mut state = slot.lock();
+        if state.epoch != epoch {
+            return;
+        }
+        let Some(vm) = state.vm.as_mut() else { return };
+        let generation = worker_context.generation.borrow().clone();
+        vm.host().callouts = Some(Arc::new(Callouts {
+            generation,
+            pools: worker_context.pools.clone(),
+            source_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        }));
+        let result = match event {
+            Event::Tick => vm.tick(),
+            Event::Queue(id) => vm.queue_ready(id),
+            Event::Callout(i, result) => {
+                let (token, _) = pending.swap_remove(i);
+                let response = result.ok().and_then(Result::ok).unwrap_or_default();
+                let counts = (response.headers.len(), response.body.len(), response.trailers.len());
+                vm.host().call_response = Some(response);
+                let r = vm.http_call_response(ROOT_CONTEXT, token, counts.0, counts.1, counts.2);
+                vm.host().call_response = None;
+                r
+            }
+        };
+        let host = vm.host();
+        let callouts = host.callouts.take();
+        let intents = std::mem::take(&mut host.intents);
+        if let Err(error) = result {
+            state.crash(&shared, worker, &error);
+            return;
+        }
+        if let Some(callouts) = callouts {
+            for (token, request) in intents.callouts {
+                let callouts = callouts.clone();
+                pending.push((token, tokio::spawn(async move { callouts.call(request).await })));
+            }
+        }
+    }
+}

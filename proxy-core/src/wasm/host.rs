@@ -1,0 +1,1039 @@
+//! The hostcalls: every proxy-wasm 0.2.1 import and the WASI preview1 subset filters use.
+//!
+//! Rules every function here keeps:
+//! - Guest pointers and lengths are checked against the guest's memory; a bad one gets
+//!   `BadArgument` (or `InvalidMemoryAccess`-free failure), never a panic or a trap.
+//! - Buffers handed to the guest are allocated by the guest's own allocator with exactly the
+//!   length written; empty results are written as (0, 0).
+//! - No re-entrancy: a hostcall records intents (continue, local reply, callouts, upstream
+//!   choice, ...) in [`Intents`]; the filter applies them after the guest call returns. The
+//!   allocator is the only guest code called from inside a hostcall.
+//! - Only the status codes the Rust SDK expects on each path are returned.
+
+use std::collections::HashMap;
+use std::io::Read as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::sync::mpsc;
+use wasmtime::{Caller, Engine, Extern, Linker, Memory};
+
+use super::abi::{self, BufferType, MapType, MetricType, Status};
+use super::props::{self, StreamInfo};
+use super::runtime::{SetError, SharedState};
+use super::vm::VmData;
+use crate::callout::{CalloutRequest, CalloutResponse, Callouts};
+use crate::filter::{LocalReply, UpstreamChoice};
+
+/// A filter's identity and configuration, shared by its VMs.
+pub(crate) struct Plugin {
+    pub(crate) name: String,
+    pub(crate) vm_id: String,
+    pub(crate) root_id: String,
+    pub(crate) vm_config: Bytes,
+    pub(crate) plugin_config: Bytes,
+}
+
+/// A request or response head as the guest sees it: pseudo-headers and the header map.
+#[derive(Debug, Default)]
+pub(crate) struct HeadView {
+    pub(crate) pseudo: Vec<(&'static str, String)>,
+    pub(crate) map: HeaderMap,
+}
+
+impl HeadView {
+    fn get(&self, key: &str) -> Option<Vec<u8>> {
+        if key.starts_with(':') {
+            return self
+                .pseudo
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.as_bytes().to_vec());
+        }
+        let values: Vec<&[u8]> = self.map.get_all(key).iter().map(HeaderValue::as_bytes).collect();
+        match values.len() {
+            0 => None,
+            1 => Some(values[0].to_vec()),
+            // Several lines of one header read as one value, as Envoy joins them.
+            _ => Some(values.join(&b","[..])),
+        }
+    }
+
+    fn pairs(&self) -> Vec<(&[u8], &[u8])> {
+        let mut pairs: Vec<(&[u8], &[u8])> = self.pseudo.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
+        pairs.extend(self.map.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())));
+        pairs
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], append: bool) -> Result<(), Status> {
+        if key.starts_with(':') {
+            let value = String::from_utf8(value.to_vec()).map_err(|_| Status::BadArgument)?;
+            match self.pseudo.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => return Err(Status::BadArgument),
+            }
+            return Ok(());
+        }
+        let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| Status::BadArgument)?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+        if append {
+            self.map.append(name, value);
+        } else {
+            self.map.insert(name, value);
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &str) {
+        if !key.starts_with(':') {
+            self.map.remove(key);
+        }
+    }
+
+    fn replace_all(&mut self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), Status> {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            let key = String::from_utf8(k).map_err(|_| Status::BadArgument)?;
+            if key.starts_with(':') {
+                let value = String::from_utf8(v).map_err(|_| Status::BadArgument)?;
+                if let Some(slot) = self.pseudo.iter_mut().find(|(p, _)| **p == key) {
+                    slot.1 = value;
+                }
+                continue;
+            }
+            let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| Status::BadArgument)?;
+            map.append(name, HeaderValue::from_bytes(&v).map_err(|_| Status::BadArgument)?);
+        }
+        self.map = map;
+        Ok(())
+    }
+}
+
+/// The stream data a guest call may see; moved into the store around each call.
+#[derive(Default)]
+pub(crate) struct StreamData {
+    pub(crate) request: Option<HeadView>,
+    pub(crate) response: Option<HeadView>,
+    pub(crate) body: Option<(BufferType, Vec<u8>)>,
+    pub(crate) info: Option<Box<StreamInfo>>,
+    pub(crate) properties: HashMap<String, Vec<u8>>,
+}
+
+/// What a guest asked for during one call; applied after the call returns.
+#[derive(Default)]
+pub(crate) struct Intents {
+    pub(crate) continue_request: bool,
+    pub(crate) continue_response: bool,
+    pub(crate) local_reply: Option<LocalReply>,
+    pub(crate) close: bool,
+    pub(crate) callouts: Vec<(u32, CalloutRequest)>,
+    pub(crate) upstream: Option<UpstreamChoice>,
+    pub(crate) retry: bool,
+    pub(crate) tick_period: Option<u32>,
+}
+
+/// The store's data: everything hostcalls can reach.
+pub(crate) struct HostState {
+    pub(crate) plugin: Arc<Plugin>,
+    pub(crate) shared: Arc<SharedState>,
+    /// Where this VM's root driver hears of enqueued items on queues it registered.
+    pub(crate) queue_notify: Option<mpsc::UnboundedSender<u32>>,
+    pub(crate) stream: StreamData,
+    pub(crate) call_response: Option<CalloutResponse>,
+    pub(crate) callouts: Option<Arc<Callouts>>,
+    pub(crate) intents: Intents,
+    pub(crate) next_token: u32,
+}
+
+impl HostState {
+    pub(crate) fn new(plugin: Arc<Plugin>, shared: Arc<SharedState>) -> Self {
+        Self {
+            plugin,
+            shared,
+            queue_notify: None,
+            stream: StreamData::default(),
+            call_response: None,
+            callouts: None,
+            intents: Intents::default(),
+            next_token: 0,
+        }
+    }
+
+    fn head(&mut self, map: MapType) -> Option<&mut HeadView> {
+        match map {
+            MapType::RequestHeaders => self.stream.request.as_mut(),
+            MapType::ResponseHeaders => self.stream.response.as_mut(),
+            _ => None,
+        }
+    }
+}
+
+type Ctx<'a> = Caller<'a, VmData>;
+
+fn memory(caller: &mut Ctx<'_>) -> Option<Memory> {
+    caller.get_export("memory").and_then(Extern::into_memory)
+}
+
+fn range(ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(ptr as u32).ok()?;
+    let len = usize::try_from(len as u32).ok()?;
+    Some(start..start.checked_add(len)?)
+}
+
+/// Copies guest bytes, bounds-checked.
+fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+    let memory = memory(caller).ok_or(Status::InternalFailure)?;
+    let range = range(ptr, len).ok_or(Status::BadArgument)?;
+    memory
+        .data(&caller)
+        .get(range)
+        .map(<[u8]>::to_vec)
+        .ok_or(Status::BadArgument)
+}
+
+fn read_string(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String, Status> {
+    String::from_utf8(read(caller, ptr, len)?).map_err(|_| Status::BadArgument)
+}
+
+fn write(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+    let memory = memory(caller).ok_or(Status::InternalFailure)?;
+    let range = range(ptr, bytes.len() as i32).ok_or(Status::BadArgument)?;
+    memory
+        .data_mut(caller)
+        .get_mut(range)
+        .ok_or(Status::BadArgument)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+fn write_u32(caller: &mut Ctx<'_>, ptr: i32, value: u32) -> Result<(), Status> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+fn write_u64(caller: &mut Ctx<'_>, ptr: i32, value: u64) -> Result<(), Status> {
+    write(caller, ptr, &value.to_le_bytes())
+}
+
+/// Hands `bytes` to the guest: allocated by its allocator, address and length written to
+/// the two return pointers. A trap in the allocator ends the call.
+fn give(caller: &mut Ctx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> wasmtime::Result<Result<(), Status>> {
+    // Check the return slots before allocating anything.
+    let memory = match memory(caller) {
+        Some(m) => m,
+        None => return Ok(Err(Status::InternalFailure)),
+    };
+    let size = memory.data_size(&caller);
+    for slot in [ret_ptr, ret_len] {
+        match range(slot, 4) {
+            Some(r) if r.end <= size => {}
+            _ => return Ok(Err(Status::BadArgument)),
+        }
+    }
+    if bytes.is_empty() {
+        return Ok(write_u32(caller, ret_ptr, 0).and_then(|()| write_u32(caller, ret_len, 0)));
+    }
+    let Ok(len) = i32::try_from(bytes.len()) else {
+        return Ok(Err(Status::BadArgument));
+    };
+    let allocator = caller
+        .get_export("proxy_on_memory_allocate")
+        .or_else(|| caller.get_export("malloc"))
+        .and_then(Extern::into_func);
+    let Some(allocator) = allocator else {
+        return Ok(Err(Status::InternalFailure));
+    };
+    let typed = allocator.typed::<i32, i32>(&caller)?;
+    let ptr = typed.call(&mut *caller, len)?;
+    if ptr == 0 {
+        return Ok(Err(Status::InternalFailure));
+    }
+    Ok(write(caller, ptr, bytes)
+        .and_then(|()| write_u32(caller, ret_ptr, ptr as u32))
+        .and_then(|()| write_u32(caller, ret_len, len as u32)))
+}
+
+fn status(result: Result<(), Status>) -> i32 {
+    match result {
+        Ok(()) => Status::Ok.code(),
+        Err(s) => s.code(),
+    }
+}
+
+fn log_guest(plugin: &Plugin, level: i32, message: &str) {
+    let filter = plugin.name.as_str();
+    match level {
+        0 => tracing::trace!(target: "weft::wasm", filter, "{message}"),
+        1 => tracing::debug!(target: "weft::wasm", filter, "{message}"),
+        2 => tracing::info!(target: "weft::wasm", filter, "{message}"),
+        3 => tracing::warn!(target: "weft::wasm", filter, "{message}"),
+        _ => tracing::error!(target: "weft::wasm", filter, "{message}"),
+    }
+}
+
+fn log_level() -> u32 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::TRACE => 0,
+        LevelFilter::DEBUG => 1,
+        LevelFilter::INFO => 2,
+        LevelFilter::WARN => 3,
+        LevelFilter::ERROR => 4,
+        _ => 5,
+    }
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn monotonic_nanos() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(std::time::Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Random bytes from the kernel.
+fn random_fill(buf: &mut [u8]) -> bool {
+    static URANDOM: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
+    let file = URANDOM.get_or_init(|| std::fs::File::open("/dev/urandom").ok().map(Mutex::new));
+    match file {
+        Some(file) => file.lock().unwrap_or_else(|p| p.into_inner()).read_exact(buf).is_ok(),
+        None => false,
+    }
+}
+
+/// Builds the linker with every host function.
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<VmData>> {
+    let mut linker: Linker<VmData> = Linker::new(engine);
+    proxy_wasm(&mut linker)?;
+    wasi(&mut linker)?;
+    Ok(linker)
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "one linker definition per hostcall; splitting scatters the ABI"
+)]
+fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
+    const ENV: &str = "env";
+
+    linker.func_wrap(
+        ENV,
+        "proxy_log",
+        |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| -> i32 {
+            match read(&mut c, ptr, len) {
+                Ok(bytes) => {
+                    log_guest(&c.data().host.plugin, level, &String::from_utf8_lossy(&bytes));
+                    Status::Ok.code()
+                }
+                Err(s) => s.code(),
+            }
+        },
+    )?;
+    linker.func_wrap(ENV, "proxy_get_log_level", |mut c: Ctx<'_>, ret: i32| -> i32 {
+        status(write_u32(&mut c, ret, log_level()))
+    })?;
+    linker.func_wrap(
+        ENV,
+        "proxy_get_current_time_nanoseconds",
+        |mut c: Ctx<'_>, ret: i32| -> i32 { status(write_u64(&mut c, ret, now_nanos())) },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_set_tick_period_milliseconds",
+        |mut c: Ctx<'_>, period: i32| -> i32 {
+            c.data_mut().host.intents.tick_period = Some(period as u32);
+            Status::Ok.code()
+        },
+    )?;
+
+    // Buffers.
+    linker.func_wrap(
+        ENV,
+        "proxy_get_buffer_bytes",
+        |mut c: Ctx<'_>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
+            let Some(kind) = BufferType::from_raw(kind) else {
+                return Ok(Status::BadArgument.code());
+            };
+            let data = &c.data().host;
+            let buffer: Option<&[u8]> = match kind {
+                BufferType::VmConfiguration => Some(&data.plugin.vm_config),
+                BufferType::PluginConfiguration => Some(&data.plugin.plugin_config),
+                BufferType::RequestBody | BufferType::ResponseBody => data
+                    .stream
+                    .body
+                    .as_ref()
+                    .filter(|(k, _)| *k == kind)
+                    .map(|(_, b)| b.as_slice()),
+                BufferType::CallResponseBody => data.call_response.as_ref().map(|r| &r.body[..]),
+                _ => None,
+            };
+            let Some(buffer) = buffer else {
+                return Ok(Status::NotFound.code());
+            };
+            let start = (start as u32 as usize).min(buffer.len());
+            let end = start.saturating_add(max as u32 as usize).min(buffer.len());
+            let slice = buffer[start..end].to_vec();
+            Ok(status(give(&mut c, &slice, ret_ptr, ret_len)?))
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_set_buffer_bytes",
+        |mut c: Ctx<'_>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| -> i32 {
+            let Some(kind) = BufferType::from_raw(kind) else {
+                return Status::BadArgument.code();
+            };
+            let bytes = match read(&mut c, ptr, len) {
+                Ok(b) => b,
+                Err(s) => return s.code(),
+            };
+            let Some((current, buffer)) = c.data_mut().host.stream.body.as_mut() else {
+                return Status::NotFound.code();
+            };
+            if *current != kind {
+                return Status::NotFound.code();
+            }
+            // Envoy's semantics: replace [start, start + size), clamped; start == len appends.
+            let start = (start as u32 as usize).min(buffer.len());
+            let end = start.saturating_add(size as u32 as usize).min(buffer.len());
+            buffer.splice(start..end, bytes);
+            Status::Ok.code()
+        },
+    )?;
+
+    // Header maps.
+    linker.func_wrap(
+        ENV,
+        "proxy_get_header_map_pairs",
+        |mut c: Ctx<'_>, map: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
+            let Some(map) = MapType::from_raw(map) else {
+                return Ok(Status::BadArgument.code());
+            };
+            let data = &mut c.data_mut().host;
+            let serialized = match map {
+                MapType::CallResponseHeaders | MapType::CallResponseTrailers => {
+                    let pairs = data.call_response.as_ref().map(|r| {
+                        if map == MapType::CallResponseHeaders {
+                            &r.headers
+                        } else {
+                            &r.trailers
+                        }
+                    });
+                    match pairs {
+                        Some(p) => abi::serialize_map(p.iter().map(|(k, v)| (k.as_bytes(), v.as_slice()))),
+                        None => Vec::new(),
+                    }
+                }
+                _ => match data.head(map) {
+                    Some(head) => abi::serialize_map(head.pairs().into_iter()),
+                    // Maps not available in this phase read as empty (the SDK accepts only Ok).
+                    None => Vec::new(),
+                },
+            };
+            Ok(status(give(&mut c, &serialized, ret_ptr, ret_len)?))
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_set_header_map_pairs",
+        |mut c: Ctx<'_>, map: i32, ptr: i32, len: i32| -> i32 {
+            let Some(map) = MapType::from_raw(map) else {
+                return Status::BadArgument.code();
+            };
+            let bytes = match read(&mut c, ptr, len) {
+                Ok(b) => b,
+                Err(s) => return s.code(),
+            };
+            let Some(pairs) = abi::deserialize_map(&bytes) else {
+                return Status::BadArgument.code();
+            };
+            match c.data_mut().host.head(map) {
+                Some(head) => status(head.replace_all(pairs)),
+                None => Status::Ok.code(),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_get_header_map_value",
+        |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
+            let Some(map) = MapType::from_raw(map) else {
+                return Ok(Status::BadArgument.code());
+            };
+            let key = match read_string(&mut c, key_ptr, key_len) {
+                Ok(k) => k.to_ascii_lowercase(),
+                Err(s) => return Ok(s.code()),
+            };
+            let data = &mut c.data_mut().host;
+            let value = match map {
+                MapType::CallResponseHeaders | MapType::CallResponseTrailers => {
+                    data.call_response.as_ref().and_then(|r| {
+                        let pairs = if map == MapType::CallResponseHeaders {
+                            &r.headers
+                        } else {
+                            &r.trailers
+                        };
+                        pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+                    })
+                }
+                _ => data.head(map).and_then(|h| h.get(&key)),
+            };
+            match value {
+                Some(v) => Ok(status(give(&mut c, &v, ret_ptr, ret_len)?)),
+                None => Ok(Status::NotFound.code()),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_remove_header_map_value",
+        |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32| -> i32 {
+            let Some(map) = MapType::from_raw(map) else {
+                return Status::BadArgument.code();
+            };
+            let key = match read_string(&mut c, key_ptr, key_len) {
+                Ok(k) => k.to_ascii_lowercase(),
+                Err(s) => return s.code(),
+            };
+            if let Some(head) = c.data_mut().host.head(map) {
+                head.remove(&key);
+            }
+            Status::Ok.code()
+        },
+    )?;
+    for (name, append) in [
+        ("proxy_replace_header_map_value", false),
+        ("proxy_add_header_map_value", true),
+    ] {
+        linker.func_wrap(
+            ENV,
+            name,
+            move |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32| -> i32 {
+                let Some(map) = MapType::from_raw(map) else {
+                    return Status::BadArgument.code();
+                };
+                let key = match read_string(&mut c, key_ptr, key_len) {
+                    Ok(k) => k.to_ascii_lowercase(),
+                    Err(s) => return s.code(),
+                };
+                let value = match read(&mut c, value_ptr, value_len) {
+                    Ok(v) => v,
+                    Err(s) => return s.code(),
+                };
+                match c.data_mut().host.head(map) {
+                    Some(head) => status(head.set(&key, &value, append)),
+                    None => Status::Ok.code(),
+                }
+            },
+        )?;
+    }
+
+    // Properties.
+    linker.func_wrap(
+        ENV,
+        "proxy_get_property",
+        |mut c: Ctx<'_>, path_ptr: i32, path_len: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
+            let path = match read(&mut c, path_ptr, path_len) {
+                Ok(p) => p,
+                Err(s) => return Ok(s.code()),
+            };
+            let path: Vec<String> = path
+                .split(|b| *b == 0)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect();
+            let value = props::get(&c.data().host, &path);
+            match value {
+                Some(v) => Ok(status(give(&mut c, &v, ret_ptr, ret_len)?)),
+                None => Ok(Status::NotFound.code()),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_set_property",
+        |mut c: Ctx<'_>, path_ptr: i32, path_len: i32, value_ptr: i32, value_len: i32| -> i32 {
+            let (path, value) = match (read(&mut c, path_ptr, path_len), read(&mut c, value_ptr, value_len)) {
+                (Ok(p), Ok(v)) => (p, v),
+                (Err(s), _) | (_, Err(s)) => return s.code(),
+            };
+            let path = String::from_utf8_lossy(&path).replace('\0', ".");
+            c.data_mut().host.stream.properties.insert(path, value);
+            Status::Ok.code()
+        },
+    )?;
+
+    // Shared data.
+    linker.func_wrap(
+        ENV,
+        "proxy_get_shared_data",
+        |mut c: Ctx<'_>,
+         key_ptr: i32,
+         key_len: i32,
+         ret_ptr: i32,
+         ret_len: i32,
+         ret_cas: i32|
+         -> wasmtime::Result<i32> {
+            let key = match read_string(&mut c, key_ptr, key_len) {
+                Ok(k) => k,
+                Err(s) => return Ok(s.code()),
+            };
+            let Some((value, cas)) = c.data().host.shared.get(&c.data().host.plugin.vm_id, &key) else {
+                return Ok(Status::NotFound.code());
+            };
+            if let Err(s) = write_u32(&mut c, ret_cas, cas) {
+                return Ok(s.code());
+            }
+            Ok(status(give(&mut c, &value, ret_ptr, ret_len)?))
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_set_shared_data",
+        |mut c: Ctx<'_>, key_ptr: i32, key_len: i32, value_ptr: i32, value_len: i32, cas: i32| -> i32 {
+            let key = match read_string(&mut c, key_ptr, key_len) {
+                Ok(k) => k,
+                Err(s) => return s.code(),
+            };
+            let value = match read(&mut c, value_ptr, value_len) {
+                Ok(v) => v,
+                Err(s) => return s.code(),
+            };
+            let data = &c.data().host;
+            match data
+                .shared
+                .set(&data.plugin.vm_id, &key, Bytes::from(value), cas as u32)
+            {
+                Ok(()) => Status::Ok.code(),
+                Err(SetError::CasMismatch) => Status::CasMismatch.code(),
+                Err(SetError::Full) => {
+                    tracing::warn!(filter = %data.plugin.name, "shared data is full");
+                    Status::InternalFailure.code()
+                }
+            }
+        },
+    )?;
+
+    // Shared queues.
+    linker.func_wrap(
+        ENV,
+        "proxy_register_shared_queue",
+        |mut c: Ctx<'_>, name_ptr: i32, name_len: i32, ret: i32| -> i32 {
+            let name = match read_string(&mut c, name_ptr, name_len) {
+                Ok(n) => n,
+                Err(s) => return s.code(),
+            };
+            let data = &c.data().host;
+            let id = data
+                .shared
+                .register_queue(&data.plugin.vm_id, &name, data.queue_notify.clone());
+            status(write_u32(&mut c, ret, id))
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_resolve_shared_queue",
+        |mut c: Ctx<'_>, vm_ptr: i32, vm_len: i32, name_ptr: i32, name_len: i32, ret: i32| -> i32 {
+            let (vm_id, name) = match (
+                read_string(&mut c, vm_ptr, vm_len),
+                read_string(&mut c, name_ptr, name_len),
+            ) {
+                (Ok(v), Ok(n)) => (v, n),
+                (Err(s), _) | (_, Err(s)) => return s.code(),
+            };
+            let vm_id = if vm_id.is_empty() {
+                c.data().host.plugin.vm_id.clone()
+            } else {
+                vm_id
+            };
+            match c.data().host.shared.resolve_queue(&vm_id, &name) {
+                Some(id) => status(write_u32(&mut c, ret, id)),
+                None => Status::NotFound.code(),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_dequeue_shared_queue",
+        |mut c: Ctx<'_>, id: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
+            match c.data().host.shared.dequeue(id as u32) {
+                None => Ok(Status::NotFound.code()),
+                Some(None) => Ok(Status::Empty.code()),
+                Some(Some(item)) => Ok(status(give(&mut c, &item, ret_ptr, ret_len)?)),
+            }
+        },
+    )?;
+    linker.func_wrap(ENV, "proxy_enqueue_shared_queue", |mut c: Ctx<'_>, id: i32, ptr: i32, len: i32| -> i32 {
+        let value = match read(&mut c, ptr, len) {
+            Ok(v) => v,
+            Err(s) => return s.code(),
+        };
+        match c.data().host.shared.enqueue(id as u32, Bytes::from(value)) {
+            None => Status::NotFound.code(),
+            Some(true) => Status::Ok.code(),
+            Some(false) => {
+                tracing::warn!(filter = %c.data().host.plugin.name, queue = id, "shared queue is full; item dropped");
+                Status::Ok.code()
+            }
+        }
+    })?;
+
+    // Stream control.
+    linker.func_wrap(ENV, "proxy_continue_stream", |mut c: Ctx<'_>, stream: i32| -> i32 {
+        let intents = &mut c.data_mut().host.intents;
+        match stream {
+            0 => intents.continue_request = true,
+            1 => intents.continue_response = true,
+            _ => return Status::BadArgument.code(),
+        }
+        Status::Ok.code()
+    })?;
+    linker.func_wrap(ENV, "proxy_close_stream", |mut c: Ctx<'_>, _stream: i32| -> i32 {
+        c.data_mut().host.intents.close = true;
+        Status::Ok.code()
+    })?;
+    linker.func_wrap(
+        ENV,
+        "proxy_send_local_response",
+        |mut c: Ctx<'_>,
+         code: i32,
+         details_ptr: i32,
+         details_len: i32,
+         body_ptr: i32,
+         body_len: i32,
+         headers_ptr: i32,
+         headers_len: i32,
+         _grpc_status: i32|
+         -> i32 {
+            let (details, body, headers) = match (
+                read(&mut c, details_ptr, details_len),
+                read(&mut c, body_ptr, body_len),
+                read(&mut c, headers_ptr, headers_len),
+            ) {
+                (Ok(d), Ok(b), Ok(h)) => (d, b, h),
+                (Err(s), _, _) | (_, Err(s), _) | (_, _, Err(s)) => return s.code(),
+            };
+            let Ok(status_code) = StatusCode::from_u16(u16::try_from(code).unwrap_or(0)) else {
+                return Status::BadArgument.code();
+            };
+            let Some(pairs) = abi::deserialize_map(&headers) else {
+                return Status::BadArgument.code();
+            };
+            let mut map = HeaderMap::new();
+            for (k, v) in pairs {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(&k), HeaderValue::from_bytes(&v)) {
+                    map.append(k, v);
+                }
+            }
+            let mut reply = LocalReply::new(status_code, body);
+            reply.headers = map;
+            reply.details = String::from_utf8_lossy(&details).into_owned();
+            c.data_mut().host.intents.local_reply = Some(reply);
+            Status::Ok.code()
+        },
+    )?;
+
+    // HTTP callouts.
+    linker.func_wrap(
+        ENV,
+        "proxy_http_call",
+        |mut c: Ctx<'_>,
+         upstream_ptr: i32,
+         upstream_len: i32,
+         headers_ptr: i32,
+         headers_len: i32,
+         body_ptr: i32,
+         body_len: i32,
+         _trailers_ptr: i32,
+         _trailers_len: i32,
+         timeout_ms: i32,
+         ret_token: i32|
+         -> i32 {
+            let (cluster, headers, body) = match (
+                read_string(&mut c, upstream_ptr, upstream_len),
+                read(&mut c, headers_ptr, headers_len),
+                read(&mut c, body_ptr, body_len),
+            ) {
+                (Ok(u), Ok(h), Ok(b)) => (u, h, b),
+                _ => return Status::BadArgument.code(),
+            };
+            let Some(pairs) = abi::deserialize_map(&headers) else {
+                return Status::BadArgument.code();
+            };
+            let headers = pairs
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v))
+                .collect();
+            let request = CalloutRequest {
+                cluster,
+                headers,
+                body: Bytes::from(body),
+                timeout: Duration::from_millis(u64::from(timeout_ms as u32).max(1)),
+            };
+            let data = &mut c.data_mut().host;
+            let Some(callouts) = data.callouts.as_ref() else {
+                // Not in a stream or root call that may make callouts.
+                return Status::InternalFailure.code();
+            };
+            if let Err(error) = callouts.validate(&request) {
+                tracing::debug!(filter = %data.plugin.name, %error, "callout refused");
+                return Status::BadArgument.code();
+            }
+            data.next_token = data.next_token.wrapping_add(1).max(1);
+            let token = data.next_token;
+            data.intents.callouts.push((token, request));
+            status(write_u32(&mut c, ret_token, token))
+        },
+    )?;
+
+    // gRPC callouts are not offered: answered with errors the SDK turns into `Err`.
+    linker.func_wrap(
+        ENV,
+        "proxy_grpc_call",
+        |_c: Ctx<'_>,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32|
+         -> i32 { Status::InternalFailure.code() },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_grpc_stream",
+        |_c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+            Status::InternalFailure.code()
+        },
+    )?;
+    linker.func_wrap(
+        ENV,
+        "proxy_grpc_send",
+        |_c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| -> i32 { Status::NotFound.code() },
+    )?;
+    linker.func_wrap(ENV, "proxy_grpc_cancel", |_c: Ctx<'_>, _: i32| -> i32 {
+        Status::NotFound.code()
+    })?;
+    linker.func_wrap(ENV, "proxy_grpc_close", |_c: Ctx<'_>, _: i32| -> i32 {
+        Status::NotFound.code()
+    })?;
+    linker.func_wrap(
+        ENV,
+        "proxy_get_status",
+        |mut c: Ctx<'_>, ret_code: i32, ret_ptr: i32, ret_len: i32| -> i32 {
+            status(
+                write_u32(&mut c, ret_code, 0)
+                    .and_then(|()| write_u32(&mut c, ret_ptr, 0))
+                    .and_then(|()| write_u32(&mut c, ret_len, 0)),
+            )
+        },
+    )?;
+
+    linker.func_wrap(
+        ENV,
+        "proxy_set_effective_context",
+        |_c: Ctx<'_>, _context: i32| -> i32 { Status::Ok.code() },
+    )?;
+    linker.func_wrap(ENV, "proxy_done", |_c: Ctx<'_>| -> i32 { Status::Ok.code() })?;
+    linker.func_wrap(
+        ENV,
+        "proxy_call_foreign_function",
+        |mut c: Ctx<'_>,
+         name_ptr: i32,
+         name_len: i32,
+         args_ptr: i32,
+         args_len: i32,
+         ret_ptr: i32,
+         ret_len: i32|
+         -> wasmtime::Result<i32> {
+            let (name, args) = match (
+                read_string(&mut c, name_ptr, name_len),
+                read(&mut c, args_ptr, args_len),
+            ) {
+                (Ok(n), Ok(a)) => (n, a),
+                (Err(s), _) | (_, Err(s)) => return Ok(s.code()),
+            };
+            match super::extensions::call(&mut c.data_mut().host, &name, &args) {
+                Ok(result) => Ok(status(give(&mut c, &result, ret_ptr, ret_len)?)),
+                Err(s) => Ok(s.code()),
+            }
+        },
+    )?;
+
+    // Metrics.
+    linker.func_wrap(
+        ENV,
+        "proxy_define_metric",
+        |mut c: Ctx<'_>, kind: i32, name_ptr: i32, name_len: i32, ret: i32| -> i32 {
+            let Some(kind) = MetricType::from_raw(kind) else {
+                return Status::BadArgument.code();
+            };
+            let name = match read_string(&mut c, name_ptr, name_len) {
+                Ok(n) => n,
+                Err(s) => return s.code(),
+            };
+            let data = &c.data().host;
+            let id = data.shared.metrics.define(&data.plugin.name, &name, kind).unwrap_or(0);
+            status(write_u32(&mut c, ret, id))
+        },
+    )?;
+    linker.func_wrap(ENV, "proxy_get_metric", |mut c: Ctx<'_>, id: i32, ret: i32| -> i32 {
+        match c.data().host.shared.metrics.get(id as u32) {
+            Some(v) => status(write_u64(&mut c, ret, v)),
+            None => Status::NotFound.code(),
+        }
+    })?;
+    linker.func_wrap(ENV, "proxy_record_metric", |c: Ctx<'_>, id: i32, value: i64| -> i32 {
+        if c.data().host.shared.metrics.record(id as u32, value as u64) {
+            Status::Ok.code()
+        } else {
+            Status::NotFound.code()
+        }
+    })?;
+    linker.func_wrap(
+        ENV,
+        "proxy_increment_metric",
+        |c: Ctx<'_>, id: i32, offset: i64| -> i32 {
+            if c.data().host.shared.metrics.increment(id as u32, offset) {
+                Status::Ok.code()
+            } else {
+                Status::NotFound.code()
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// WASI errno values.
+const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_BADF: i32 = 8;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_INVAL: i32 = 28;
+const ERRNO_IO: i32 = 29;
+const ERRNO_NOSYS: i32 = 52;
+
+fn wasi(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
+    const WASI: &str = "wasi_snapshot_preview1";
+
+    linker.func_wrap(
+        WASI,
+        "fd_write",
+        |mut c: Ctx<'_>, fd: i32, iovs: i32, count: i32, ret: i32| -> i32 {
+            if !(fd == 1 || fd == 2) {
+                return ERRNO_BADF;
+            }
+            if !(0..=1024).contains(&count) {
+                return ERRNO_INVAL;
+            }
+            let mut text = Vec::new();
+            for i in 0..count {
+                let Ok(iov) = read(&mut c, iovs.wrapping_add(i * 8), 8) else {
+                    return ERRNO_FAULT;
+                };
+                let ptr = i32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
+                let len = i32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
+                match read(&mut c, ptr, len) {
+                    Ok(bytes) => text.extend(bytes),
+                    Err(_) => return ERRNO_FAULT,
+                }
+            }
+            let message = String::from_utf8_lossy(&text);
+            let message = message.trim_end_matches('\n');
+            if !message.is_empty() {
+                log_guest(&c.data().host.plugin, if fd == 1 { 2 } else { 3 }, message);
+            }
+            match write_u32(&mut c, ret, text.len() as u32) {
+                Ok(()) => ERRNO_SUCCESS,
+                Err(_) => ERRNO_FAULT,
+            }
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_read",
+        |_c: Ctx<'_>, _fd: i32, _iovs: i32, _count: i32, _ret: i32| -> i32 { ERRNO_BADF },
+    )?;
+    linker.func_wrap(WASI, "fd_close", |_c: Ctx<'_>, _fd: i32| -> i32 { ERRNO_BADF })?;
+    linker.func_wrap(
+        WASI,
+        "fd_seek",
+        |_c: Ctx<'_>, _fd: i32, _offset: i64, _whence: i32, _ret: i32| -> i32 { ERRNO_BADF },
+    )?;
+    linker.func_wrap(WASI, "fd_fdstat_get", |_c: Ctx<'_>, _fd: i32, _ret: i32| -> i32 {
+        ERRNO_BADF
+    })?;
+    linker.func_wrap(WASI, "fd_prestat_get", |_c: Ctx<'_>, _fd: i32, _ret: i32| -> i32 {
+        ERRNO_BADF
+    })?;
+    linker.func_wrap(
+        WASI,
+        "fd_prestat_dir_name",
+        |_c: Ctx<'_>, _fd: i32, _ptr: i32, _len: i32| -> i32 { ERRNO_BADF },
+    )?;
+    for (name, _) in [("environ_sizes_get", ()), ("args_sizes_get", ())] {
+        linker.func_wrap(WASI, name, |mut c: Ctx<'_>, count: i32, size: i32| -> i32 {
+            match write_u32(&mut c, count, 0).and_then(|()| write_u32(&mut c, size, 0)) {
+                Ok(()) => ERRNO_SUCCESS,
+                Err(_) => ERRNO_FAULT,
+            }
+        })?;
+    }
+    for name in ["environ_get", "args_get"] {
+        linker.func_wrap(WASI, name, |_c: Ctx<'_>, _ptrs: i32, _buf: i32| -> i32 {
+            ERRNO_SUCCESS
+        })?;
+    }
+    linker.func_wrap(
+        WASI,
+        "clock_time_get",
+        |mut c: Ctx<'_>, clock: i32, _precision: i64, ret: i32| -> i32 {
+            let now = match clock {
+                0 => now_nanos(),
+                1..=3 => monotonic_nanos(),
+                _ => return ERRNO_INVAL,
+            };
+            match write_u64(&mut c, ret, now) {
+                Ok(()) => ERRNO_SUCCESS,
+                Err(_) => ERRNO_FAULT,
+            }
+        },
+    )?;
+    linker.func_wrap(WASI, "clock_res_get", |mut c: Ctx<'_>, _clock: i32, ret: i32| -> i32 {
+        match write_u64(&mut c, ret, 1_000) {
+            Ok(()) => ERRNO_SUCCESS,
+            Err(_) => ERRNO_FAULT,
+        }
+    })?;
+    linker.func_wrap(WASI, "random_get", |mut c: Ctx<'_>, ptr: i32, len: i32| -> i32 {
+        if !(0..=65536).contains(&len) {
+            return ERRNO_INVAL;
+        }
+        let mut buf = vec![0u8; len as usize];
+        if !random_fill(&mut buf) {
+            return ERRNO_IO;
+        }
+        match write(&mut c, ptr, &buf) {
+            Ok(()) => ERRNO_SUCCESS,
+            Err(_) => ERRNO_FAULT,
+        }
+    })?;
+    linker.func_wrap(WASI, "sched_yield", |_c: Ctx<'_>| -> i32 { ERRNO_SUCCESS })?;
+    linker.func_wrap(
+        WASI,
+        "poll_oneoff",
+        |_c: Ctx<'_>, _in: i32, _out: i32, _n: i32, _ret: i32| -> i32 { ERRNO_NOSYS },
+    )?;
+    linker.func_wrap(WASI, "proc_exit", |_c: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::format_err!("guest called proc_exit({code})"))
+    })?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! Properties (`proxy_get_property`) with Envoy's names and encodings: strings as bytes,
+//! integers as 8-byte little-endian, booleans as one byte, maps in the header-map format,
+//! times as nanoseconds since the epoch.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::abi;
+use super::host::HostState;
+
+/// What properties can say about one stream, kept by the filter across phases.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamInfo {
+    pub(crate) source: SocketAddr,
+    pub(crate) destination: SocketAddr,
+    pub(crate) listener: Arc<str>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) mtls: bool,
+    pub(crate) peer_principal: Option<String>,
+    pub(crate) worker: usize,
+    pub(crate) start: SystemTime,
+    pub(crate) method: String,
+    pub(crate) path: String,
+    pub(crate) authority: String,
+    pub(crate) scheme: String,
+    pub(crate) protocol: &'static str,
+    pub(crate) request_id: String,
+    pub(crate) request_size: u64,
+    pub(crate) response_code: Option<u16>,
+    pub(crate) response_code_details: String,
+    pub(crate) response_size: u64,
+    pub(crate) upstream: Option<SocketAddr>,
+    pub(crate) cluster: Option<Arc<str>>,
+}
+
+fn string(s: &str) -> Option<Vec<u8>> {
+    Some(s.as_bytes().to_vec())
+}
+
+/// The property at `path`, or `None` (`NotFound`).
+pub(crate) fn get(state: &HostState, path: &[String]) -> Option<Vec<u8>> {
+    let joined = path.join(".");
+    if let Some(value) = state.stream.properties.get(&joined) {
+        return Some(value.clone());
+    }
+    let plugin = &state.plugin;
+    match joined.as_str() {
+        "plugin_name" => return string(&plugin.name),
+        "plugin_root_id" => return string(&plugin.root_id),
+        "plugin_vm_id" => return string(&plugin.vm_id),
+        "node.id" | "node.cluster" => return string(&crate::wasm::node_id()),
+        _ => {}
+    }
+    let info = state.stream.info.as_deref()?;
+    let request = state.stream.request.as_ref();
+    let response = state.stream.response.as_ref();
+    match joined.as_str() {
+        "request.path" => string(&info.path),
+        "request.url_path" => string(info.path.split('?').next().unwrap_or("")),
+        "request.query" => string(info.path.split_once('?').map_or("", |(_, q)| q)),
+        "request.host" => string(&info.authority),
+        "request.scheme" => string(&info.scheme),
+        "request.method" => string(&info.method),
+        "request.id" => string(&info.request_id),
+        "request.protocol" => string(info.protocol),
+        "request.size" | "request.total_size" => Some(abi::int_property(info.request_size as i64)),
+        "request.time" => {
+            let nanos = info
+                .start
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            Some(abi::int_property(i64::try_from(nanos).unwrap_or(i64::MAX)))
+        }
+        "request.duration" => {
+            let nanos = info.start.elapsed().map_or(0, |d| d.as_nanos());
+            Some(abi::int_property(i64::try_from(nanos).unwrap_or(i64::MAX)))
+        }
+        "request.useragent" => request
+            .and_then(|r| r.map.get("user-agent"))
+            .map(|v| v.as_bytes().to_vec()),
+        "request.referer" => request
+            .and_then(|r| r.map.get("referer"))
+            .map(|v| v.as_bytes().to_vec()),
+        "request.headers" => request.map(|r| {
+            let pairs: Vec<(&[u8], &[u8])> = r
+                .map
+                .iter()
+                .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+                .collect();
+            abi::serialize_map(pairs.into_iter())
+        }),
+        "response.code" => info.response_code.map(|c| abi::int_property(i64::from(c))),
+        "response.code_details" => string(&info.response_code_details),
+        "response.size" | "response.total_size" => Some(abi::int_property(info.response_size as i64)),
+        "response.headers" => response.map(|r| {
+            let pairs: Vec<(&[u8], &[u8])> = r
+                .map
+                .iter()
+                .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
+                .collect();
+            abi::serialize_map(pairs.into_iter())
+        }),
+        "source.address" => string(&info.source.to_string()),
+        "source.port" => Some(abi::int_property(i64::from(info.source.port()))),
+        "destination.address" => string(&info.destination.to_string()),
+        "destination.port" => Some(abi::int_property(i64::from(info.destination.port()))),
+        "connection.mtls" => Some(abi::bool_property(info.mtls)),
+        "connection.requested_server_name" => string(""),
+        "source.principal" | "connection.uri_san_peer_certificate" | "weft.peer_principal" => {
+            info.peer_principal.as_deref().and_then(string)
+        }
+        "upstream.address" => info.upstream.map(|a| a.to_string().into_bytes()),
+        "upstream.port" => info.upstream.map(|a| abi::int_property(i64::from(a.port()))),
+        "route_name" | "xds.route_name" | "weft.route_name" => info.route.as_deref().and_then(string),
+        "cluster_name" | "xds.cluster_name" | "weft.cluster" => info.cluster.as_deref().and_then(string),
+        "weft.listener" => string(&info.listener),
+        "weft.worker" => Some(abi::int_property(info.worker as i64)),
+        _ => None,
+    }
+}
