@@ -92,6 +92,12 @@ impl SharedFilters {
         merged
     }
 
+    /// Whether any filter asked for a retry during `response_headers`.
+    pub(crate) fn take_retry(&self) -> bool {
+        let mut inner = self.lock();
+        inner.filters.iter_mut().fold(false, |any, f| f.take_retry() || any)
+    }
+
     /// A reply a request-body phase asked for.
     pub(crate) fn take_reply(&self) -> Option<LocalReply> {
         self.lock().reply.take()

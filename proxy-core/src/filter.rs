@@ -199,6 +199,12 @@ pub trait FilterFactory: Send + Sync {
     fn wants_callouts(&self) -> bool {
         false
     }
+
+    /// Whether instances may ask for retries (request bodies of bounded size are then kept
+    /// so they can be sent again).
+    fn may_retry(&self) -> bool {
+        false
+    }
 }
 
 /// A filter's configuration was refused.
@@ -236,6 +242,7 @@ pub struct FilterChain {
     factories: Arc<[Arc<dyn FilterFactory>]>,
     wants_body: bool,
     wants_callouts: bool,
+    may_retry: bool,
 }
 
 impl FilterChain {
@@ -273,10 +280,12 @@ impl FilterChain {
     pub fn from_factories(factories: Vec<Arc<dyn FilterFactory>>) -> Self {
         let wants_body = factories.iter().any(|f| f.wants_body());
         let wants_callouts = factories.iter().any(|f| f.wants_callouts());
+        let may_retry = factories.iter().any(|f| f.may_retry());
         Self {
             factories: factories.into(),
             wants_body,
             wants_callouts,
+            may_retry,
         }
     }
 
@@ -293,6 +302,11 @@ impl FilterChain {
     /// Whether any filter may make HTTP callouts.
     pub fn wants_callouts(&self) -> bool {
         self.wants_callouts
+    }
+
+    /// Whether any filter may ask for retries.
+    pub fn may_retry(&self) -> bool {
+        self.may_retry
     }
 
     /// Fresh instances for one request, skipping the filters named in `disabled`.

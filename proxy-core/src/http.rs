@@ -94,6 +94,7 @@ pub(crate) async fn serve(
         },
         active: None,
         downstream_version: request.version(),
+        response_phase_done: false,
     };
     let response = exchange.run(request).await;
     Ok(exchange.finish(response).await)
@@ -108,6 +109,35 @@ struct Exchange<'a> {
     record: LogRecord,
     active: Option<ActiveRequest>,
     downstream_version: Version,
+    /// The response already went through `response_headers` (in the upstream loop).
+    response_phase_done: bool,
+}
+
+/// Most times filters may send one request again.
+const MAX_FILTER_RETRIES: usize = 5;
+
+/// Why a request body cannot be kept for a retry.
+enum Replay {
+    /// Too large or of unknown length: it streams, and cannot be retried.
+    Stream(ProxyBody),
+    /// Reading it failed (the client, or a body filter).
+    Failed,
+}
+
+/// Buffers a request body of known, bounded length so it can be sent again.
+async fn replayable(head: &http::request::Parts, body: ProxyBody, limit: usize) -> Result<Bytes, Replay> {
+    use http_body_util::BodyExt;
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    match content_length(&head.headers) {
+        Some(length) if length <= limit as u64 => body
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .map_err(|_| Replay::Failed),
+        _ => Err(Replay::Stream(body)),
+    }
 }
 
 /// Why a request was answered locally.
@@ -243,63 +273,118 @@ impl Exchange<'_> {
             Local(Reason::UpstreamOverflow)
         })?);
 
-        let upstream_request = self.upstream_request(parts, body, &cluster, forward, &authority)?;
-        let sent = self
-            .conn
-            .worker
-            .pools
-            .send(&cluster, &endpoint, upstream_request, upgrade);
-        let started = Instant::now();
-        let result = match forward.timeout {
-            Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| ()),
-            None => Ok(sent.await),
-        };
-        let mut response = match result {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                if let Some(reply) = self.filters.as_ref().and_then(SharedFilters::take_reply) {
-                    return Err(LocalOrFilter::Filter(reply));
+        let (head, body) = self
+            .upstream_request(parts, body, &cluster, forward, &authority)?
+            .into_parts();
+        // A filter may ask, after response headers, for the request to go to another
+        // endpoint (`weft.retry`). Only a request whose body is small enough to keep can be
+        // sent again; it is buffered up front when the chain may ask.
+        let may_retry = !upgrade && self.filters.is_some() && self.listener.chain.may_retry();
+        let (mut first_body, replay) = if may_retry {
+            match replayable(&head, body, self.listener.limits.max_buffered_body_bytes as usize).await {
+                Ok(bytes) => (Some(body::full(bytes.clone())), Some(bytes)),
+                Err(Replay::Stream(body)) => (Some(body), None),
+                Err(Replay::Failed) => {
+                    if let Some(reply) = self.filters.as_ref().and_then(SharedFilters::take_reply) {
+                        return Err(LocalOrFilter::Filter(reply));
+                    }
+                    return Err(Local(Reason::BadRequest).into());
                 }
-                let reason = match &error {
-                    UpstreamError::Overflow => {
-                        cluster.stats.overflow.fetch_add(1, Relaxed);
-                        Reason::UpstreamOverflow
+            }
+        } else {
+            (Some(body), None)
+        };
+        let mut endpoint = endpoint;
+        let mut tried = Vec::new();
+        loop {
+            let body = first_body
+                .take()
+                .unwrap_or_else(|| body::full(replay.clone().unwrap_or_default()));
+            let request = Request::from_parts(head.clone(), body);
+            let sent = self.conn.worker.pools.send(&cluster, &endpoint, request, upgrade);
+            let started = Instant::now();
+            let result = match forward.timeout {
+                Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| ()),
+                None => Ok(sent.await),
+            };
+            let mut response = match result {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => {
+                    if let Some(reply) = self.filters.as_ref().and_then(SharedFilters::take_reply) {
+                        return Err(LocalOrFilter::Filter(reply));
                     }
-                    UpstreamError::Connect(_) => Reason::UpstreamConnectFailure,
-                    UpstreamError::Reset(_) => {
-                        cluster.stats.rq_reset.fetch_add(1, Relaxed);
-                        Reason::UpstreamReset
+                    let reason = match &error {
+                        UpstreamError::Overflow => {
+                            cluster.stats.overflow.fetch_add(1, Relaxed);
+                            Reason::UpstreamOverflow
+                        }
+                        UpstreamError::Connect(_) => Reason::UpstreamConnectFailure,
+                        UpstreamError::Reset(_) => {
+                            cluster.stats.rq_reset.fetch_add(1, Relaxed);
+                            Reason::UpstreamReset
+                        }
+                    };
+                    tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %ErrorChain(&error), "upstream failed");
+                    if reason.is_upstream_failure() {
+                        cluster.record_outcome(&endpoint, Outcome::LocalGatewayError);
                     }
-                };
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %ErrorChain(&error), "upstream failed");
-                if reason.is_upstream_failure() {
+                    return Err(Local(reason).into());
+                }
+                Err(()) => {
+                    cluster.stats.rq_timeout.fetch_add(1, Relaxed);
                     cluster.record_outcome(&endpoint, Outcome::LocalGatewayError);
+                    return Err(Local(Reason::UpstreamTimeout).into());
                 }
-                return Err(Local(reason).into());
-            }
-            Err(()) => {
-                cluster.stats.rq_timeout.fetch_add(1, Relaxed);
-                cluster.record_outcome(&endpoint, Outcome::LocalGatewayError);
-                return Err(Local(Reason::UpstreamTimeout).into());
-            }
-        };
-        cluster.stats.rq_time.record(started.elapsed());
-        response.extensions_mut().insert(UpstreamInfo {
-            cluster: cluster.name.clone(),
-            endpoint: endpoint.addr,
-        });
-        cluster.stats.record_status(response.status().as_u16());
-        cluster.record_outcome(&endpoint, Outcome::Status(response.status().as_u16()));
+            };
+            cluster.stats.rq_time.record(started.elapsed());
+            response.extensions_mut().insert(UpstreamInfo {
+                cluster: cluster.name.clone(),
+                endpoint: endpoint.addr,
+            });
+            cluster.stats.record_status(response.status().as_u16());
+            cluster.record_outcome(&endpoint, Outcome::Status(response.status().as_u16()));
 
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(downstream) = on_upgrade
-        {
-            let upstream = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(downstream, upstream));
-            return Ok(response);
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(downstream) = on_upgrade
+            {
+                let upstream = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(downstream, upstream));
+                return Ok(response);
+            }
+            strip_hop_by_hop(response.headers_mut(), false);
+            let Some(filters) = self.filters.clone() else {
+                return Ok(response);
+            };
+
+            // response_headers phase, here so a filter's retry can still choose another endpoint.
+            let (mut parts, body) = response.into_parts();
+            self.response_phase_done = true;
+            if let Some(reply) = filters.response_headers(&mut parts, body.is_end_stream()).await {
+                return Err(LocalOrFilter::Filter(reply));
+            }
+            if filters.take_retry() && replay.is_some() && tried.len() < MAX_FILTER_RETRIES {
+                drop(body);
+                tried.push(endpoint.addr);
+                let hash = HashInput {
+                    headers: &head.headers,
+                    source_ip: self.conn.peer.ip(),
+                    key: choice.hash_key.as_deref(),
+                };
+                endpoint = lb
+                    .pick_excluding(&cluster, &hash, &tried)
+                    .ok_or(Local(Reason::NoHealthyUpstream))?;
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, attempt = tried.len() + 1, "filter asked for a retry");
+                self.record.upstream = Some(endpoint.addr);
+                self.active = None;
+                self.active = Some(ActiveRequest::start(&cluster, &endpoint).ok_or_else(|| {
+                    cluster.stats.overflow.fetch_add(1, Relaxed);
+                    Local(Reason::UpstreamOverflow)
+                })?);
+                self.response_phase_done = false;
+                continue;
+            }
+            return Ok(Response::from_parts(parts, body));
         }
-        strip_hop_by_hop(response.headers_mut(), false);
-        Ok(response)
     }
 
     /// Sets `x-forwarded-for`, `x-forwarded-proto` and `x-request-id`.
@@ -416,7 +501,12 @@ impl Exchange<'_> {
         {
             let (mut parts, body) = response.into_parts();
             let end = body.is_end_stream();
-            response = match filters.response_headers(&mut parts, end).await {
+            let replaced = if self.response_phase_done {
+                None
+            } else {
+                filters.response_headers(&mut parts, end).await
+            };
+            response = match replaced {
                 Some(reply) => {
                     self.record.reason = Some(Reason::Filter.as_str());
                     filter_reply(reply)

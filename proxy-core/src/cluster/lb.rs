@@ -62,6 +62,33 @@ impl LbSet {
         picked.cloned()
     }
 
+    /// Picks an available endpoint other than those in `exclude` (endpoints already tried),
+    /// falling back to any available one when every other is excluded.
+    pub(crate) fn pick_excluding(
+        &self,
+        cluster: &Cluster,
+        input: &HashInput<'_>,
+        exclude: &[std::net::SocketAddr],
+    ) -> Option<Arc<Endpoint>> {
+        let now = now_ms();
+        let fresh: Vec<&Arc<Endpoint>> = self
+            .members
+            .iter()
+            .filter(|e| e.is_available(now) && !exclude.contains(&e.addr))
+            .collect();
+        if fresh.is_empty() {
+            return self.pick(cluster, input);
+        }
+        for _ in 0..self.members.len() * 2 {
+            match self.pick(cluster, input) {
+                Some(e) if !exclude.contains(&e.addr) => return Some(e),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        fresh.get(fastrand::usize(..fresh.len())).map(|e| (*e).clone())
+    }
+
     fn round_robin(&self, now: u64) -> Option<&Arc<Endpoint>> {
         if self.schedule.is_empty() {
             return self.random(now);

@@ -243,6 +243,10 @@ impl FilterFactory for WasmFactory {
     fn wants_callouts(&self) -> bool {
         true
     }
+
+    fn may_retry(&self) -> bool {
+        true
+    }
 }
 
 type Pending = Vec<(u32, JoinHandle<Result<CalloutResponse, CalloutError>>)>;

@@ -451,3 +451,103 @@ async fn hot_swap_under_load_drops_nothing() {
         "both versions served"
     );
 }
+
+/// An upstream failing its first `failures` requests with 503, then echoing the body.
+async fn flaky(failures: usize) -> Upstream {
+    let seen = Arc::new(AtomicUsize::new(0));
+    upstream(move |request: Request<hyper::body::Incoming>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let status = if n < failures { 503 } else { 200 };
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from(format!(
+                    "attempt={} body={}\n",
+                    n + 1,
+                    String::from_utf8_lossy(&body)
+                ))))
+                .expect("response")
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_retry_extension_sends_the_request_again() {
+    let up = flaky(2).await;
+    let filters = wasm_filter("ext", "test_extensions", "null", "fail_closed");
+    let proxy = start_proxy(&with_filters(&filters, &endpoints(&[up.addr]), ""), 1);
+    let addr = proxy.listener_addr("main").expect("listener");
+    let mut client = H1::connect(addr).await;
+    let request = Request::post("/order")
+        .header("host", "svc")
+        .header("x-retry-5xx", "3")
+        .body(Full::new(Bytes::from_static(b"payload")))
+        .expect("request");
+    let r = client.send(request).await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body, "attempt=3 body=payload\n", "the body was replayed intact");
+    assert_eq!(r.header("x-attempts"), Some("3"));
+    assert_eq!(r.header("x-extension-status"), Some("ok"));
+    assert_eq!(up.hits(), 3);
+
+    // Without the header the 503 is final.
+    let up = flaky(1).await;
+    let proxy = start_proxy(&with_filters(&filters, &endpoints(&[up.addr]), ""), 1);
+    let r = get(proxy.listener_addr("main").expect("listener"), "svc", "/").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.header("x-attempts"), Some("1"));
+}
+
+#[tokio::test]
+async fn the_set_upstream_extension_chooses_cluster_and_subset() {
+    let v1 = echo("v1").await;
+    let v2 = echo("v2").await;
+    let other = echo("other").await;
+    let filters = wasm_filter("ext", "test_extensions", "null", "fail_closed");
+    let cluster = format!(
+        "    endpoints:\n      - {{ address: \"{}\", labels: {{ version: v1 }} }}\n      - {{ address: \"{}\", labels: {{ version: v2 }} }}\n",
+        v1.addr, v2.addr
+    );
+    let extra = format!(
+        "  - {{ name: other, endpoints: [{{ address: \"{}\" }}] }}\n",
+        other.addr
+    );
+    let proxy = start_proxy(&with_filters(&filters, &cluster, &extra), 1);
+    let addr = proxy.listener_addr("main").expect("listener");
+    let mut client = H1::connect(addr).await;
+    for _ in 0..4 {
+        let r = client.get("svc", "/", &[("x-pick-version", "v2")]).await;
+        assert_eq!(r.header("x-upstream"), Some("v2"), "{r:?}");
+    }
+    let r = client.get("svc", "/", &[("x-pick-cluster", "other")]).await;
+    assert_eq!(r.header("x-upstream"), Some("other"), "{r:?}");
+    let r = client.get("svc", "/", &[("x-pick-cluster", "missing")]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "an unknown cluster has no route: {r:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_route_can_disable_a_filter() {
+    let up = body_echo().await;
+    let filters = wasm_filter("hdr", "test_headers", "{ name: on }", "fail_closed");
+    let yaml = with_filters(&filters, &endpoints(&[up.addr]), "").replace(
+        "          - name: default\n",
+        "          - name: plain\n            match: { path: { prefix: /plain } }\n            forward: { cluster: c }\n            disabled_filters: [hdr]\n          - name: default\n",
+    );
+    let proxy = start_proxy(&yaml, 1);
+    let addr = proxy.listener_addr("main").expect("listener");
+    assert_eq!(get(addr, "svc", "/x").await.header("x-wasm-response"), Some("on"));
+    let r = get(addr, "svc", "/plain/x").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("x-wasm-response"), None, "filter disabled on this route");
+}
