@@ -95,7 +95,12 @@ impl SharedFilters {
     /// Whether any filter asked for a retry during `response_headers`.
     pub(crate) fn take_retry(&self) -> bool {
         let mut inner = self.lock();
-        inner.filters.iter_mut().fold(false, |any, f| f.take_retry() || any)
+        // Every filter's flag is taken (cleared), not just up to the first set one.
+        let mut any = false;
+        for filter in inner.filters.iter_mut() {
+            any |= filter.take_retry();
+        }
+        any
     }
 
     /// A reply a request-body phase asked for.
