@@ -7,14 +7,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use weft_api::Snapshot;
-use weft_proxy::{Proxy, ProxyConfig};
+use weft_proxy::{Proxy, ProxyConfig, WasmSettings};
 
 /// Weft's data plane proxy.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Snapshot YAML to serve. It is re-read on SIGHUP; an invalid file is refused and the
-    /// running snapshot keeps serving.
+    /// Snapshot YAML to serve. It is re-read when it changes and on SIGHUP; an invalid file is
+    /// refused and the running snapshot keeps serving.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
     /// Worker threads (default: one per core).
@@ -29,6 +29,19 @@ struct Args {
     /// Only check the snapshot file and exit.
     #[arg(long)]
     check: bool,
+    /// Longest a single call into a Wasm filter may run, e.g. `20ms`.
+    #[arg(long, default_value = "20ms", value_parser = weft_api::parse_duration)]
+    wasm_deadline: Duration,
+    /// Most linear memory one Wasm VM may use, in MiB.
+    #[arg(long, default_value_t = 64)]
+    wasm_memory_mib: usize,
+    /// Where compiled Wasm modules are cached across restarts (`none` to disable).
+    /// Default: `weft-wasm-cache` in the system's temporary directory.
+    #[arg(long)]
+    wasm_cache_dir: Option<String>,
+    /// This proxy's node id (the `node.id` property filters read).
+    #[arg(long, default_value = "weft-proxy")]
+    node_id: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,9 +57,20 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(version = %snapshot.version, "snapshot is valid");
         return Ok(());
     }
+    let cache_dir = match args.wasm_cache_dir.as_deref() {
+        Some("none") => None,
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => Some(std::env::temp_dir().join("weft-wasm-cache")),
+    };
     let mut config = ProxyConfig {
         admin_address: Some(args.admin),
         drain_timeout: args.drain_timeout,
+        wasm: WasmSettings {
+            call_deadline: args.wasm_deadline,
+            memory_limit: args.wasm_memory_mib << 20,
+            cache_dir,
+        },
+        node_id: args.node_id.clone(),
         ..Default::default()
     };
     if let Some(workers) = args.workers {
@@ -68,17 +92,20 @@ fn main() -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let mut watch = tokio::time::interval(Duration::from_secs(1));
+        let mut seen = modified(&args.config);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => match Snapshot::from_yaml_file(&args.config) {
-                    Ok(snapshot) => match proxy.update(snapshot) {
-                        Ok(()) => tracing::info!(version = %proxy.version(), "reloaded"),
-                        Err(error) => tracing::error!(error = %anyhow::Error::from(error), "reload refused; old snapshot keeps serving"),
-                    },
-                    Err(error) => tracing::error!(error = %anyhow::Error::from(error), "reload refused; old snapshot keeps serving"),
-                },
+                _ = hup.recv() => reload(&proxy, &args.config),
+                _ = watch.tick() => {
+                    let now = modified(&args.config);
+                    if now != seen {
+                        seen = now;
+                        reload(&proxy, &args.config);
+                    }
+                }
             }
         }
         anyhow::Ok(())
@@ -86,6 +113,27 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(drain = ?args.drain_timeout, "shutting down");
     proxy.shutdown();
     Ok(())
+}
+
+/// The snapshot file's modification time and length, to notice edits.
+fn modified(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Re-reads the snapshot file; an invalid one is refused and the running snapshot stays.
+fn reload(proxy: &Proxy, path: &std::path::Path) {
+    let started = std::time::Instant::now();
+    match Snapshot::from_yaml_file(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| proxy.update(s).map_err(Into::into))
+    {
+        Ok(()) => tracing::info!(version = %proxy.version(), took = ?started.elapsed(), "snapshot reloaded"),
+        Err(error) => tracing::error!(
+            error = format!("{error:#}"),
+            "reload refused; the running snapshot keeps serving"
+        ),
+    }
 }
 
 fn proxy_listeners(path: &std::path::Path) -> Vec<String> {

@@ -532,6 +532,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compiled_modules_are_cached_on_disk_and_reused() {
+        let dir = std::env::temp_dir().join(format!("weft-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let settings = WasmSettings {
+            cache_dir: Some(dir.clone()),
+            ..WasmSettings::default()
+        };
+        let wat = r#"(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))
+            (func (export "malloc") (param i32) (result i32) i32.const 8))"#;
+        let bytes = wat::parse_str(wat).expect("wat");
+        let sha = sha256_hex(&bytes);
+        WasmRuntime::new(settings.clone())
+            .expect("runtime")
+            .load_bytes("m.wasm", &sha, &bytes)
+            .expect("compiles");
+        let cached: Vec<_> = std::fs::read_dir(&dir).expect("cache dir").flatten().collect();
+        assert_eq!(cached.len(), 1, "one artifact written");
+        assert!(cached[0].file_name().to_string_lossy().starts_with(&sha));
+        // A new runtime (a restart) loads it without the source bytes being valid wasm.
+        WasmRuntime::new(settings)
+            .expect("runtime")
+            .load_bytes("m.wasm", &sha, b"not wasm")
+            .expect("from the cache");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn shared_data_compare_and_swap() {
         let shared = SharedState::default();
         assert!(shared.get("vm", "k").is_none());

@@ -190,3 +190,70 @@ fn binary_serves_then_drains_on_sigterm() {
     assert!(served, "the binary served a request");
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 }
+
+#[test]
+fn binary_reloads_its_snapshot_file_when_it_changes_and_refuses_bad_edits() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let snapshot = |body: &str| {
+        format!(
+            "version: \"{body}\"\nlisteners:\n  - {{ name: main, address: \"127.0.0.1:{port}\", route_table: rt }}\nroute_tables:\n  - name: rt\n    virtual_hosts:\n      - name: all\n        domains: [\"*\"]\n        routes:\n          - direct_response: {{ status: 200, body: \"{body}\" }}\n"
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("weft-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("snapshot.yaml");
+    std::fs::write(&file, snapshot("first")).expect("write");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft-proxy"))
+        .args([
+            "--config",
+            file.to_str().expect("path"),
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let fetch = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.split("\r\n\r\n").nth(1).map(str::to_owned)
+    };
+    let wait_for = |expected: &str| {
+        (0..100).any(|_| {
+            let got = fetch();
+            if got.as_deref() == Some(expected) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        })
+    };
+    let first = wait_for("first");
+    std::thread::sleep(Duration::from_millis(1100)); // a new modification time
+    std::fs::write(&file, snapshot("second")).expect("write");
+    let second = wait_for("second");
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(&file, "listeners: [ { broken").expect("write");
+    std::thread::sleep(Duration::from_millis(1500));
+    let kept = fetch();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(first, "served the first snapshot");
+    assert!(second, "picked up the edited file");
+    assert_eq!(
+        kept.as_deref(),
+        Some("second"),
+        "a broken edit is refused and the last good snapshot serves"
+    );
+}
