@@ -18,6 +18,7 @@ mod chain;
 mod cluster;
 pub mod filter;
 mod generation;
+pub mod harness;
 mod http;
 mod listener;
 mod pool;

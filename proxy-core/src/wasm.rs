@@ -20,8 +20,8 @@ mod runtime;
 mod vm;
 
 pub(crate) use filter::{FilterCounters, WasmFactory};
-pub(crate) use runtime::WasmRuntime;
 pub use runtime::WasmSettings;
+pub(crate) use runtime::{WasmRuntime, sha256_hex};
 
 static NODE_ID: OnceLock<String> = OnceLock::new();
 
