@@ -125,10 +125,15 @@ enum Replay {
 }
 
 /// Buffers a request body of known, bounded length so it can be sent again.
-async fn replayable(head: &http::request::Parts, body: ProxyBody, limit: usize) -> Result<Bytes, Replay> {
+async fn replayable(head: &http::request::Parts, body: ProxyBody, empty: bool, limit: usize) -> Result<Bytes, Replay> {
     use http_body_util::BodyExt;
-    if body.is_end_stream() {
-        return Ok(Bytes::new());
+    if empty {
+        // Still run the body through its filters (they see the end of the stream).
+        return body
+            .collect()
+            .await
+            .map(http_body_util::Collected::to_bytes)
+            .map_err(|_| Replay::Failed);
     }
     match content_length(&head.headers) {
         Some(length) if length <= limit as u64 => body
@@ -281,7 +286,14 @@ impl Exchange<'_> {
         // sent again; it is buffered up front when the chain may ask.
         let may_retry = !upgrade && self.filters.is_some() && self.listener.chain.may_retry();
         let (mut first_body, replay) = if may_retry {
-            match replayable(&head, body, self.listener.limits.max_buffered_body_bytes as usize).await {
+            match replayable(
+                &head,
+                body,
+                body_empty,
+                self.listener.limits.max_buffered_body_bytes as usize,
+            )
+            .await
+            {
                 Ok(bytes) => (Some(body::full(bytes.clone())), Some(bytes)),
                 Err(Replay::Stream(body)) => (Some(body), None),
                 Err(Replay::Failed) => {
@@ -359,6 +371,7 @@ impl Exchange<'_> {
             // response_headers phase, here so a filter's retry can still choose another endpoint.
             let (mut parts, body) = response.into_parts();
             self.response_phase_done = true;
+            filters.take_retry(); // only a retry asked for in this response phase counts
             if let Some(reply) = filters.response_headers(&mut parts, body.is_end_stream()).await {
                 return Err(LocalOrFilter::Filter(reply));
             }
@@ -485,7 +498,7 @@ impl Exchange<'_> {
                 reply::local_reply(reason)
             }
             Err(LocalOrFilter::Filter(reply)) => {
-                self.record.reason = Some(Reason::Filter.as_str());
+                self.record.reason = Some(filter_reason(&reply));
                 filter_reply(reply)
             }
         };
@@ -556,10 +569,26 @@ impl From<Local> for LocalOrFilter {
     }
 }
 
+/// The reason a filter's reply is logged and counted under: `filter_failure` when the host
+/// answered for a failed filter, else `filter`.
+fn filter_reason(reply: &LocalReply) -> &'static str {
+    match reply
+        .headers
+        .get(crate::reply::REASON_HEADER)
+        .map(HeaderValue::as_bytes)
+    {
+        Some(b"filter_failure") => "filter_failure",
+        _ => Reason::Filter.as_str(),
+    }
+}
+
 fn filter_reply(reply: LocalReply) -> Response<ProxyBody> {
     let mut response = reply::build(reply.status, Reason::Filter, reply.body);
+    for name in reply.headers.keys() {
+        response.headers_mut().remove(name);
+    }
     for (name, value) in &reply.headers {
-        response.headers_mut().insert(name, value.clone());
+        response.headers_mut().append(name, value.clone());
     }
     response
 }

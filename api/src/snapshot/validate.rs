@@ -91,6 +91,20 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
         }
         let mut filter_names = HashSet::new();
         for (j, filter) in listener.filters.iter().enumerate() {
+            let filter_path = format!("{path}.filters[{j}]");
+            match (&filter.native, &filter.wasm) {
+                (Some(_), None) => {}
+                (None, Some(wasm)) => {
+                    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+                    if wasm.sha256.len() != 64 || !wasm.sha256.bytes().all(hex) {
+                        errors.push(format!("{filter_path}.wasm.sha256"), "must be 64 lowercase hex digits");
+                    }
+                    if wasm.file.is_empty() {
+                        errors.push(format!("{filter_path}.wasm.file"), "a module file is required");
+                    }
+                }
+                _ => errors.push(filter_path.clone(), "set exactly one of native and wasm"),
+            }
             check_name(
                 &mut errors,
                 &format!("{path}.filters[{j}]"),
@@ -471,6 +485,41 @@ clusters:
             errors_of(&bad)
                 .iter()
                 .any(|e| e.contains("forward.subset: no endpoint"))
+        );
+    }
+
+    #[test]
+    fn filters_need_exactly_one_kind_and_a_digest() {
+        let with_filter = |filter: &str| {
+            GOOD.replace(
+                "    route_table: main\n",
+                &format!("    route_table: main\n    filters:\n      - {filter}\n"),
+            )
+        };
+        let errors = errors_of(&with_filter("{ name: f }"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("listeners[0].filters[0]: set exactly one of native and wasm")),
+            "{errors:?}"
+        );
+        let errors = errors_of(&with_filter(
+            "{ name: f, native: headers, wasm: { file: f.wasm, sha256: abc } }",
+        ));
+        assert!(errors.iter().any(|e| e.contains("set exactly one")), "{errors:?}");
+        let errors = errors_of(&with_filter("{ name: f, wasm: { file: f.wasm, sha256: ABC } }"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("listeners[0].filters[0].wasm.sha256: must be 64 lowercase hex")),
+            "{errors:?}"
+        );
+        let sha = "a".repeat(64);
+        assert!(
+            errors_of(&with_filter(&format!(
+                "{{ name: f, wasm: {{ file: f.wasm, sha256: {sha} }} }}"
+            )))
+            .is_empty()
         );
     }
 

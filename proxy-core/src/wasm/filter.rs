@@ -443,7 +443,7 @@ impl WasmFilter {
     }
 
     /// Delivers a finished callout to the guest, with the paused head visible.
-    fn deliver(&mut self, token: u32, result: Result<CalloutResponse, CalloutError>, head: &mut Head<'_>) {
+    fn deliver(&mut self, token: u32, result: Result<CalloutResponse, CalloutError>, mut head: Option<&mut Head<'_>>) {
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -453,9 +453,10 @@ impl WasmFilter {
         };
         let (headers, body, trailers) = (response.headers.len(), response.body.len(), response.trailers.len());
         let mut stream = StreamData::default();
-        match head {
-            Head::Request(parts) => stream.request = Some(request_view(parts)),
-            Head::Response(parts) => stream.response = Some(response_view(parts)),
+        match head.as_deref_mut() {
+            Some(Head::Request(parts)) => stream.request = Some(request_view(parts)),
+            Some(Head::Response(parts)) => stream.response = Some(response_view(parts)),
+            None => {}
         }
         let input = CallInput {
             stream,
@@ -465,8 +466,9 @@ impl WasmFilter {
             vm.http_call_response(ctx, token, headers, body, trailers)
         });
         match head {
-            Head::Request(parts) => restore_request(parts, stream.request),
-            Head::Response(parts) => restore_response(parts, stream.response),
+            Some(Head::Request(parts)) => restore_request(parts, stream.request),
+            Some(Head::Response(parts)) => restore_response(parts, stream.response),
+            None => {}
         }
         if result.is_none() {
             if let FilterAction::Reply(reply) = self.failure() {
@@ -478,6 +480,23 @@ impl WasmFilter {
         }
         if let Some(reply) = self.apply(intents) {
             self.pending_reply = Some(reply);
+        }
+    }
+}
+
+impl WasmFilter {
+    /// Delivers callouts that completed while the stream was not paused (a filter may send
+    /// one and go on); their responses reach the guest at its next call, as soon as ready.
+    fn deliver_ready(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        while let Some((i, result)) = self.pending.iter_mut().enumerate().find_map(|(i, (_, handle))| {
+            match std::pin::Pin::new(handle).poll(&mut cx) {
+                Poll::Ready(result) => Some((i, result)),
+                Poll::Pending => None,
+            }
+        }) {
+            let (token, _) = self.pending.swap_remove(i);
+            self.deliver(token, result.unwrap_or_else(|_| Err(CalloutError::Timeout)), None);
         }
     }
 }
@@ -586,6 +605,7 @@ fn restore_response(parts: &mut http::response::Parts, view: Option<HeadView>) {
 
 impl HttpFilter for WasmFilter {
     fn on_request_headers(&mut self, request: &mut http::request::Parts, end_of_stream: bool) -> FilterAction {
+        self.resumed = false;
         if let Some(info) = self.info.as_mut() {
             info.method = request.method.to_string();
             info.path = request
@@ -643,6 +663,8 @@ impl HttpFilter for WasmFilter {
     }
 
     fn on_response_headers(&mut self, response: &mut http::response::Parts, end_of_stream: bool) -> FilterAction {
+        self.deliver_ready();
+        self.resumed = false;
         if let Some(info) = self.info.as_mut() {
             info.response_code = Some(response.status.as_u16());
             if let Some(upstream) = response.extensions.get::<UpstreamInfo>() {
@@ -668,10 +690,14 @@ impl HttpFilter for WasmFilter {
     }
 
     fn on_response_body(&mut self, body: &mut Bytes, end_of_stream: bool) -> BodyAction {
-        if let Some(info) = self.info.as_mut() {
+        self.deliver_ready();
+        let action = self.body(Phase::ResponseBody, BufferType::ResponseBody, body, end_of_stream);
+        if matches!(action, BodyAction::Continue)
+            && let Some(info) = self.info.as_mut()
+        {
             info.response_size += body.len() as u64;
         }
-        self.body(Phase::ResponseBody, BufferType::ResponseBody, body, end_of_stream)
+        action
     }
 
     fn poll_resume(&mut self, cx: &mut Context<'_>, mut head: Head<'_>) -> Poll<FilterAction> {
@@ -696,7 +722,7 @@ impl HttpFilter for WasmFilter {
                 Some((i, result)) => {
                     let (token, _) = self.pending.swap_remove(i);
                     let result = result.unwrap_or_else(|_| Err(CalloutError::Timeout));
-                    self.deliver(token, result, &mut head);
+                    self.deliver(token, result, Some(&mut head));
                 }
                 None if self.pending.is_empty() => {
                     // Paused with nothing that could resume it: go on rather than hang.
@@ -717,6 +743,7 @@ impl HttpFilter for WasmFilter {
     }
 
     fn on_log(&mut self, record: &LogRecord) {
+        self.deliver_ready();
         if let Some(info) = self.info.as_mut() {
             info.response_code = Some(record.status);
             info.response_code_details = record.reason.unwrap_or("via_upstream").to_owned();
@@ -773,12 +800,9 @@ async fn drive_root(
                 _ => return,
             }
         };
-        let tick = async {
-            match period {
-                Some(ms) => tokio::time::sleep(Duration::from_millis(u64::from(ms))).await,
-                None => std::future::pending().await,
-            }
-        };
+        // Without a tick period the loop still wakes each second to notice a replaced VM.
+        let wake = period.map_or(Duration::from_secs(1), |ms| Duration::from_millis(u64::from(ms)));
+        let tick = tokio::time::sleep(wake);
         let completed = poll_fn(|cx| {
             for (i, (_, handle)) in pending.iter_mut().enumerate() {
                 if let Poll::Ready(result) = std::pin::Pin::new(handle).poll(cx) {
@@ -800,6 +824,9 @@ async fn drive_root(
             Some(id) = queue.recv() => Event::Queue(id),
             (i, result) = completed => Event::Callout(i, result),
         };
+        if matches!(event, Event::Tick) && period.is_none() {
+            continue;
+        }
         let Some(slot) = slot.upgrade() else { return };
         let mut state = slot.lock();
         if state.epoch != epoch {

@@ -2,13 +2,17 @@
 //!
 //! Rules every function here keeps:
 //! - Guest pointers and lengths are checked against the guest's memory; a bad one gets
-//!   `BadArgument` (or `InvalidMemoryAccess`-free failure), never a panic or a trap.
+//!   `BadArgument`, never a panic or a trap of the host.
 //! - Buffers handed to the guest are allocated by the guest's own allocator with exactly the
-//!   length written; empty results are written as (0, 0).
+//!   length written; an empty buffer is written as (0, 0), but a value that exists and is
+//!   empty (a header, a property) still gets an allocation, since the SDK reads null as absent.
 //! - No re-entrancy: a hostcall records intents (continue, local reply, callouts, upstream
 //!   choice, ...) in [`Intents`]; the filter applies them after the guest call returns. The
 //!   allocator is the only guest code called from inside a hostcall.
-//! - Only the status codes the Rust SDK expects on each path are returned.
+//! - On every valid use, only the status codes the Rust SDK expects on that path are
+//!   returned. Misuse (a bad header name, a body write outside a body phase, shared data
+//!   full) gets the ABI's error status, which the SDK turns into a panic: the guest traps and
+//!   its failure policy applies, as for any other guest fault.
 
 use std::collections::HashMap;
 use std::io::Read as _;
@@ -219,6 +223,22 @@ fn write_u64(caller: &mut Ctx<'_>, ptr: i32, value: u64) -> Result<(), Status> {
 /// Hands `bytes` to the guest: allocated by its allocator, address and length written to
 /// the two return pointers. A trap in the allocator ends the call.
 fn give(caller: &mut Ctx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> wasmtime::Result<Result<(), Status>> {
+    give_inner(caller, bytes, false, ret_ptr, ret_len)
+}
+
+/// Hands a value that exists to the guest: even an empty one gets an allocation, since the
+/// SDK reads a null pointer as "absent".
+fn give_value(caller: &mut Ctx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> wasmtime::Result<Result<(), Status>> {
+    give_inner(caller, bytes, true, ret_ptr, ret_len)
+}
+
+fn give_inner(
+    caller: &mut Ctx<'_>,
+    bytes: &[u8],
+    present: bool,
+    ret_ptr: i32,
+    ret_len: i32,
+) -> wasmtime::Result<Result<(), Status>> {
     // Check the return slots before allocating anything.
     let memory = match memory(caller) {
         Some(m) => m,
@@ -231,7 +251,7 @@ fn give(caller: &mut Ctx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> wasmt
             _ => return Ok(Err(Status::BadArgument)),
         }
     }
-    if bytes.is_empty() {
+    if bytes.is_empty() && !present {
         return Ok(write_u32(caller, ret_ptr, 0).and_then(|()| write_u32(caller, ret_len, 0)));
     }
     let Ok(len) = i32::try_from(bytes.len()) else {
@@ -247,7 +267,12 @@ fn give(caller: &mut Ctx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> wasmt
     let typed = allocator.typed::<i32, i32>(&caller)?;
     let ptr = typed.call(&mut *caller, len)?;
     if ptr == 0 {
-        return Ok(Err(Status::InternalFailure));
+        // malloc(0) may answer NULL; nothing else may.
+        return Ok(if len == 0 {
+            write_u32(caller, ret_ptr, 0).and_then(|()| write_u32(caller, ret_len, 0))
+        } else {
+            Err(Status::InternalFailure)
+        });
     }
     Ok(write(caller, ptr, bytes)
         .and_then(|()| write_u32(caller, ret_ptr, ptr as u32))
@@ -483,7 +508,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 _ => data.head(map).and_then(|h| h.get(&key)),
             };
             match value {
-                Some(v) => Ok(status(give(&mut c, &v, ret_ptr, ret_len)?)),
+                Some(v) => Ok(status(give_value(&mut c, &v, ret_ptr, ret_len)?)),
                 None => Ok(Status::NotFound.code()),
             }
         },
@@ -547,7 +572,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 .collect();
             let value = props::get(&c.data().host, &path);
             match value {
-                Some(v) => Ok(status(give(&mut c, &v, ret_ptr, ret_len)?)),
+                Some(v) => Ok(status(give_value(&mut c, &v, ret_ptr, ret_len)?)),
                 None => Ok(Status::NotFound.code()),
             }
         },
@@ -587,7 +612,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             if let Err(s) = write_u32(&mut c, ret_cas, cas) {
                 return Ok(s.code());
             }
-            Ok(status(give(&mut c, &value, ret_ptr, ret_len)?))
+            Ok(status(give_value(&mut c, &value, ret_ptr, ret_len)?))
         },
     )?;
     linker.func_wrap(
@@ -662,7 +687,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             match c.data().host.shared.dequeue(id as u32) {
                 None => Ok(Status::NotFound.code()),
                 Some(None) => Ok(Status::Empty.code()),
-                Some(Some(item)) => Ok(status(give(&mut c, &item, ret_ptr, ret_len)?)),
+                Some(Some(item)) => Ok(status(give_value(&mut c, &item, ret_ptr, ret_len)?)),
             }
         },
     )?;

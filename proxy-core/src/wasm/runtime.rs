@@ -63,6 +63,8 @@ pub(crate) enum ModuleError {
          (proxy_abi_version_0_2_1 or proxy_abi_version_0_2_0)"
     )]
     NoAbiMarker { file: String },
+    #[error("module {file} exports no memory")]
+    NoMemory { file: String },
     #[error("module {file} exports neither proxy_on_memory_allocate nor malloc")]
     NoAllocator { file: String },
     #[error("module {file} cannot be linked: {message}")]
@@ -159,6 +161,9 @@ impl WasmRuntime {
             .any(|e| e == "proxy_abi_version_0_2_1" || e == "proxy_abi_version_0_2_0")
         {
             return Err(ModuleError::NoAbiMarker { file: file.to_owned() });
+        }
+        if !exports.iter().any(|e| e == "memory") {
+            return Err(ModuleError::NoMemory { file: file.to_owned() });
         }
         if !exports.iter().any(|e| e == "proxy_on_memory_allocate" || e == "malloc") {
             return Err(ModuleError::NoAllocator { file: file.to_owned() });

@@ -216,6 +216,7 @@ impl Vm {
         f: &TypedFunc<P, R>,
         params: P,
     ) -> Result<R, VmError> {
+        self.store.data_mut().limiter.hit = false;
         self.store.set_epoch_deadline(self.deadline_ticks);
         f.call(&mut self.store, params).map_err(|e| self.classify(e))
     }

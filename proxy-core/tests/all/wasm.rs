@@ -497,6 +497,16 @@ async fn the_retry_extension_sends_the_request_again() {
     assert_eq!(r.header("x-extension-status"), Some("ok"));
     assert_eq!(up.hits(), 3);
 
+    // A request without a body is replayed too.
+    let up = flaky(2).await;
+    let proxy = start_proxy(&with_filters(&filters, &endpoints(&[up.addr]), ""), 1);
+    let r = H1::connect(proxy.listener_addr("main").expect("listener"))
+        .await
+        .get("svc", "/", &[("x-retry-5xx", "2")])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.header("x-attempts"), Some("3"));
+
     // Without the header the 503 is final.
     let up = flaky(1).await;
     let proxy = start_proxy(&with_filters(&filters, &endpoints(&[up.addr]), ""), 1);
