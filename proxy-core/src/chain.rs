@@ -56,9 +56,10 @@ impl SharedFilters {
         None
     }
 
-    /// Runs `response_headers`; `Some` is a local reply that replaces the response.
+    /// Runs `response_headers` in reverse chain order (as Envoy runs encoder filters); `Some`
+    /// is a local reply that replaces the response.
     pub(crate) async fn response_headers(&self, parts: &mut http::response::Parts, end: bool) -> Option<LocalReply> {
-        for i in 0..self.len() {
+        for i in (0..self.len()).rev() {
             let action = self.lock().filters[i].on_response_headers(parts, end);
             let action = match action {
                 FilterAction::Pause => {
@@ -170,7 +171,17 @@ fn run(
     end: bool,
 ) -> Result<Bytes, BodyPhaseError> {
     let mut inner = filters.lock();
-    for (filter, buffer) in inner.filters.iter_mut().zip(buffers.iter_mut()) {
+    let Inner {
+        filters: list,
+        reply: slot,
+    } = &mut *inner;
+    // Requests go through the chain in order, responses in reverse (each filter has its own
+    // buffer either way).
+    let pairs: Box<dyn Iterator<Item = (&mut Box<dyn HttpFilter>, &mut BytesMut)> + '_> = match direction {
+        Direction::Request => Box::new(list.iter_mut().zip(buffers.iter_mut())),
+        Direction::Response => Box::new(list.iter_mut().zip(buffers.iter_mut()).rev()),
+    };
+    for (filter, buffer) in pairs {
         let mut whole = if buffer.is_empty() {
             data
         } else {
@@ -187,7 +198,7 @@ fn run(
             BodyAction::Buffer => {
                 if whole.len() > limit {
                     if direction == Direction::Request {
-                        inner.reply = Some(LocalReply::new(
+                        *slot = Some(LocalReply::new(
                             http::StatusCode::PAYLOAD_TOO_LARGE,
                             "payload too large\n",
                         ));
@@ -198,7 +209,7 @@ fn run(
                 return Ok(Bytes::new());
             }
             BodyAction::Reply(reply) => {
-                inner.reply = Some(reply);
+                *slot = Some(reply);
                 return Err(BodyPhaseError::Replied);
             }
         }

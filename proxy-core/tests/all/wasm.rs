@@ -561,3 +561,28 @@ async fn a_route_can_disable_a_filter() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("x-wasm-response"), None, "filter disabled on this route");
 }
+
+#[tokio::test]
+async fn requests_run_the_chain_in_order_and_responses_in_reverse() {
+    let up = body_echo().await;
+    let filters = [
+        wasm_filter("first", "test_headers", "{ name: a }", "fail_closed"),
+        wasm_filter("second", "test_headers", "{ name: b }", "fail_closed"),
+    ]
+    .concat();
+    let proxy = start_proxy(&with_filters(&filters, &endpoints(&[up.addr]), ""), 1);
+    let r = get(proxy.listener_addr("main").expect("listener"), "svc", "/").await;
+    let upstream_saw: Vec<&str> = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-wasm-request: "))
+        .collect();
+    assert_eq!(upstream_saw, ["a", "b"], "{}", r.body);
+    let client_saw: Vec<&str> = r
+        .headers
+        .get_all("x-wasm-response")
+        .iter()
+        .map(|v| v.to_str().expect("ascii"))
+        .collect();
+    assert_eq!(client_saw, ["b", "a"], "response phases run in reverse: {r:?}");
+}
