@@ -149,6 +149,8 @@ pub(crate) struct HostState {
     pub(crate) callouts: Option<Arc<Callouts>>,
     pub(crate) intents: Intents,
     pub(crate) next_token: u32,
+    /// The last message the guest logged at error level or above, for rejection reasons.
+    pub(crate) last_error: Option<String>,
 }
 
 impl HostState {
@@ -162,6 +164,7 @@ impl HostState {
             callouts: None,
             intents: Intents::default(),
             next_token: 0,
+            last_error: None,
         }
     }
 
@@ -351,7 +354,11 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
         |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| -> i32 {
             match read(&mut c, ptr, len) {
                 Ok(bytes) => {
-                    log_guest(&c.data().host.plugin, level, &String::from_utf8_lossy(&bytes));
+                    let message = String::from_utf8_lossy(&bytes);
+                    log_guest(&c.data().host.plugin, level, &message);
+                    if level >= 4 {
+                        c.data_mut().host.last_error = Some(message.chars().take(1024).collect());
+                    }
                     Status::Ok.code()
                 }
                 Err(s) => s.code(),

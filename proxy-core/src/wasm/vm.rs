@@ -187,14 +187,14 @@ impl Vm {
             && vm.call_long(&f, (ROOT_CONTEXT, vm_config))? == 0
         {
             return Err(VmError::Rejected(
-                "on_vm_start rejected the VM configuration".to_owned(),
+                vm.rejection("on_vm_start rejected the VM configuration"),
             ));
         }
         if let Some(f) = vm.exports.on_configure.clone()
             && vm.call_long(&f, (ROOT_CONTEXT, plugin_config))? == 0
         {
             return Err(VmError::Rejected(
-                "on_configure rejected the plugin configuration".to_owned(),
+                vm.rejection("on_configure rejected the plugin configuration"),
             ));
         }
         vm.take_tick_period();
@@ -228,6 +228,14 @@ impl Vm {
     ) -> Result<R, VmError> {
         self.store.set_epoch_deadline(self.deadline_ticks * STARTUP_DEADLINES);
         f.call(&mut self.store, params).map_err(|e| self.classify(e))
+    }
+
+    /// A rejection message, with the guest's last error log as the reason when it gave one.
+    fn rejection(&mut self, what: &str) -> String {
+        match self.store.data_mut().host.last_error.take() {
+            Some(reason) => format!("{what}: {reason}"),
+            None => what.to_owned(),
+        }
     }
 
     fn take_tick_period(&mut self) {

@@ -1,0 +1,75 @@
+//! Weft's host extensions (see `docs/abi.md`). They are Weft-only: on another proxy-wasm host
+//! they answer `Err(Status::NotFound)`.
+
+use std::collections::BTreeMap;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::Status;
+
+/// Where the proxy should send the request, chosen in `on_http_request_headers`. Unset fields
+/// keep the route's choice.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Upstream {
+    /// Cluster name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Only endpoints carrying these labels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<BTreeMap<String, String>>,
+    /// Key for `ring_hash` clusters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
+}
+
+impl Upstream {
+    /// The JSON the `weft.set_upstream` extension takes.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// Chooses the upstream for the current request (`weft.set_upstream`).
+pub fn set_upstream(upstream: &Upstream) -> Result<(), Status> {
+    hostcalls::call_foreign_function("weft.set_upstream", Some(upstream.to_json().as_bytes())).map(|_| ())
+}
+
+/// Asks the proxy to send the current request again, to another endpoint where there is one
+/// (`weft.retry`); call it from `on_http_response_headers`. Requests with a streamed body of
+/// unknown or large size cannot be replayed.
+pub fn retry() -> Result<(), Status> {
+    hostcalls::call_foreign_function("weft.retry", Some(b"{}")).map(|_| ())
+}
+
+/// The downstream peer's identity (its SPIFFE ID) when the connection is mutual TLS.
+pub fn peer_principal() -> Option<String> {
+    let bytes = hostcalls::get_property(vec!["source", "principal"]).ok()??;
+    String::from_utf8(bytes).ok().filter(|p| !p.is_empty())
+}
+
+/// A string property (`["request", "path"]`), if set.
+pub fn string_property(path: &[&str]) -> Option<String> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+    String::from_utf8(bytes).ok()
+}
+
+/// An integer property (Envoy encodes them as 8 bytes, little-endian), if set.
+pub fn int_property(path: &[&str]) -> Option<i64> {
+    let bytes = hostcalls::get_property(path.to_vec()).ok()??;
+    Some(i64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_choices_serialize_only_what_is_set() {
+        assert_eq!(Upstream::default().to_json(), "{}");
+        let choice = Upstream {
+            cluster: Some("reviews".into()),
+            subset: Some(BTreeMap::from([("version".into(), "v2".into())])),
+            hash_key: None,
+        };
+        assert_eq!(choice.to_json(), r#"{"cluster":"reviews","subset":{"version":"v2"}}"#);
+    }
+}
