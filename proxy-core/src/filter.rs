@@ -171,7 +171,12 @@ pub struct FilterContext {
     pub mtls: bool,
     pub(crate) callouts: Option<Arc<crate::callout::Callouts>>,
     pub(crate) worker_context: Option<Arc<crate::http::WorkerContext>>,
+    /// Properties filters set on this request, shared along the chain.
+    pub(crate) properties: Option<SharedProperties>,
 }
+
+/// Properties set on one request by its filters, shared along the chain.
+pub(crate) type SharedProperties = Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>;
 
 /// Where a response came from; in the response's extensions during `response_headers`.
 #[derive(Debug, Clone)]

@@ -79,7 +79,7 @@ impl FilterHarness {
             config: serde_yaml::Value::String(plugin_config.to_owned()),
             failure_policy: weft_api::FailurePolicy::FailClosed,
         };
-        let host = Arc::new(WasmHost::new(settings));
+        let host = Arc::new(WasmHost::new(settings, Default::default()));
         let chain = crate::filter::FilterChain::build(std::slice::from_ref(&config), &host, 1)?;
         let factory = chain.factories().first().cloned().ok_or_else(|| FilterError::Wasm {
             name: config.name.clone(),
@@ -111,6 +111,7 @@ fn default_context() -> FilterContext {
         mtls: false,
         callouts: None,
         worker_context: None,
+        properties: None,
     }
 }
 

@@ -203,6 +203,7 @@ impl Exchange<'_> {
                 route: route.as_ref().map(|r| r.name.clone()),
                 mtls: false,
                 worker_context: Some(self.conn.worker.clone()),
+                properties: self.listener.chain.wants_callouts().then(Default::default),
                 callouts: self.listener.chain.wants_callouts().then(|| {
                     Arc::new(Callouts {
                         generation: self.generation.clone(),

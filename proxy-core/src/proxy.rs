@@ -28,6 +28,11 @@ pub struct ProxyConfig {
     pub wasm: crate::wasm::WasmSettings,
     /// This proxy's node id, readable by filters as `node.id`. Default: `weft-proxy`.
     pub node_id: String,
+    /// Node metadata filters read as `node.metadata.<KEY>` (Istio's keys: `NAMESPACE`,
+    /// `WORKLOAD_NAME`, `APP_CONTAINERS`, `MESH_ID`, ...). Default: none.
+    pub node_metadata: std::collections::BTreeMap<String, String>,
+    /// The workload's labels, read as the map `node.metadata.LABELS`. Default: none.
+    pub node_labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ProxyConfig {
@@ -38,6 +43,8 @@ impl Default for ProxyConfig {
             drain_timeout: Duration::from_secs(5),
             wasm: crate::wasm::WasmSettings::default(),
             node_id: "weft-proxy".to_owned(),
+            node_metadata: Default::default(),
+            node_labels: Default::default(),
         }
     }
 }
@@ -100,8 +107,12 @@ impl Proxy {
         snapshot.validate()?;
         let workers = config.workers.max(1);
         let stats = Stats::default();
-        let wasm = crate::wasm::WasmHost::new(config.wasm.clone());
-        crate::wasm::set_node_id(&config.node_id);
+        let node = crate::wasm::NodeInfo {
+            id: config.node_id.clone(),
+            metadata: config.node_metadata.clone(),
+            labels: config.node_labels.clone(),
+        };
+        let wasm = crate::wasm::WasmHost::new(config.wasm.clone(), node);
         let sockets = bind_listeners(&snapshot, None, workers)?;
         let first = Generation::build(Arc::new(snapshot), None, &sockets, &stats, &wasm, workers)
             .map_err(|e| ProxyError::Build(Box::new(e)))?;

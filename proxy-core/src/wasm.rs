@@ -23,30 +23,28 @@ pub(crate) use filter::{FilterCounters, WasmFactory};
 pub use runtime::WasmSettings;
 pub(crate) use runtime::{WasmRuntime, sha256_hex};
 
-static NODE_ID: OnceLock<String> = OnceLock::new();
-
-/// The node id filters read as the `node.id` property.
-pub(crate) fn node_id() -> String {
-    NODE_ID.get().cloned().unwrap_or_else(|| "weft-proxy".to_owned())
-}
-
-/// Sets the node id once per process.
-pub(crate) fn set_node_id(id: &str) {
-    let _ = NODE_ID.set(id.to_owned());
+/// Who this proxy is, as filters read it (`node.id`, `node.metadata.*`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeInfo {
+    pub(crate) id: String,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 /// The Wasm host of one proxy: the runtime is created on first use, so a proxy without
 /// Wasm filters pays nothing for it.
 pub(crate) struct WasmHost {
     settings: WasmSettings,
+    node: NodeInfo,
     runtime: OnceLock<Arc<WasmRuntime>>,
     counters: Mutex<BTreeMap<String, Arc<FilterCounters>>>,
 }
 
 impl WasmHost {
-    pub(crate) fn new(settings: WasmSettings) -> Self {
+    pub(crate) fn new(settings: WasmSettings, node: NodeInfo) -> Self {
         Self {
             settings,
+            node,
             runtime: OnceLock::new(),
             counters: Mutex::new(BTreeMap::new()),
         }
@@ -57,7 +55,7 @@ impl WasmHost {
         if let Some(runtime) = self.runtime.get() {
             return Ok(runtime);
         }
-        let runtime = Arc::new(WasmRuntime::new(self.settings.clone())?);
+        let runtime = Arc::new(WasmRuntime::new(self.settings.clone(), self.node.clone())?);
         Ok(self.runtime.get_or_init(|| runtime))
     }
 

@@ -226,7 +226,7 @@ impl FilterFactory for WasmFactory {
                 upstream: None,
                 cluster: None,
             })),
-            properties: HashMap::new(),
+            properties: context.properties.clone().unwrap_or_default(),
             callouts: context.callouts.clone(),
             pending: Vec::new(),
             pending_reply: None,
@@ -262,7 +262,8 @@ struct WasmFilter {
     /// The VM failed under this request; the policy decides what the request gets.
     failed: bool,
     info: Option<Box<StreamInfo>>,
-    properties: HashMap<String, Vec<u8>>,
+    /// Properties set by any filter of the request (`proxy_set_property`), shared by the chain.
+    properties: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     callouts: Option<Arc<Callouts>>,
     pending: Pending,
     pending_reply: Option<LocalReply>,
@@ -327,7 +328,7 @@ impl WasmFilter {
             None => return (None, stream, Intents::default()),
         };
         stream.info = self.info.take();
-        stream.properties = std::mem::take(&mut self.properties);
+        stream.properties = std::mem::take(&mut *self.properties.lock().unwrap_or_else(|p| p.into_inner()));
         let host = vm.host();
         host.stream = stream;
         host.call_response = input.call_response;
@@ -339,7 +340,7 @@ impl WasmFilter {
         host.callouts = None;
         let intents = std::mem::take(&mut host.intents);
         self.info = stream.info.take();
-        self.properties = std::mem::take(&mut stream.properties);
+        *self.properties.lock().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut stream.properties);
         match result {
             Ok(r) => (Some(r), stream, intents),
             Err(error) => {

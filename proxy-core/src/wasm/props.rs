@@ -49,8 +49,18 @@ pub(crate) fn get(state: &HostState, path: &[String]) -> Option<Vec<u8>> {
         "plugin_name" => return string(&plugin.name),
         "plugin_root_id" => return string(&plugin.root_id),
         "plugin_vm_id" => return string(&plugin.vm_id),
-        "node.id" | "node.cluster" => return string(&crate::wasm::node_id()),
-        _ => {}
+        "node.id" => return string(&state.shared.node.id),
+        "node.metadata.LABELS" => {
+            let labels = &state.shared.node.labels;
+            return Some(abi::serialize_map(
+                labels.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+            ));
+        }
+        other => {
+            if let Some(key) = other.strip_prefix("node.metadata.") {
+                return state.shared.node.metadata.get(key).and_then(|v| string(v));
+            }
+        }
     }
     let info = state.stream.info.as_deref()?;
     let request = state.stream.request.as_ref();

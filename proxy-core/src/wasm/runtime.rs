@@ -87,7 +87,7 @@ pub(crate) struct WasmRuntime {
 }
 
 impl WasmRuntime {
-    pub(crate) fn new(settings: WasmSettings) -> Result<Self, String> {
+    pub(crate) fn new(settings: WasmSettings, node: super::NodeInfo) -> Result<Self, String> {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
@@ -110,7 +110,10 @@ impl WasmRuntime {
             linker,
             modules: Mutex::new(HashMap::new()),
             settings,
-            shared: Arc::new(SharedState::default()),
+            shared: Arc::new(SharedState {
+                node,
+                ..SharedState::default()
+            }),
             ticker_stop,
         })
     }
@@ -277,6 +280,8 @@ const MAX_QUEUE_ITEMS: usize = 10_000;
 /// State shared by every VM of the process.
 #[derive(Default)]
 pub(crate) struct SharedState {
+    /// The node the VMs run on (`node.*` properties).
+    pub(crate) node: super::NodeInfo,
     data: Mutex<SharedData>,
     queues: Mutex<Queues>,
     pub(crate) metrics: Metrics,
@@ -548,7 +553,7 @@ mod tests {
             (func (export "malloc") (param i32) (result i32) i32.const 8))"#;
         let bytes = wat::parse_str(wat).expect("wat");
         let sha = sha256_hex(&bytes);
-        WasmRuntime::new(settings.clone())
+        WasmRuntime::new(settings.clone(), Default::default())
             .expect("runtime")
             .load_bytes("m.wasm", &sha, &bytes)
             .expect("compiles");
@@ -556,7 +561,7 @@ mod tests {
         assert_eq!(cached.len(), 1, "one artifact written");
         assert!(cached[0].file_name().to_string_lossy().starts_with(&sha));
         // A new runtime (a restart) loads it without the source bytes being valid wasm.
-        WasmRuntime::new(settings)
+        WasmRuntime::new(settings, Default::default())
             .expect("runtime")
             .load_bytes("m.wasm", &sha, b"not wasm")
             .expect("from the cache");

@@ -338,11 +338,14 @@ mod tests {
     use crate::wasm::runtime::{WasmSettings, sha256_hex};
 
     fn runtime(memory_limit: usize) -> WasmRuntime {
-        WasmRuntime::new(WasmSettings {
-            call_deadline: Duration::from_millis(20),
-            memory_limit,
-            cache_dir: None,
-        })
+        WasmRuntime::new(
+            WasmSettings {
+                call_deadline: Duration::from_millis(20),
+                memory_limit,
+                cache_dir: None,
+            },
+            Default::default(),
+        )
         .expect("runtime")
     }
 

@@ -7,6 +7,13 @@ mod support;
 
 mod balancing;
 mod basics;
+mod filter_authz;
+mod filter_fault;
+mod filter_jwt;
+mod filter_ratelimit;
+mod filter_retry;
+mod filter_router;
+mod filter_telemetry;
 mod grpc;
 mod lifecycle;
 mod protocols;

@@ -326,21 +326,36 @@ where
 /// A test filter from `filters/testdata`, built for wasm32-wasip1 on first use: its path and
 /// sha256.
 pub fn test_filter(crate_name: &str) -> (String, String) {
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    // Each filter crate is built once per test run, on its own, so one broken filter does not
+    // take the other filters' tests down.
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .canonicalize()
         .expect("repo root");
     let target = root.join("target/filters");
-    BUILT.get_or_init(|| {
-        let status = std::process::Command::new(env!("CARGO"))
-            .current_dir(root.join("filters"))
-            .env("CARGO_TARGET_DIR", &target)
-            .args(["build", "--quiet", "--release", "--locked", "--target", "wasm32-wasip1"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the test filters failed");
-    });
+    {
+        let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        if !built.iter().any(|b| b == crate_name) {
+            let status = std::process::Command::new(env!("CARGO"))
+                .current_dir(root.join("filters"))
+                .env("CARGO_TARGET_DIR", &target)
+                .args([
+                    "build",
+                    "--quiet",
+                    "--release",
+                    "--locked",
+                    "--target",
+                    "wasm32-wasip1",
+                    "-p",
+                    crate_name,
+                ])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building filter {crate_name} failed");
+            built.push(crate_name.to_owned());
+        }
+    }
     let path = target.join(format!("wasm32-wasip1/release/{crate_name}.wasm"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     use sha2::Digest;

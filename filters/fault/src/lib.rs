@@ -1,0 +1,1 @@
+//! Weft's fault filter: being written.

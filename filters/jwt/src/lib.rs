@@ -1,0 +1,1 @@
+//! Weft's jwt filter: being written.

@@ -1,0 +1,1 @@
+//! Weft's ratelimit filter: being written.

@@ -1,0 +1,1 @@
+//! Weft's retry filter: being written.

@@ -1,0 +1,1 @@
+//! Weft's router filter: being written.

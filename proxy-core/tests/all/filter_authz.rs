@@ -1,0 +1,1 @@
+//! The authz filter through the real proxy: being written.

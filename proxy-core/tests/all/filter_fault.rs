@@ -1,0 +1,1 @@
+//! The fault filter through the real proxy: being written.

@@ -1,0 +1,1 @@
+//! The jwt filter through the real proxy: being written.

@@ -1,0 +1,1 @@
+//! The ratelimit filter through the real proxy: being written.

@@ -1,0 +1,1 @@
+//! The retry filter through the real proxy: being written.

@@ -1,0 +1,1 @@
+//! The router filter through the real proxy: being written.

@@ -1,0 +1,1 @@
+//! The telemetry filter through the real proxy: being written.
