@@ -89,19 +89,28 @@ impl SharedFilters {
             if choice.hash_key.is_some() {
                 m.hash_key = choice.hash_key;
             }
+            if choice.timeout.is_some() {
+                m.timeout = choice.timeout;
+            }
+            if choice.per_try_timeout.is_some() {
+                m.per_try_timeout = choice.per_try_timeout;
+            }
         }
         merged
     }
 
-    /// Whether any filter asked for a retry during `response_headers`.
-    pub(crate) fn take_retry(&self) -> bool {
+    /// Whether any filter asked for a retry during `response_headers`, with the longest
+    /// backoff asked for.
+    pub(crate) fn take_retry(&self) -> Option<std::time::Duration> {
         let mut inner = self.lock();
         // Every filter's flag is taken (cleared), not just up to the first set one.
-        let mut any = false;
+        let mut asked: Option<std::time::Duration> = None;
         for filter in inner.filters.iter_mut() {
-            any |= filter.take_retry();
+            if let Some(backoff) = filter.take_retry() {
+                asked = Some(asked.map_or(backoff, |b| b.max(backoff)));
+            }
         }
-        any
+        asked
     }
 
     /// A reply a request-body phase asked for.

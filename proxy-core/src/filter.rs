@@ -83,6 +83,10 @@ pub struct UpstreamChoice {
     pub subset: Option<std::collections::BTreeMap<String, String>>,
     /// Hash key for `ring_hash` clusters, instead of the cluster's `hash_on`.
     pub hash_key: Option<String>,
+    /// Deadline for the whole request, across retries, instead of the route's timeout.
+    pub timeout: Option<Duration>,
+    /// Deadline for each attempt.
+    pub per_try_timeout: Option<Duration>,
 }
 
 /// What the log phase knows about a finished request.
@@ -145,9 +149,9 @@ pub trait HttpFilter: Send {
     }
 
     /// Whether the filter asked, during `response_headers`, for the request to be sent again
-    /// to another endpoint (the `retry` extension); taken once.
-    fn take_retry(&mut self) -> bool {
-        false
+    /// to another endpoint (the `retry` extension), and after what backoff; taken once.
+    fn take_retry(&mut self) -> Option<Duration> {
+        None
     }
 
     /// `log`: the exchange is over (or was abandoned).

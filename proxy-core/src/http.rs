@@ -95,6 +95,7 @@ pub(crate) async fn serve(
         active: None,
         downstream_version: request.version(),
         response_phase_done: false,
+        failure: None,
     };
     let response = exchange.run(request).await;
     Ok(exchange.finish(response).await)
@@ -111,6 +112,9 @@ struct Exchange<'a> {
     downstream_version: Version,
     /// The response already went through `response_headers` (in the upstream loop).
     response_phase_done: bool,
+    /// The last attempt failed with this local reply (which went through the response phase
+    /// and is the response, unless a retry follows).
+    failure: Option<Reason>,
 }
 
 /// Most times filters may send one request again.
@@ -309,6 +313,10 @@ impl Exchange<'_> {
         };
         let mut endpoint = endpoint;
         let mut tried = Vec::new();
+        // The request's deadline (route timeout, or a filter's) spans every attempt; a
+        // filter's per-try timeout bounds each one.
+        let overall = choice.timeout.or(forward.timeout);
+        let deadline = overall.map(|t| tokio::time::Instant::now() + t);
         loop {
             let body = first_body
                 .take()
@@ -316,12 +324,18 @@ impl Exchange<'_> {
             let request = Request::from_parts(head.clone(), body);
             let sent = self.conn.worker.pools.send(&cluster, &endpoint, request, upgrade);
             let started = Instant::now();
-            let result = match forward.timeout {
-                Some(timeout) => tokio::time::timeout(timeout, sent).await.map_err(|_| ()),
+            let attempt_deadline = match (deadline, choice.per_try_timeout) {
+                (Some(d), Some(t)) => Some(d.min(tokio::time::Instant::now() + t)),
+                (Some(d), None) => Some(d),
+                (None, Some(t)) => Some(tokio::time::Instant::now() + t),
+                (None, None) => None,
+            };
+            let result = match attempt_deadline {
+                Some(at) => tokio::time::timeout_at(at, sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
             };
-            let mut response = match result {
-                Ok(Ok(response)) => response,
+            let outcome = match result {
+                Ok(Ok(response)) => Ok(response),
                 Ok(Err(error)) => {
                     if let Some(reply) = self.filters.as_ref().and_then(SharedFilters::take_reply) {
                         return Err(LocalOrFilter::Filter(reply));
@@ -341,43 +355,66 @@ impl Exchange<'_> {
                     if reason.is_upstream_failure() {
                         cluster.record_outcome(&endpoint, Outcome::LocalGatewayError);
                     }
-                    return Err(Local(reason).into());
+                    Err(reason)
                 }
                 Err(()) => {
                     cluster.stats.rq_timeout.fetch_add(1, Relaxed);
                     cluster.record_outcome(&endpoint, Outcome::LocalGatewayError);
-                    return Err(Local(Reason::UpstreamTimeout).into());
+                    Err(Reason::UpstreamTimeout)
                 }
             };
-            cluster.stats.rq_time.record(started.elapsed());
-            response.extensions_mut().insert(UpstreamInfo {
-                cluster: cluster.name.clone(),
-                endpoint: endpoint.addr,
-            });
-            cluster.stats.record_status(response.status().as_u16());
-            cluster.record_outcome(&endpoint, Outcome::Status(response.status().as_u16()));
-
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                && let Some(downstream) = on_upgrade
-            {
-                let upstream = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(downstream, upstream));
-                return Ok(response);
-            }
-            strip_hop_by_hop(response.headers_mut(), false);
+            let mut response = match outcome {
+                Ok(mut response) => {
+                    cluster.stats.rq_time.record(started.elapsed());
+                    response.extensions_mut().insert(UpstreamInfo {
+                        cluster: cluster.name.clone(),
+                        endpoint: endpoint.addr,
+                    });
+                    cluster.stats.record_status(response.status().as_u16());
+                    cluster.record_outcome(&endpoint, Outcome::Status(response.status().as_u16()));
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(downstream) = on_upgrade
+                    {
+                        let upstream = hyper::upgrade::on(&mut response);
+                        tokio::spawn(tunnel(downstream, upstream));
+                        return Ok(response);
+                    }
+                    strip_hop_by_hop(response.headers_mut(), false);
+                    response
+                }
+                // Without filters that could retry, a failed attempt ends the request here.
+                Err(reason) if !may_retry => return Err(Local(reason).into()),
+                // Otherwise the local reply goes through the response phase like a response,
+                // so a retry filter sees connect failures, resets and timeouts too.
+                Err(reason) => {
+                    self.failure = Some(reason);
+                    reply::local_reply(reason)
+                }
+            };
             let Some(filters) = self.filters.clone() else {
                 return Ok(response);
             };
 
             // response_headers phase, here so a filter's retry can still choose another endpoint.
-            let (mut parts, body) = response.into_parts();
+            let (mut parts, body) = std::mem::replace(&mut response, Response::new(body::empty())).into_parts();
             self.response_phase_done = true;
             filters.take_retry(); // only a retry asked for in this response phase counts
             if let Some(reply) = filters.response_headers(&mut parts, body.is_end_stream()).await {
                 return Err(LocalOrFilter::Filter(reply));
             }
-            if filters.take_retry() && replay.is_some() && tried.len() < MAX_FILTER_RETRIES {
+            let expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if let Some(backoff) = filters.take_retry()
+                && replay.is_some()
+                && tried.len() < MAX_FILTER_RETRIES
+                && !expired
+            {
                 drop(body);
+                if !backoff.is_zero() {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.min(tokio::time::Instant::now() + backoff)).await,
+                        None => tokio::time::sleep(backoff).await,
+                    }
+                }
                 tried.push(endpoint.addr);
                 let hash = HashInput {
                     headers: &head.headers,
@@ -395,6 +432,7 @@ impl Exchange<'_> {
                     Local(Reason::UpstreamOverflow)
                 })?);
                 self.response_phase_done = false;
+                self.failure = None;
                 continue;
             }
             return Ok(Response::from_parts(parts, body));
@@ -493,7 +531,12 @@ impl Exchange<'_> {
     async fn finish(mut self, result: Result<Response<ProxyBody>, LocalOrFilter>) -> Response<ProxyBody> {
         let stats = &self.listener.stats;
         let mut response = match result {
-            Ok(response) => response,
+            Ok(response) => {
+                if let Some(reason) = self.failure {
+                    self.record.reason = Some(reason.as_str());
+                }
+                response
+            }
             Err(LocalOrFilter::Local(Local(reason))) => {
                 self.record.reason = Some(reason.as_str());
                 reply::local_reply(reason)

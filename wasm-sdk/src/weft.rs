@@ -19,6 +19,13 @@ pub struct Upstream {
     /// Key for `ring_hash` clusters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<String>,
+    /// Deadline of the whole request, across retries, in milliseconds (instead of the
+    /// route's timeout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Deadline of each attempt, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u64>,
 }
 
 impl Upstream {
@@ -37,7 +44,22 @@ pub fn set_upstream(upstream: &Upstream) -> Result<(), Status> {
 /// (`weft.retry`); call it from `on_http_response_headers`. Requests with a streamed body of
 /// unknown or large size cannot be replayed.
 pub fn retry() -> Result<(), Status> {
-    hostcalls::call_foreign_function("weft.retry", Some(b"{}")).map(|_| ())
+    retry_after(0)
+}
+
+/// As [`retry`], after waiting `backoff_ms` milliseconds (the request's deadline still holds).
+/// A failed attempt (connect failure, reset, timeout) reaches `on_http_response_headers` as a
+/// local reply (502/503/504 with `x-weft-reason`), so it can be retried too.
+pub fn retry_after(backoff_ms: u64) -> Result<(), Status> {
+    let args = format!("{{\"backoff_ms\":{backoff_ms}}}");
+    hostcalls::call_foreign_function("weft.retry", Some(args.as_bytes())).map(|_| ())
+}
+
+/// Holds the current request for `ms` milliseconds: call it in `on_http_request_headers` and
+/// return `Action::Pause`; the proxy resumes the request when the time is up (fault delays).
+pub fn delay(ms: u64) -> Result<(), Status> {
+    let args = format!("{{\"ms\":{ms}}}");
+    hostcalls::call_foreign_function("weft.delay", Some(args.as_bytes())).map(|_| ())
 }
 
 /// The downstream peer's identity (its SPIFFE ID) when the connection is mutual TLS.
@@ -68,7 +90,7 @@ mod tests {
         let choice = Upstream {
             cluster: Some("reviews".into()),
             subset: Some(BTreeMap::from([("version".into(), "v2".into())])),
-            hash_key: None,
+            ..Upstream::default()
         };
         assert_eq!(choice.to_json(), r#"{"cluster":"reviews","subset":{"version":"v2"}}"#);
     }

@@ -15,7 +15,16 @@ pub(crate) fn call(state: &mut HostState, name: &str, args: &[u8]) -> Result<Vec
             if state.stream.info.is_none() {
                 return Err(Status::BadArgument);
             }
-            state.intents.retry = true;
+            let backoff = millis(args, "backoff_ms")?.unwrap_or_default();
+            state.intents.retry = Some(backoff);
+            Ok(Vec::new())
+        }
+        "weft.delay" => {
+            if state.stream.info.is_none() {
+                return Err(Status::BadArgument);
+            }
+            let delay = millis(args, "ms")?.ok_or(Status::BadArgument)?;
+            state.intents.delay = Some(delay);
             Ok(Vec::new())
         }
         "weft.peer_principal" => {
@@ -29,8 +38,23 @@ pub(crate) fn call(state: &mut HostState, name: &str, args: &[u8]) -> Result<Vec
     }
 }
 
-/// `{"cluster": "reviews", "subset": {"version": "v2"}, "hash_key": "jason"}`, every field
-/// optional.
+/// A duration in milliseconds from a JSON object's field (`{}` or empty args: `None`).
+fn millis(args: &[u8], field: &str) -> Result<Option<std::time::Duration>, Status> {
+    if args.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_slice(args).map_err(|_| Status::SerializationFailure)?;
+    match value.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(|ms| Some(std::time::Duration::from_millis(ms.min(3_600_000))))
+            .ok_or(Status::SerializationFailure),
+    }
+}
+
+/// `{"cluster": "reviews", "subset": {"version": "v2"}, "hash_key": "jason", "timeout_ms": 3000,
+/// "per_try_timeout_ms": 1000}`, every field optional.
 fn set_upstream(state: &mut HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
     if state.stream.info.is_none() {
         return Err(Status::BadArgument);
@@ -42,6 +66,15 @@ fn set_upstream(state: &mut HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
         match (key.as_str(), value) {
             ("cluster", Value::String(c)) => choice.cluster = Some(c.clone()),
             ("hash_key", Value::String(k)) => choice.hash_key = Some(k.clone()),
+            ("timeout_ms", Value::Number(n)) => {
+                choice.timeout = Some(std::time::Duration::from_millis(
+                    n.as_u64().ok_or(Status::SerializationFailure)?,
+                ));
+            }
+            ("per_try_timeout_ms", Value::Number(n)) => {
+                let ms = n.as_u64().ok_or(Status::SerializationFailure)?;
+                choice.per_try_timeout = Some(std::time::Duration::from_millis(ms));
+            }
             ("subset", Value::Object(labels)) => {
                 let mut subset = std::collections::BTreeMap::new();
                 for (k, v) in labels {

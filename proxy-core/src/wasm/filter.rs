@@ -232,7 +232,8 @@ impl FilterFactory for WasmFactory {
             pending_reply: None,
             resumed: false,
             upstream: None,
-            retry: false,
+            retry: None,
+            delay: None,
         })
     }
 
@@ -269,7 +270,9 @@ struct WasmFilter {
     pending_reply: Option<LocalReply>,
     resumed: bool,
     upstream: Option<UpstreamChoice>,
-    retry: bool,
+    retry: Option<Duration>,
+    /// A pause the filter asked for (`weft.delay`); the stream resumes when it elapses.
+    delay: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The inputs of one guest call besides the stream data.
@@ -386,7 +389,12 @@ impl WasmFilter {
         if intents.upstream.is_some() {
             self.upstream = intents.upstream;
         }
-        self.retry |= intents.retry;
+        if intents.retry.is_some() {
+            self.retry = intents.retry;
+        }
+        if let Some(delay) = intents.delay {
+            self.delay = Some(Box::pin(tokio::time::sleep(delay)));
+        }
         if intents.continue_request || intents.continue_response {
             self.resumed = true;
         }
@@ -403,7 +411,7 @@ impl WasmFilter {
         if let Some(reply) = self.apply(intents) {
             return FilterAction::Reply(reply);
         }
-        if action == 1 && !self.resumed {
+        if (action == 1 && !self.resumed) || self.delay.is_some() {
             FilterAction::Pause
         } else {
             self.resumed = false;
@@ -713,6 +721,16 @@ impl HttpFilter for WasmFilter {
             if self.failed {
                 return Poll::Ready(self.failure());
             }
+            if let Some(delay) = self.delay.as_mut() {
+                if delay.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.delay = None;
+                if self.pending.is_empty() {
+                    self.resumed = false;
+                    return Poll::Ready(FilterAction::Continue);
+                }
+            }
             let ready = self.pending.iter_mut().enumerate().find_map(|(i, (_, handle))| {
                 match std::pin::Pin::new(handle).poll(cx) {
                     Poll::Ready(result) => Some((i, result)),
@@ -739,8 +757,8 @@ impl HttpFilter for WasmFilter {
         self.upstream.take()
     }
 
-    fn take_retry(&mut self) -> bool {
-        std::mem::take(&mut self.retry)
+    fn take_retry(&mut self) -> Option<Duration> {
+        self.retry.take()
     }
 
     fn on_log(&mut self, record: &LogRecord) {

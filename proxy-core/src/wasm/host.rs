@@ -134,7 +134,10 @@ pub(crate) struct Intents {
     pub(crate) close: bool,
     pub(crate) callouts: Vec<(u32, CalloutRequest)>,
     pub(crate) upstream: Option<UpstreamChoice>,
-    pub(crate) retry: bool,
+    /// A retry was asked for, after this backoff.
+    pub(crate) retry: Option<Duration>,
+    /// The stream is to wait this long before going on (`weft.delay`).
+    pub(crate) delay: Option<Duration>,
     pub(crate) tick_period: Option<u32>,
 }
 
