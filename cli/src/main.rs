@@ -4,6 +4,8 @@
 //! - `weftctl filter build [DIR]` builds it for `wasm32-wasip1` and prints the module's path
 //!   and sha256 (what a snapshot's `wasm: { file, sha256 }` needs).
 
+#![allow(clippy::print_stdout, reason = "a command line prints its results")]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
