@@ -1,1 +1,59 @@
-fn main() {}
+//! Weft's developer tasks, run as `cargo xtask <task>`.
+//!
+//! Tasks:
+//!
+//! - `demo [--smoke]`: the proxy in front of sample upstreams (see [`demo`]).
+//! - `test [ARGS]`: every test suite of the repository (see [`test`]).
+//! - `bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs]`: the end-to-end
+//!   benchmark of `weft-proxy` against nginx and HAProxy (see [`bench`]).
+
+mod bench;
+mod demo;
+mod test;
+
+use anyhow::bail;
+
+/// Usage text shown for `help` and unknown tasks.
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  demo [--smoke]
+      weft-proxy in front of sample upstreams, until Ctrl-C (--smoke: check it and exit).
+  test [ARGS]
+      Every test suite: the workspace, the filters' host unit tests, the filter example.
+  bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs]
+      End-to-end benchmark: weft-proxy vs nginx vs HAProxy vs direct, one worker each,
+      load generator on CPU 0, proxy and origin on CPU 1. Prints a markdown table and
+      writes it into docs/benchmarks.md.
+        --duration SECS  length of each load run (default 10)
+        --rounds N       rounds, targets rotated each round (default 3)
+        --quick          smoke test: --duration 3 --rounds 1
+        --no-docs        print the table only; leave docs/benchmarks.md alone
+";
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    dispatch(&args)
+}
+
+/// Runs the task named by the first argument.
+fn dispatch(args: &[String]) -> anyhow::Result<()> {
+    match args.split_first() {
+        Some((task, rest)) if task == "bench" => bench::main(rest),
+        Some((task, rest)) if task == "demo" => demo::run(&root()?, rest),
+        Some((task, rest)) if task == "test" => test::run(&root()?, rest),
+        Some((task, _)) if matches!(task.as_str(), "help" | "-h" | "--help") => {
+            eprint!("{USAGE}");
+            Ok(())
+        }
+        Some((task, _)) => bail!("unknown task `{task}`\n\n{USAGE}"),
+        None => bail!("no task given\n\n{USAGE}"),
+    }
+}
+
+/// The repository root (the parent of xtask's manifest directory).
+fn root() -> anyhow::Result<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Ok(root.canonicalize()?)
+}
