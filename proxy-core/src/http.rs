@@ -51,6 +51,8 @@ pub(crate) struct WorkerContext {
 pub(crate) struct Connection {
     pub(crate) listener: Arc<str>,
     pub(crate) peer: SocketAddr,
+    /// The peer's IP as a header value (`x-forwarded-for`), rendered once.
+    pub(crate) peer_ip: HeaderValue,
     pub(crate) local: SocketAddr,
     pub(crate) worker: Arc<WorkerContext>,
 }
@@ -441,21 +443,22 @@ impl Exchange<'_> {
 
     /// Sets `x-forwarded-for`, `x-forwarded-proto` and `x-request-id`.
     fn forwarded_headers(&self, headers: &mut HeaderMap) {
-        let peer = self.conn.peer.ip().to_string();
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(existing) if self.listener.kind != ListenerKind::Gateway => format!("{existing}, {peer}"),
-            _ => peer,
+        let appended = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(existing) if self.listener.kind != ListenerKind::Gateway => {
+                HeaderValue::from_str(&format!("{existing}, {}", self.conn.peer.ip())).ok()
+            }
+            // The common case costs no allocation: the peer's address is rendered once per
+            // connection.
+            _ => Some(self.conn.peer_ip.clone()),
         };
-        if let Ok(value) = HeaderValue::from_str(&xff) {
+        if let Some(value) = appended {
             headers.insert(&X_FORWARDED_FOR, value);
         }
         if self.listener.kind == ListenerKind::Gateway || !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
-        if !headers.contains_key(&X_REQUEST_ID)
-            && let Ok(value) = HeaderValue::from_str(&request_id())
-        {
-            headers.insert(&X_REQUEST_ID, value);
+        if !headers.contains_key(&X_REQUEST_ID) {
+            headers.insert(&X_REQUEST_ID, request_id());
         }
     }
 
@@ -469,6 +472,8 @@ impl Exchange<'_> {
         authority: &str,
     ) -> Result<Request<ProxyBody>, Local> {
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let unchanged =
+            !matches!(&forward.prefix_rewrite, Some((prefix, _)) if path_and_query.starts_with(prefix.as_str()));
         let rewritten;
         let path_and_query = match &forward.prefix_rewrite {
             Some((prefix, replacement)) if path_and_query.starts_with(prefix.as_str()) => {
@@ -484,15 +489,33 @@ impl Exchange<'_> {
         };
         let authority_value = match &forward.host_rewrite {
             Some(host) => host.clone(),
-            None => HeaderValue::from_str(authority).map_err(|_| Local(Reason::BadRequest))?,
+            // An HTTP/1.1 request's Host is already the authority: reuse it (no copy).
+            None => match parts
+                .headers
+                .get(header::HOST)
+                .filter(|h| h.as_bytes() == authority.as_bytes())
+            {
+                Some(host) => host.clone(),
+                None => HeaderValue::from_str(authority).map_err(|_| Local(Reason::BadRequest))?,
+            },
         };
         let authority = authority_value.to_str().map_err(|_| Local(Reason::BadRequest))?;
         match cluster.protocol {
             UpstreamProtocol::Http1 => {
-                parts.uri = path_and_query.parse::<Uri>().map_err(|_| Local(Reason::BadRequest))?;
+                // Origin-form; an origin-form request without a rewrite keeps its URI as is.
+                if !(unchanged && parts.uri.authority().is_none()) {
+                    parts.uri = match (unchanged, parts.uri.path_and_query()) {
+                        (true, Some(pq)) => Uri::from(pq.clone()),
+                        _ => path_and_query.parse::<Uri>().map_err(|_| Local(Reason::BadRequest))?,
+                    };
+                }
                 parts.version = Version::HTTP_11;
-                parts.headers.insert(header::HOST, authority_value.clone());
-                parts.headers.remove(header::TE);
+                if forward.host_rewrite.is_some() || parts.headers.get(header::HOST) != Some(&authority_value) {
+                    parts.headers.insert(header::HOST, authority_value.clone());
+                }
+                if parts.headers.contains_key(header::TE) {
+                    parts.headers.remove(header::TE);
+                }
             }
             UpstreamProtocol::Http2 => {
                 parts.uri = Uri::builder()
@@ -590,12 +613,12 @@ impl Exchange<'_> {
         let (parts, body) = response.into_parts();
         let tail = Tail {
             inner: body,
-            finish: Some(Box::new(Finish {
+            finish: Some(Finish {
                 filters: self.filters,
                 record: self.record,
                 start: self.start,
                 active: self.active,
-            })),
+            }),
         };
         Response::from_parts(parts, body::boxed(tail))
     }
@@ -686,19 +709,21 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// A random UUID v4.
-fn request_id() -> String {
+/// A random UUID v4, rendered without intermediate strings.
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = fastrand::u128(..);
     let bits = (bits & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let hex = format!("{bits:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    let mut out = [b'-'; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *slot = HEX[((bits >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
 }
 
 async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
@@ -775,7 +800,7 @@ pin_project_lite::pin_project! {
     struct Tail {
         #[pin]
         inner: ProxyBody,
-        finish: Option<Box<Finish>>,
+        finish: Option<Finish>,
     }
 
     impl PinnedDrop for Tail {
@@ -864,9 +889,15 @@ mod tests {
     #[test]
     fn request_ids_are_uuid_v4() {
         let id = request_id();
+        let id = id.to_str().expect("ascii");
         assert_eq!(id.len(), 36);
+        assert!(id.chars().enumerate().all(|(i, c)| if [8, 13, 18, 23].contains(&i) {
+            c == '-'
+        } else {
+            c.is_ascii_hexdigit()
+        }));
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-        assert_ne!(id, request_id());
+        assert_ne!(id, request_id().to_str().expect("ascii"));
     }
 }

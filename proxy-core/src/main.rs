@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use weft_api::Snapshot;
 use weft_proxy::{Proxy, ProxyConfig, WasmSettings};
@@ -76,6 +79,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(workers) = args.workers {
         config.workers = workers;
     }
+    // Signal handlers go in before the listeners open, so a SIGTERM right after the first
+    // request is a drain, not a kill.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut term, mut int, mut hup) = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        anyhow::Ok((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        ))
+    })?;
     let proxy = Proxy::start(config, snapshot).context("starting the proxy")?;
     for listener in proxy_listeners(&args.config) {
         if let Some(addr) = proxy.listener_addr(&listener) {
@@ -86,12 +100,7 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(%admin, "admin listening");
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
         let mut watch = tokio::time::interval(Duration::from_secs(1));
         let mut seen = modified(&args.config);
         loop {

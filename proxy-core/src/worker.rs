@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -178,7 +179,10 @@ async fn accept_loop(
         stats.cx_total.fetch_add(1, Relaxed);
         stats.cx_active.fetch_add(1, Relaxed);
         let local = stream.local_addr().unwrap_or(listener.sockets.addr);
+        let peer_ip =
+            HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let connection = Arc::new(Connection {
+            peer_ip,
             listener: listener_name.clone(),
             peer,
             local,
