@@ -317,7 +317,8 @@ impl Exchange<'_> {
         let mut tried = Vec::new();
         // The request's deadline (route timeout, or a filter's) spans every attempt; a
         // filter's per-try timeout bounds each one.
-        let overall = choice.timeout.or(forward.timeout);
+        // A filter's timeout of zero disables the route's (Istio's `timeout: 0s`).
+        let overall = choice.timeout.or(forward.timeout).filter(|t| !t.is_zero());
         let deadline = overall.map(|t| tokio::time::Instant::now() + t);
         loop {
             let body = first_body
@@ -418,6 +419,8 @@ impl Exchange<'_> {
                     }
                 }
                 tried.push(endpoint.addr);
+                // Whatever ends the request from here on goes through the response phase.
+                self.response_phase_done = false;
                 let hash = HashInput {
                     headers: &head.headers,
                     source_ip: self.conn.peer.ip(),

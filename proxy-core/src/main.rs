@@ -45,6 +45,20 @@ struct Args {
     /// This proxy's node id (the `node.id` property filters read).
     #[arg(long, default_value = "weft-proxy")]
     node_id: String,
+    /// Node metadata for filters (`node.metadata.KEY`), repeatable: `NAMESPACE=default`,
+    /// `WORKLOAD_NAME=reviews-v1`, `CLUSTER_ID=east`, ...
+    #[arg(long = "node-metadata", value_name = "KEY=VALUE", value_parser = key_value)]
+    node_metadata: Vec<(String, String)>,
+    /// The workload's labels (`node.metadata.LABELS`), repeatable: `app=reviews`, `version=v1`.
+    #[arg(long = "node-label", value_name = "KEY=VALUE", value_parser = key_value)]
+    node_labels: Vec<(String, String)>,
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,6 +88,8 @@ fn main() -> anyhow::Result<()> {
             cache_dir,
         },
         node_id: args.node_id.clone(),
+        node_metadata: args.node_metadata.iter().cloned().collect(),
+        node_labels: args.node_labels.iter().cloned().collect(),
         ..Default::default()
     };
     if let Some(workers) = args.workers {

@@ -137,12 +137,17 @@ impl<F: Filter> RootContext for Root<F> {
 #[macro_export]
 macro_rules! filter {
     ($filter:ty) => {
-        $crate::proxy_wasm::main! {{
-            $crate::proxy_wasm::set_log_level($crate::LogLevel::Info);
-            $crate::proxy_wasm::set_root_context(|_| -> Box<dyn $crate::RootContext> {
-                Box::new($crate::Root::<$filter>::default())
-            });
-        }}
+        #[doc(hidden)]
+        mod __weft_filter_entry {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::proxy_wasm::main! {{
+                $crate::proxy_wasm::set_log_level($crate::LogLevel::Info);
+                $crate::proxy_wasm::set_root_context(|_| -> Box<dyn $crate::RootContext> {
+                    Box::new($crate::Root::<$filter>::default())
+                });
+            }}
+        }
     };
 }
 
