@@ -25,6 +25,7 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
     if !status.success() {
         bail!("building weft-proxy failed");
     }
+    let filters = build_filters(root, &["router", "telemetry"])?;
     let mut ports = Vec::new();
     for name in ["reviews-v1", "reviews-v2", "ratings-a", "ratings-b"] {
         ports.push(sample_upstream(name)?);
@@ -41,6 +42,10 @@ pub(crate) fn run(root: &Path, args: &[String]) -> Result<()> {
         .replace("REVIEWS_V2", &ports[1].to_string())
         .replace("RATINGS_A", &ports[2].to_string())
         .replace("RATINGS_B", &ports[3].to_string())
+        .replace("ROUTER_FILE", &format!("\"{}\"", filters[0].0))
+        .replace("ROUTER_SHA", &filters[0].1)
+        .replace("TELEMETRY_FILE", &format!("\"{}\"", filters[1].0))
+        .replace("TELEMETRY_SHA", &filters[1].1)
         .replace("127.0.0.1:15001", &format!("127.0.0.1:{listen}"));
     let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).context("creating the demo directory")?;
@@ -104,6 +109,9 @@ fn check(listen: u16, admin: u16) -> Result<()> {
     if !stats.contains("weft_cluster_upstream_rq_total{cluster=\"reviews\",code_class=\"2xx\"} 2") {
         bail!("admin stats do not count the reviews requests:\n{stats}");
     }
+    if !stats.contains("istio_requests_total{filter=\"telemetry\",reporter=\"source\"") {
+        bail!("the telemetry filter's istio_requests_total is missing:\n{stats}");
+    }
     println!("ok  admin stats count the requests\ndemo smoke check passed");
     Ok(())
 }
@@ -130,6 +138,36 @@ fn wait_ready(admin: u16) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("weft-proxy did not become ready within 30s")
+}
+
+/// Builds first-party filters for wasm32-wasip1; returns each module's path and sha256.
+fn build_filters(root: &Path, crates: &[&str]) -> Result<Vec<(String, String)>> {
+    let target = root.join("target/filters");
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(root.join("filters"))
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["build", "--quiet", "--release", "--locked", "--target", "wasm32-wasip1"]);
+    for name in crates {
+        command.args(["-p", name]);
+    }
+    if !command.status().context("running cargo build for the filters")?.success() {
+        bail!("building the filters failed");
+    }
+    crates
+        .iter()
+        .map(|name| {
+            let path = target.join(format!("wasm32-wasip1/release/{name}.wasm"));
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok((path.display().to_string(), sha256_hex(&bytes)))
+        })
+        .collect()
+}
+
+/// Lowercase hex sha256.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn free_port() -> Result<u16> {
