@@ -43,6 +43,7 @@ fn assert_limited(reply: &Reply, limit: &str, retry_after: &str, reset: &str) {
     assert_eq!(single(reply, "x-ratelimit-reset"), Some(reset), "{reply:?}");
 }
 
+/// A counter of filter `filter` at `/stats/prometheus`.
 async fn counter(proxy: &Proxy, name: &str, filter: &str) -> Option<f64> {
     metric(proxy, &format!("{name}{{filter=\"{filter}\"}}")).await
 }

@@ -81,6 +81,9 @@ fn bookinfo_config() -> Value {
             {"name": "ratings", "match": [{"uri": {"prefix": "/ratings"}}],
              "rewrite": {"uri": "/v1/bookRatings"},
              "route": [to("ratings", None, 0)]},
+            {"name": "service", "match": [{"uri": {"prefix": "/SERVICE/"}, "ignore_uri_case": true}],
+             "rewrite": {"uri_regex_rewrite": {"match": "^/service/([^/]+)(/.*)$", "rewrite": "\\2/instance/\\1"}},
+             "route": [to("ratings", None, 0)]},
             {"name": "host", "match": [{"uri": {"prefix": "/rehost"}}],
              "rewrite": {"authority": "ratings.prod:9080"},
              "headers": {"request": {"set": {"x-routed-by": "router"}, "remove": ["x-drop-me"]},
@@ -158,7 +161,7 @@ async fn weighted_destinations_split_50_50_and_80_20() {
 }
 
 #[tokio::test]
-async fn a_prefix_match_rewrites_the_prefix_and_keeps_the_query() {
+async fn uri_rewrites_replace_the_prefix_or_regex_matches_and_keep_the_query() {
     let bookinfo = Bookinfo::start().await;
     let proxy = bookinfo.proxy(&bookinfo_config());
     let addr = proxy.listener_addr("main").expect("listener");
@@ -167,6 +170,14 @@ async fn a_prefix_match_rewrites_the_prefix_and_keeps_the_query() {
     assert_eq!(r.header("x-upstream"), Some("ratings"));
     let first = r.body.lines().next().unwrap_or_default();
     assert!(first.starts_with("ratings GET /v1/bookRatings/7?stars=5 "), "{first}");
+
+    let r = get(addr, "reviews", "/service/books/v1/list?page=2").await;
+    assert_eq!(r.header("x-upstream"), Some("ratings"), "{r:?}");
+    let first = r.body.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("ratings GET /v1/list/instance/books?page=2 "),
+        "a regex rewrite: {first}"
+    );
 }
 
 #[tokio::test]
