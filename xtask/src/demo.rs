@@ -151,7 +151,11 @@ fn build_filters(root: &Path, crates: &[&str]) -> Result<Vec<(String, String)>> 
     for name in crates {
         command.args(["-p", name]);
     }
-    if !command.status().context("running cargo build for the filters")?.success() {
+    if !command
+        .status()
+        .context("running cargo build for the filters")?
+        .success()
+    {
         bail!("building the filters failed");
     }
     crates
