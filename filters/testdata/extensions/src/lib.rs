@@ -25,7 +25,11 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Extensions { retries_left: 0, attempts: 0, status: "none".to_owned() }))
+        Some(Box::new(Extensions {
+            retries_left: 0,
+            attempts: 0,
+            status: "none".to_owned(),
+        }))
     }
 }
 
@@ -52,9 +56,15 @@ impl HttpContext for Extensions {
             self.call("weft.set_upstream", &format!("{{\"cluster\":\"{cluster}\"}}"));
         }
         if let Some(version) = self.get_http_request_header("x-pick-version") {
-            self.call("weft.set_upstream", &format!("{{\"subset\":{{\"version\":\"{version}\"}}}}"));
+            self.call(
+                "weft.set_upstream",
+                &format!("{{\"subset\":{{\"version\":\"{version}\"}}}}"),
+            );
         }
-        self.retries_left = self.get_http_request_header("x-retry-5xx").and_then(|v| v.parse().ok()).unwrap_or(0);
+        self.retries_left = self
+            .get_http_request_header("x-retry-5xx")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         Action::Continue
     }
 
