@@ -45,19 +45,59 @@ pub(crate) enum CalloutError {
     Upstream(#[source] crate::pool::UpstreamError),
     #[error("callout response body failed")]
     Body(#[source] crate::body::BoxError),
+    #[error("the mocked callout gave no response")]
+    NoResponse,
 }
 
-/// What a worker offers filters for callouts.
+/// What a worker offers filters for callouts: the clusters of the request's snapshot, sent
+/// through the worker's pools; or, in the in-process harness only, a mock.
 pub(crate) struct Callouts {
-    pub(crate) generation: Arc<Generation>,
-    pub(crate) pools: Arc<Pools>,
-    pub(crate) source_ip: std::net::IpAddr,
+    backend: Backend,
+}
+
+enum Backend {
+    Real {
+        generation: Arc<Generation>,
+        pools: Arc<Pools>,
+        source_ip: std::net::IpAddr,
+    },
+    Mock(Arc<dyn CalloutMock>),
+}
+
+/// Answers callouts without a network (`crate::harness`).
+pub(crate) trait CalloutMock: Send + Sync {
+    /// Whether `cluster` exists; a callout to any other cluster is refused at dispatch.
+    fn knows(&self, cluster: &str) -> bool;
+    /// The response, at once.
+    fn call(&self, request: CalloutRequest) -> Result<CalloutResponse, CalloutError>;
 }
 
 impl Callouts {
+    /// Callouts to the clusters of `generation`, through the worker's `pools`.
+    pub(crate) fn new(generation: Arc<Generation>, pools: Arc<Pools>, source_ip: std::net::IpAddr) -> Self {
+        Self {
+            backend: Backend::Real {
+                generation,
+                pools,
+                source_ip,
+            },
+        }
+    }
+
+    /// Callouts answered by `mock`.
+    pub(crate) fn mock(mock: Arc<dyn CalloutMock>) -> Self {
+        Self {
+            backend: Backend::Mock(mock),
+        }
+    }
+
     /// Checks a callout before it is sent, so the guest learns of bad arguments at once.
     pub(crate) fn validate(&self, request: &CalloutRequest) -> Result<(), CalloutError> {
-        if !self.generation.clusters.by_name.contains_key(&request.cluster) {
+        let known = match &self.backend {
+            Backend::Real { generation, .. } => generation.clusters.by_name.contains_key(&request.cluster),
+            Backend::Mock(mock) => mock.knows(&request.cluster),
+        };
+        if !known {
             return Err(CalloutError::UnknownCluster(request.cluster.clone()));
         }
         for required in [":method", ":path", ":authority"] {
@@ -70,6 +110,9 @@ impl Callouts {
 
     /// Sends the callout and collects the whole response.
     pub(crate) async fn call(&self, request: CalloutRequest) -> Result<CalloutResponse, CalloutError> {
+        if let Backend::Mock(mock) = &self.backend {
+            return mock.call(request);
+        }
         let timeout = request.timeout;
         match tokio::time::timeout(timeout, self.exchange(request)).await {
             Ok(result) => result,
@@ -78,8 +121,15 @@ impl Callouts {
     }
 
     async fn exchange(&self, request: CalloutRequest) -> Result<CalloutResponse, CalloutError> {
-        let cluster = self
-            .generation
+        let Backend::Real {
+            generation,
+            pools,
+            source_ip,
+        } = &self.backend
+        else {
+            return Err(CalloutError::NoResponse);
+        };
+        let cluster = generation
             .clusters
             .by_name
             .get(&request.cluster)
@@ -129,15 +179,14 @@ impl Callouts {
         let empty = http::HeaderMap::new();
         let hash = HashInput {
             headers: &empty,
-            source_ip: self.source_ip,
+            source_ip: *source_ip,
             key: None,
         };
         let endpoint = cluster
             .all
             .pick(&cluster, &hash)
             .ok_or_else(|| CalloutError::NoHealthyUpstream(request.cluster.clone()))?;
-        let response = self
-            .pools
+        let response = pools
             .send(&cluster, &endpoint, outgoing, false)
             .await
             .map_err(CalloutError::Upstream)?;

@@ -211,11 +211,11 @@ impl Exchange<'_> {
                 worker_context: Some(self.conn.worker.clone()),
                 properties: self.listener.chain.wants_callouts().then(Default::default),
                 callouts: self.listener.chain.wants_callouts().then(|| {
-                    Arc::new(Callouts {
-                        generation: self.generation.clone(),
-                        pools: self.conn.worker.pools.clone(),
-                        source_ip: self.conn.peer.ip(),
-                    })
+                    Arc::new(Callouts::new(
+                        self.generation.clone(),
+                        self.conn.worker.pools.clone(),
+                        self.conn.peer.ip(),
+                    ))
                 }),
             };
             let disabled = route.as_ref().map_or(&[][..], |r| &r.disabled_filters[..]);

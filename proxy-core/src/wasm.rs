@@ -20,6 +20,7 @@ mod runtime;
 mod vm;
 
 pub(crate) use filter::{FilterCounters, WasmFactory};
+pub(crate) use host::{LogCapture, LogSink, capture_logs};
 pub use runtime::WasmSettings;
 pub(crate) use runtime::{WasmRuntime, sha256_hex};
 

@@ -853,11 +853,11 @@ async fn drive_root(
         }
         let Some(vm) = state.vm.as_mut() else { return };
         let generation = worker_context.generation.borrow().clone();
-        vm.host().callouts = Some(Arc::new(Callouts {
+        vm.host().callouts = Some(Arc::new(Callouts::new(
             generation,
-            pools: worker_context.pools.clone(),
-            source_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-        }));
+            worker_context.pools.clone(),
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )));
         let result = match event {
             Event::Tick => vm.tick(),
             Event::Queue(id) => vm.queue_ready(id),

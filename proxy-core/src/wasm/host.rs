@@ -154,6 +154,32 @@ pub(crate) struct HostState {
     pub(crate) next_token: u32,
     /// The last message the guest logged at error level or above, for rejection reasons.
     pub(crate) last_error: Option<String>,
+    /// Where the guest's log lines are also kept (the in-process harness only).
+    pub(crate) log_sink: Option<LogSink>,
+}
+
+/// Guest log lines (`proxy_log` level, message), kept for the in-process harness.
+pub(crate) type LogSink = Arc<Mutex<Vec<(i32, String)>>>;
+
+thread_local! {
+    /// The sink of VMs created on this thread; set only by the harness, around its calls.
+    static LOG_CAPTURE: std::cell::RefCell<Option<LogSink>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Until the guard drops, VMs created on this thread keep their guest's log lines in `sink`
+/// (for their whole life), besides logging them as usual.
+pub(crate) fn capture_logs(sink: LogSink) -> LogCapture {
+    LogCapture(LOG_CAPTURE.try_with(|c| c.replace(Some(sink))).ok().flatten())
+}
+
+/// Restores the previous capture when dropped.
+pub(crate) struct LogCapture(Option<LogSink>);
+
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        let prior = self.0.take();
+        let _ = LOG_CAPTURE.try_with(|c| c.replace(prior));
+    }
 }
 
 impl HostState {
@@ -168,6 +194,7 @@ impl HostState {
             intents: Intents::default(),
             next_token: 0,
             last_error: None,
+            log_sink: LOG_CAPTURE.try_with(|c| c.borrow().clone()).ok().flatten(),
         }
     }
 
@@ -292,8 +319,13 @@ fn status(result: Result<(), Status>) -> i32 {
     }
 }
 
-fn log_guest(plugin: &Plugin, level: i32, message: &str) {
-    let filter = plugin.name.as_str();
+fn log_guest(host: &HostState, level: i32, message: &str) {
+    if let Some(sink) = &host.log_sink {
+        sink.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((level, message.to_owned()));
+    }
+    let filter = host.plugin.name.as_str();
     match level {
         0 => tracing::trace!(target: "weft::wasm", filter, "{message}"),
         1 => tracing::debug!(target: "weft::wasm", filter, "{message}"),
@@ -358,7 +390,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             match read(&mut c, ptr, len) {
                 Ok(bytes) => {
                     let message = String::from_utf8_lossy(&bytes);
-                    log_guest(&c.data().host.plugin, level, &message);
+                    log_guest(&c.data().host, level, &message);
                     if level >= 4 {
                         c.data_mut().host.last_error = Some(message.chars().take(1024).collect());
                     }
@@ -984,7 +1016,7 @@ fn wasi(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             let message = String::from_utf8_lossy(&text);
             let message = message.trim_end_matches('\n');
             if !message.is_empty() {
-                log_guest(&c.data().host.plugin, if fd == 1 { 2 } else { 3 }, message);
+                log_guest(&c.data().host, if fd == 1 { 2 } else { 3 }, message);
             }
             match write_u32(&mut c, ret, text.len() as u32) {
                 Ok(()) => ERRNO_SUCCESS,
