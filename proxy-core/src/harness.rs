@@ -450,7 +450,12 @@ impl FilterHarness {
             name: None,
             plugin_config: String::new(),
             vm_config: String::new(),
-            settings: WasmSettings::default(),
+            // Tests run on busy machines: the wall-clock call deadline is generous by default
+            // (set `settings` to test the real 20ms).
+            settings: WasmSettings {
+                call_deadline: std::time::Duration::from_millis(250),
+                ..WasmSettings::default()
+            },
             failure_policy: FailurePolicy::FailClosed,
             node: NodeInfo::default(),
             context: FilterContext {

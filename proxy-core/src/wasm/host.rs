@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tokio::sync::mpsc;
-use wasmtime::{Caller, Engine, Extern, Linker, Memory};
+use wasmtime::{Caller, Engine, Linker, Memory};
 
 use super::abi::{self, BufferType, MapType, MetricType, Status};
 use super::props::{self, StreamInfo};
@@ -154,6 +154,10 @@ pub(crate) struct HostState {
     pub(crate) next_token: u32,
     /// The last message the guest logged at error level or above, for rejection reasons.
     pub(crate) last_error: Option<String>,
+    /// The guest's exported memory, looked up once at instantiation.
+    pub(crate) memory: Option<Memory>,
+    /// The guest's allocator (`proxy_on_memory_allocate` or `malloc`), looked up once.
+    pub(crate) allocator: Option<wasmtime::TypedFunc<i32, i32>>,
     /// Where the guest's log lines are also kept (the in-process harness only).
     pub(crate) log_sink: Option<LogSink>,
 }
@@ -194,6 +198,8 @@ impl HostState {
             intents: Intents::default(),
             next_token: 0,
             last_error: None,
+            memory: None,
+            allocator: None,
             log_sink: LOG_CAPTURE.try_with(|c| c.borrow().clone()).ok().flatten(),
         }
     }
@@ -210,7 +216,7 @@ impl HostState {
 type Ctx<'a> = Caller<'a, VmData>;
 
 fn memory(caller: &mut Ctx<'_>) -> Option<Memory> {
-    caller.get_export("memory").and_then(Extern::into_memory)
+    caller.data().host.memory
 }
 
 fn range(ptr: i32, len: i32) -> Option<std::ops::Range<usize>> {
@@ -290,15 +296,13 @@ fn give_inner(
     let Ok(len) = i32::try_from(bytes.len()) else {
         return Ok(Err(Status::BadArgument));
     };
-    let allocator = caller
-        .get_export("proxy_on_memory_allocate")
-        .or_else(|| caller.get_export("malloc"))
-        .and_then(Extern::into_func);
-    let Some(allocator) = allocator else {
+    // Taken out of the state for the call and put back (no reference-counted clone).
+    let Some(allocator) = caller.data_mut().host.allocator.take() else {
         return Ok(Err(Status::InternalFailure));
     };
-    let typed = allocator.typed::<i32, i32>(&caller)?;
-    let ptr = typed.call(&mut *caller, len)?;
+    let called = allocator.call(&mut *caller, len);
+    caller.data_mut().host.allocator = Some(allocator);
+    let ptr = called?;
     if ptr == 0 {
         // malloc(0) may answer NULL; nothing else may.
         return Ok(if len == 0 {

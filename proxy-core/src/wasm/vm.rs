@@ -160,6 +160,13 @@ impl Vm {
             on_done: typed!("proxy_on_done"),
             on_delete: typed!("proxy_on_delete"),
         };
+        // Hostcalls reach the guest's memory and allocator on every call: look them up once.
+        let memory = instance.get_memory(&mut store, "memory");
+        let allocator = func(&mut store, "proxy_on_memory_allocate")
+            .or_else(|| func(&mut store, "malloc"))
+            .and_then(|f| f.typed::<i32, i32>(&store).ok());
+        store.data_mut().host.memory = memory;
+        store.data_mut().host.allocator = allocator;
         let init = func(&mut store, "_initialize").or_else(|| func(&mut store, "_start"));
         let mut vm = Self {
             store,
@@ -211,16 +218,6 @@ impl Vm {
         VmError::Trap(format!("{error:?}"))
     }
 
-    fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
-        &mut self,
-        f: &TypedFunc<P, R>,
-        params: P,
-    ) -> Result<R, VmError> {
-        self.store.data_mut().limiter.hit = false;
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        f.call(&mut self.store, params).map_err(|e| self.classify(e))
-    }
-
     fn call_long<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
         &mut self,
         f: &TypedFunc<P, R>,
@@ -253,9 +250,14 @@ impl Vm {
     pub(crate) fn create_context(&mut self) -> Result<i32, VmError> {
         let id = self.next_context;
         self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
-        if let Some(f) = self.exports.on_context_create.clone() {
-            self.call(&f, (id, ROOT_CONTEXT))?;
-        }
+        let ticks = self.deadline_ticks;
+        let result = run(
+            &mut self.store,
+            ticks,
+            self.exports.on_context_create.as_ref(),
+            (id, ROOT_CONTEXT),
+        );
+        result.map_err(|e| self.classify(e))?;
         Ok(id)
     }
 
@@ -268,15 +270,18 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<i32, VmError> {
         let f = match phase {
-            Phase::RequestHeaders => self.exports.on_request_headers.clone(),
-            Phase::RequestBody => self.exports.on_request_body.clone(),
-            Phase::ResponseHeaders => self.exports.on_response_headers.clone(),
-            Phase::ResponseBody => self.exports.on_response_body.clone(),
+            Phase::RequestHeaders => self.exports.on_request_headers.as_ref(),
+            Phase::RequestBody => self.exports.on_request_body.as_ref(),
+            Phase::ResponseHeaders => self.exports.on_response_headers.as_ref(),
+            Phase::ResponseBody => self.exports.on_response_body.as_ref(),
         };
-        match f {
-            Some(f) => self.call(&f, (context, size as i32, i32::from(end_of_stream))),
-            None => Ok(0),
-        }
+        let result = run(
+            &mut self.store,
+            self.deadline_ticks,
+            f,
+            (context, size as i32, i32::from(end_of_stream)),
+        );
+        result.map(Option::unwrap_or_default).map_err(|e| self.classify(e))
     }
 
     /// Delivers a callout's response (or its failure, as zero headers).
@@ -288,46 +293,70 @@ impl Vm {
         body: usize,
         trailers: usize,
     ) -> Result<(), VmError> {
-        match self.exports.on_http_call_response.clone() {
-            Some(f) => self.call(
-                &f,
-                (context, token as i32, headers as i32, body as i32, trailers as i32),
-            ),
-            None => Ok(()),
-        }
+        let args = (context, token as i32, headers as i32, body as i32, trailers as i32);
+        let result = run(
+            &mut self.store,
+            self.deadline_ticks,
+            self.exports.on_http_call_response.as_ref(),
+            args,
+        );
+        result.map(|_| ()).map_err(|e| self.classify(e))
     }
 
     /// `on_log`, `on_done` and `on_delete` for a finished stream.
     pub(crate) fn finish_context(&mut self, context: i32, log: bool) -> Result<(), VmError> {
-        if log && let Some(f) = self.exports.on_log.clone() {
-            self.call(&f, context)?;
+        let ticks = self.deadline_ticks;
+        if log {
+            let result = run(&mut self.store, ticks, self.exports.on_log.as_ref(), context);
+            result.map_err(|e| self.classify(e))?;
         }
-        if let Some(f) = self.exports.on_done.clone() {
-            self.call(&f, context)?;
-        }
-        if let Some(f) = self.exports.on_delete.clone() {
-            self.call(&f, context)?;
-        }
+        let result = run(&mut self.store, ticks, self.exports.on_done.as_ref(), context);
+        result.map_err(|e| self.classify(e))?;
+        let result = run(&mut self.store, ticks, self.exports.on_delete.as_ref(), context);
+        result.map_err(|e| self.classify(e))?;
         Ok(())
     }
 
     /// `on_tick` on the root context.
     pub(crate) fn tick(&mut self) -> Result<(), VmError> {
-        if let Some(f) = self.exports.on_tick.clone() {
-            self.call(&f, ROOT_CONTEXT)?;
-        }
+        let result = run(
+            &mut self.store,
+            self.deadline_ticks,
+            self.exports.on_tick.as_ref(),
+            ROOT_CONTEXT,
+        );
+        result.map_err(|e| self.classify(e))?;
         self.take_tick_period();
         Ok(())
     }
 
     /// `on_queue_ready` on the root context.
     pub(crate) fn queue_ready(&mut self, queue: u32) -> Result<(), VmError> {
-        if let Some(f) = self.exports.on_queue_ready.clone() {
-            self.call(&f, (ROOT_CONTEXT, queue as i32))?;
-        }
+        let args = (ROOT_CONTEXT, queue as i32);
+        let result = run(
+            &mut self.store,
+            self.deadline_ticks,
+            self.exports.on_queue_ready.as_ref(),
+            args,
+        );
+        result.map_err(|e| self.classify(e))?;
         self.take_tick_period();
         Ok(())
     }
+}
+
+/// Calls an export, if the module has it, under the call deadline. Called with the export by
+/// reference (a `TypedFunc` clone costs reference counting on every request).
+fn run<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+    store: &mut Store<VmData>,
+    deadline_ticks: u64,
+    f: Option<&TypedFunc<P, R>>,
+    params: P,
+) -> Result<Option<R>, wasmtime::Error> {
+    let Some(f) = f else { return Ok(None) };
+    store.data_mut().limiter.hit = false;
+    store.set_epoch_deadline(deadline_ticks);
+    f.call(&mut *store, params).map(Some)
 }
 
 #[cfg(test)]
@@ -340,7 +369,7 @@ mod tests {
     fn runtime(memory_limit: usize) -> WasmRuntime {
         WasmRuntime::new(
             WasmSettings {
-                call_deadline: Duration::from_millis(20),
+                call_deadline: Duration::from_millis(100),
                 memory_limit,
                 cache_dir: None,
             },

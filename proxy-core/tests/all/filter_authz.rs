@@ -208,6 +208,7 @@ async fn bad_policies_refuse_the_snapshot() {
         let snapshot = weft_api::Snapshot::from_yaml(&yaml).expect("valid yaml");
         let config = weft_proxy::ProxyConfig {
             workers: 1,
+            wasm: crate::support::test_wasm(),
             ..Default::default()
         };
         let err = weft_proxy::Proxy::start(config, snapshot)

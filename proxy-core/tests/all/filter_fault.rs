@@ -166,6 +166,7 @@ async fn a_bad_configuration_refuses_the_snapshot() {
     let snapshot = weft_api::Snapshot::from_yaml(&with_filters(&filters, &endpoints(&[up.addr]), "")).expect("yaml");
     let config = weft_proxy::ProxyConfig {
         workers: 1,
+        wasm: crate::support::test_wasm(),
         ..Default::default()
     };
     let err = match weft_proxy::Proxy::start(config, snapshot) {

@@ -229,6 +229,7 @@ async fn bad_configurations_are_refused_with_the_reason() {
     // At start: the proxy does not start.
     let config = weft_proxy::ProxyConfig {
         workers: 1,
+        wasm: crate::support::test_wasm(),
         ..Default::default()
     };
     let err = Proxy::start(config, snapshot(cases[1].0))

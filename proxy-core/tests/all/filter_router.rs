@@ -288,6 +288,7 @@ async fn source_labels_match_the_local_workload() {
             ProxyConfig {
                 workers: 1,
                 node_labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+                wasm: crate::support::test_wasm(),
                 ..ProxyConfig::default()
             },
             snapshot.clone(),
@@ -308,6 +309,7 @@ async fn a_bad_configuration_refuses_the_snapshot_with_the_reason() {
     let err = match Proxy::start(
         ProxyConfig {
             workers: 1,
+            wasm: crate::support::test_wasm(),
             ..ProxyConfig::default()
         },
         snapshot,

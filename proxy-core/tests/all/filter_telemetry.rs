@@ -28,6 +28,7 @@ fn node_config(workers: usize) -> ProxyConfig {
             ("CLUSTER_ID", "east"),
         ]),
         node_labels: owned(&[("app", "reviews"), ("version", "v1")]),
+        wasm: crate::support::test_wasm(),
         ..Default::default()
     }
 }

@@ -27,9 +27,20 @@ pub fn start_proxy(yaml: &str, workers: usize) -> Proxy {
         workers,
         admin_address: Some("127.0.0.1:0".parse().expect("addr")),
         drain_timeout: Duration::from_secs(5),
+        wasm: test_wasm(),
         ..Default::default()
     };
     Proxy::start(config, snapshot).expect("proxy starts")
+}
+
+/// Wasm limits for tests. The epoch deadline is wall-clock time: on a loaded CI machine a
+/// guest call can be descheduled for tens of milliseconds, so tests allow more than the 20ms
+/// default (tests of the deadline itself still see a loop stopped well within a second).
+pub fn test_wasm() -> weft_proxy::WasmSettings {
+    weft_proxy::WasmSettings {
+        call_deadline: Duration::from_millis(250),
+        ..Default::default()
+    }
 }
 
 /// A snapshot with one outbound listener routing every authority to `cluster_yaml`'s first

@@ -304,7 +304,7 @@ async fn an_allocating_filter_hits_its_memory_cap() {
         admin_address: Some("127.0.0.1:0".parse().expect("addr")),
         wasm: weft_proxy::WasmSettings {
             memory_limit: 16 << 20,
-            ..Default::default()
+            ..crate::support::test_wasm()
         },
         ..Default::default()
     };
