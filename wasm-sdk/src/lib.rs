@@ -51,6 +51,7 @@
 //! }
 //!
 //! weft_sdk::filter!(AddHeader);
+//! # fn main() {}
 //! ```
 
 use std::marker::PhantomData;
