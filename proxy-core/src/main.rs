@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::Parser;
 use weft_api::Snapshot;
 use weft_proxy::{Proxy, ProxyConfig, WasmSettings};
