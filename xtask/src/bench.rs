@@ -19,6 +19,10 @@
 //! The results go to stdout as a markdown table and into `docs/benchmarks.md` between
 //! `<!-- bench:proxy:start -->` and `<!-- bench:proxy:end -->`. Every child process is
 //! stopped when the run ends, on success, on error and on panic.
+//!
+//! `--suite wasm` and `--suite filters` measure weft-proxy with filter chains instead (the
+//! Wasm host's and the first-party filters' costs), each into its own section: see
+//! [`suites`].
 
 mod configs;
 mod http;
@@ -26,6 +30,7 @@ mod latency;
 mod load;
 mod procs;
 mod report;
+mod suites;
 mod tools;
 
 use std::cell::Cell;
@@ -39,10 +44,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use self::procs::{ChildGuard, CpuTicks, Supervisor};
+use self::suites::Suite;
 use self::tools::Tools;
 
 /// Usage of `bench`.
-const USAGE: &str = "usage: cargo xtask bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs]";
+const USAGE: &str = "usage: cargo xtask bench proxy [--suite proxy|wasm|filters] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]";
 
 /// The CPU the proxies and the origin run on.
 const SERVER_CPU: &str = "1";
@@ -69,6 +75,10 @@ pub(crate) struct Options {
     pub(crate) quick: bool,
     /// Whether to write `docs/benchmarks.md`.
     pub(crate) write_docs: bool,
+    /// Whether to write `docs/benchmarks.md` even when other processes disturbed the run.
+    pub(crate) keep_disturbed: bool,
+    /// What is measured: the proxies (default), or weft's filter chains.
+    pub(crate) suite: Suite,
     /// The command line, for the report.
     pub(crate) command: String,
 }
@@ -79,6 +89,8 @@ impl Options {
         let mut rounds = None;
         let mut quick = false;
         let mut write_docs = true;
+        let mut keep_disturbed = false;
+        let mut suite = Suite::Proxy;
         let mut iter = args.iter();
         while let Some(arg) = iter.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -108,11 +120,13 @@ impl Options {
                 }
                 "--quick" => quick = true,
                 "--no-docs" => write_docs = false,
+                "--keep-disturbed" => keep_disturbed = true,
+                "--suite" => suite = Suite::parse(&value()?).with_context(|| USAGE.to_owned())?,
                 "-h" | "--help" => bail!("{USAGE}"),
                 other => bail!("unknown option {other:?}\n{USAGE}"),
             }
         }
-        let (default_duration, default_rounds) = if quick { (3, 1) } else { (10, 3) };
+        let (default_duration, default_rounds) = if quick { (3, 1) } else { suite.default_duration_rounds() };
         let mut command = String::from("cargo xtask bench proxy");
         for arg in args {
             command.push(' ');
@@ -123,6 +137,8 @@ impl Options {
             rounds: rounds.unwrap_or(default_rounds),
             quick,
             write_docs,
+            keep_disturbed,
+            suite,
             command,
         })
     }
@@ -139,6 +155,9 @@ pub(crate) enum Target {
     Nginx,
     /// HAProxy.
     Haproxy,
+    /// weft-proxy with a filter chain (`--suite wasm` and `--suite filters`); the label names
+    /// the chain.
+    WeftWith(&'static str),
 }
 
 impl Target {
@@ -152,6 +171,7 @@ impl Target {
             Target::Weft => "weft",
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
+            Target::WeftWith(label) => label,
         }
     }
 }
@@ -204,6 +224,8 @@ struct Running {
     addr: SocketAddr,
     /// The supervisor index of the process measured (the origin for `direct`).
     child: usize,
+    /// Extra request headers (`Name: value`) every load generator sends to this target.
+    headers: Vec<String>,
 }
 
 /// A temporary directory, removed when dropped.
@@ -240,6 +262,9 @@ pub(crate) struct Context {
     pub(crate) kernel: String,
     /// 1-minute load average when the run started.
     pub(crate) loadavg_start: String,
+    /// This process's scheduling priority (nice, and its autogroup's nice), which its
+    /// children inherit.
+    pub(crate) priority: String,
     /// Share of CPU time stolen by the hypervisor during the run, when known.
     pub(crate) steal_percent: Option<f64>,
     /// Git commit of the workspace.
@@ -294,11 +319,20 @@ fn proxy(options: &Options) -> anyhow::Result<()> {
         versions,
         clk_tck,
         h2load_rps: tools.h2load_rps,
-        // Ten times the length of all the measurements' load runs.
-        patience: Cell::new(options.duration * options.rounds * 10),
+        priority: priority(),
+        // Ten times the length of all the measurements' load runs; none with
+        // --keep-disturbed, which takes measurements as they come.
+        patience: Cell::new(if options.keep_disturbed {
+            Duration::ZERO
+        } else {
+            options.duration * options.rounds * 10
+        }),
     };
     if !tools.h2load_rps {
         eprintln!("bench: this h2load has no --rps; the h2load cross-check is skipped");
+    }
+    if options.suite != Suite::Proxy {
+        return suites::run(&root, &tools, &weft, context, cpu_start);
     }
 
     let stats = run_targets(options, &tools, &weft, &context)?;
@@ -322,6 +356,14 @@ fn proxy(options: &Options) -> anyhow::Result<()> {
     }
     if options.write_docs {
         let docs = root.join("docs").join("benchmarks.md");
+        let disturbed = stats.iter().any(|(_, s)| s.foreign_max > FOREIGN_LIMIT);
+        if disturbed && !options.keep_disturbed {
+            bail!(
+                "other processes used the CPUs during the run (see \"other load\"), so {} was left as it was; \
+                 rerun on a quiet machine, or pass --keep-disturbed to write these numbers anyway",
+                docs.display()
+            );
+        }
         report::write_docs(&docs, &markdown)?;
         eprintln!("bench: results written to {}", docs.display());
     }
@@ -427,21 +469,25 @@ fn run_targets(
             target: Target::Direct,
             addr: origin_addr,
             child: origin,
+            headers: Vec::new(),
         },
         Running {
             target: Target::Weft,
             addr: local(weft_port),
             child: weft_child,
+            headers: Vec::new(),
         },
         Running {
             target: Target::Nginx,
             addr: local(nginx_port),
             child: nginx,
+            headers: Vec::new(),
         },
         Running {
             target: Target::Haproxy,
             addr: local(haproxy_port),
             child: haproxy,
+            headers: Vec::new(),
         },
     ];
     let mut stats: Vec<(Target, Stats)> = Target::ALL.iter().map(|&t| (t, Stats::default())).collect();
@@ -449,7 +495,8 @@ fn run_targets(
     let warmup = options.duration.min(Duration::from_secs(2));
     for target in &running {
         eprintln!("bench: warming up {} ({}s)", target.target.name(), warmup.as_secs());
-        load::wrk(tools, dir, target.addr, warmup).with_context(|| format!("warming up {}", target.target.name()))?;
+        load::wrk(tools, dir, target.addr, warmup, &target.headers)
+            .with_context(|| format!("warming up {}", target.target.name()))?;
     }
 
     let stub = stub_status.then_some(origin_addr);
@@ -491,7 +538,7 @@ fn measure(
         let stub_before = stub.map(origin_counters).transpose()?;
         let ticks_before = procs::tree_cpu_ticks(pid)?;
         let origin_before = procs::tree_cpu_ticks(origin_pid)?;
-        let wrk = load::wrk(tools, dir, target.addr, duration)?;
+        let wrk = load::wrk(tools, dir, target.addr, duration, &target.headers)?;
         let ticks = procs::tree_cpu_ticks(pid)?.since(ticks_before);
         let origin_ticks = procs::tree_cpu_ticks(origin_pid)?.since(origin_before);
         let origin = match (stub_before, stub) {
@@ -526,7 +573,7 @@ fn measure(
     stats.wrk_errors += wrk.errors;
 
     let latency = quietly(context, name, "latency", stats, || {
-        load::latency_client(tools, dir, target.addr, duration)
+        load::latency_client(tools, dir, target.addr, duration, &target.headers)
     })?;
     let mut sorted = latency.samples_ns.clone();
     sorted.sort_unstable();
@@ -545,7 +592,7 @@ fn measure(
 
     if tools.h2load_rps {
         let h2 = quietly(context, name, "h2load", stats, || {
-            load::h2load(tools, dir, target.addr, duration)
+            load::h2load(tools, dir, target.addr, duration, &target.headers)
         })?;
         stats.h2load_ns.extend(h2.samples_ns);
         stats.h2load_errors += h2.errors;
@@ -696,6 +743,28 @@ fn cpu_times() -> Option<Vec<u64>> {
     line.split_whitespace().skip(1).map(|v| v.parse().ok()).collect()
 }
 
+/// `nice N` of this process, plus `autogroup nice N` when its autogroup's differs from 0
+/// (`echo -19 > /proc/self/autogroup` in a fresh session gives a run priority over other
+/// sessions' processes).
+fn priority() -> String {
+    let nice = fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.get(stat.rfind(')')? + 1..)?.to_owned();
+            // nice is field 19 of /proc/PID/stat, the 17th after the command name.
+            rest.split_whitespace().nth(16).map(str::to_owned)
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    let autogroup = fs::read_to_string("/proc/self/autogroup")
+        .ok()
+        .and_then(|line| line.split_whitespace().last().map(str::to_owned))
+        .filter(|nice| nice != "0");
+    match autogroup {
+        Some(group) => format!("nice {nice}, autogroup nice {group}"),
+        None => format!("nice {nice}"),
+    }
+}
+
 fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -765,6 +834,19 @@ mod tests {
         );
         assert!(Options::parse(&args(&["--rounds", "0"])).is_err());
         assert!(Options::parse(&args(&["--bogus"])).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn suites() -> anyhow::Result<()> {
+        use super::suites::Suite;
+        assert_eq!(Options::parse(&[])?.suite, Suite::Proxy);
+        let wasm = Options::parse(&args(&["--suite", "wasm"]))?;
+        assert_eq!((wasm.suite, wasm.duration.as_secs(), wasm.rounds), (Suite::Wasm, 5, 2));
+        let filters = Options::parse(&args(&["--suite=filters", "--quick"]))?;
+        assert_eq!((filters.suite, filters.duration.as_secs()), (Suite::Filters, 3));
+        assert_eq!(filters.command, "cargo xtask bench proxy --suite=filters --quick");
+        assert!(Options::parse(&args(&["--suite", "bogus"])).is_err());
         Ok(())
     }
 }

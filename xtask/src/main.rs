@@ -4,7 +4,7 @@
 //!
 //! - `demo [--smoke]`: the proxy in front of sample upstreams (see [`demo`]).
 //! - `test [ARGS]`: every test suite of the repository (see [`test`]).
-//! - `bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs]`: the end-to-end
+//! - `bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]`: the end-to-end
 //!   benchmark of `weft-proxy` against nginx and HAProxy (see [`bench`]).
 
 mod bench;
@@ -22,7 +22,7 @@ tasks:
       weft-proxy in front of sample upstreams, until Ctrl-C (--smoke: check it and exit).
   test [ARGS]
       Every test suite: the workspace, the filters' host unit tests, the filter example.
-  bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs]
+  bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
       End-to-end benchmark: weft-proxy vs nginx vs HAProxy vs direct, one worker each,
       load generator on CPU 0, proxy and origin on CPU 1. Prints a markdown table and
       writes it into docs/benchmarks.md.
@@ -30,6 +30,8 @@ tasks:
         --rounds N       rounds, targets rotated each round (default 3)
         --quick          smoke test: --duration 3 --rounds 1
         --no-docs        print the table only; leave docs/benchmarks.md alone
+        --keep-disturbed write docs/benchmarks.md even when other processes used the
+                         CPUs during the run (otherwise it is left alone and the run fails)
 ";
 
 fn main() -> anyhow::Result<()> {

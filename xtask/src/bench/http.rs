@@ -26,6 +26,17 @@ pub(crate) struct Response {
 impl Connection {
     /// Connects to `addr`; every request will be `GET path`.
     pub(crate) fn open(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<Self> {
+        Self::open_with_headers(addr, path, &[], timeout)
+    }
+
+    /// Connects to `addr`; every request will be `GET path` with `headers` (`Name: value`)
+    /// after the usual ones.
+    pub(crate) fn open_with_headers(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[String],
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true).context("setting TCP_NODELAY")?;
         stream
@@ -35,7 +46,12 @@ impl Connection {
             .set_write_timeout(Some(timeout))
             .context("setting a write timeout")?;
         let writer = stream.try_clone().context("cloning the socket")?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: weft-xtask-bench\r\n\r\n");
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: weft-xtask-bench\r\n");
+        for header in headers {
+            request.push_str(header);
+            request.push_str("\r\n");
+        }
+        request.push_str("\r\n");
         Ok(Self {
             reader: BufReader::new(stream),
             writer,

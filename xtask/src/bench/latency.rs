@@ -38,15 +38,19 @@ struct Config {
     rate: u32,
     duration: Duration,
     out: PathBuf,
+    /// Extra request headers, `Name: value`.
+    headers: Vec<String>,
 }
 
-/// `xtask bench latency-client --addr A --connections C --rate R --duration S --out FILE`.
+/// `xtask bench latency-client --addr A --connections C --rate R --duration S --out FILE
+/// [--header 'Name: value']…`.
 pub(crate) fn client_main(args: &[String]) -> anyhow::Result<()> {
     let mut addr = None;
     let mut connections = 10;
     let mut rate = 100;
     let mut duration = 10.0;
     let mut out = None;
+    let mut headers = Vec::new();
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -56,6 +60,7 @@ pub(crate) fn client_main(args: &[String]) -> anyhow::Result<()> {
             "--rate" => rate = value()?.parse().context("--rate")?,
             "--duration" => duration = value()?.parse::<f64>().context("--duration")?,
             "--out" => out = Some(PathBuf::from(value()?)),
+            "--header" => headers.push(value()?.clone()),
             other => bail!("latency-client: unknown argument {other:?}"),
         }
     }
@@ -68,6 +73,7 @@ pub(crate) fn client_main(args: &[String]) -> anyhow::Result<()> {
         rate,
         duration: Duration::from_secs_f64(duration),
         out: out.context("latency-client: --out is required")?,
+        headers,
     };
     let run = run(&config)?;
     let json = serde_json::json!({
@@ -101,7 +107,12 @@ fn run(config: &Config) -> anyhow::Result<LatencyRun> {
     // Connect everything first, then start all schedules together.
     let mut connections = Vec::new();
     for _ in 0..config.connections {
-        connections.push(Connection::open(config.addr, "/", Duration::from_secs(5))?);
+        connections.push(Connection::open_with_headers(
+            config.addr,
+            "/",
+            &config.headers,
+            Duration::from_secs(5),
+        )?);
     }
     let start = Instant::now() + Duration::from_millis(50);
     let stagger = interval / config.connections;
@@ -111,7 +122,8 @@ fn run(config: &Config) -> anyhow::Result<LatencyRun> {
         .zip(0u32..)
         .map(|(connection, i)| {
             let first = start + stagger * i;
-            thread::spawn(move || connection_loop(addr, connection, first, interval, per_connection))
+            let headers = config.headers.clone();
+            thread::spawn(move || connection_loop(addr, &headers, connection, first, interval, per_connection))
         })
         .collect();
     let mut total = LatencyRun::default();
@@ -128,6 +140,7 @@ fn run(config: &Config) -> anyhow::Result<LatencyRun> {
 
 fn connection_loop(
     addr: SocketAddr,
+    headers: &[String],
     mut connection: Connection,
     first: Instant,
     interval: Duration,
@@ -159,7 +172,7 @@ fn connection_loop(
             Ok(response) if (200..300).contains(&response.status) => {
                 run.samples_ns.push((done - origin).as_nanos() as u64);
                 if response.close {
-                    match Connection::open(addr, "/", Duration::from_secs(5)) {
+                    match Connection::open_with_headers(addr, "/", headers, Duration::from_secs(5)) {
                         Ok(fresh) => connection = fresh,
                         Err(_) => run.errors += 1,
                     }
@@ -168,7 +181,7 @@ fn connection_loop(
             Ok(_) => run.errors += 1,
             Err(_) => {
                 run.errors += 1;
-                if let Ok(fresh) = Connection::open(addr, "/", Duration::from_secs(5)) {
+                if let Ok(fresh) = Connection::open_with_headers(addr, "/", headers, Duration::from_secs(5)) {
                     connection = fresh;
                 }
             }

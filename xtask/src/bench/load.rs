@@ -54,14 +54,23 @@ fn run_pinned(
     Ok(output)
 }
 
-/// `wrk -t1 -c50 -dSECS` against `addr`.
-pub(crate) fn wrk(tools: &Tools, dir: &Path, addr: SocketAddr, duration: Duration) -> anyhow::Result<WrkRun> {
-    let args = vec![
+/// `wrk -t1 -c50 -dSECS` against `addr`, with `headers` (`Name: value`) as `-H`.
+pub(crate) fn wrk(
+    tools: &Tools,
+    dir: &Path,
+    addr: SocketAddr,
+    duration: Duration,
+    headers: &[String],
+) -> anyhow::Result<WrkRun> {
+    let mut args = vec![
         format!("-t{WRK_THREADS}"),
         format!("-c{WRK_CONNECTIONS}"),
         format!("-d{}s", duration.as_secs()),
-        format!("http://{addr}/"),
     ];
+    for header in headers {
+        args.extend(["-H".to_owned(), header.clone()]);
+    }
+    args.push(format!("http://{addr}/"));
     let output = run_pinned(tools, dir, "wrk", &tools.wrk, &args, duration)?;
     parse_wrk(&output).with_context(|| format!("reading wrk's output:\n{output}"))
 }
@@ -92,17 +101,21 @@ fn parse_wrk(output: &str) -> anyhow::Result<WrkRun> {
     })
 }
 
-/// The open-loop latency client (this binary, `bench latency-client`) against `addr`.
+/// The open-loop latency client (this binary, `bench latency-client`) against `addr`,
+/// sending `headers` (`Name: value`) with every request.
 pub(crate) fn latency_client(
     tools: &Tools,
     dir: &Path,
     addr: SocketAddr,
     duration: Duration,
+    headers: &[String],
 ) -> anyhow::Result<LatencyRun> {
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    // This very binary, through /proc: that still works after a concurrent `cargo build` has
+    // replaced (and so deleted) target/debug/xtask while the benchmark runs.
+    let exe = std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()));
     let out = dir.join("latency.json");
     let _ = fs::remove_file(&out);
-    let args = vec![
+    let mut args = vec![
         "bench".to_owned(),
         "latency-client".to_owned(),
         "--addr".to_owned(),
@@ -116,6 +129,9 @@ pub(crate) fn latency_client(
         "--out".to_owned(),
         out.display().to_string(),
     ];
+    for header in headers {
+        args.extend(["--header".to_owned(), header.clone()]);
+    }
     run_pinned(tools, dir, "latency-client", &exe, &args, duration)?;
     latency::read_run(&out)
 }
@@ -132,11 +148,18 @@ pub(crate) struct H2loadRun {
 /// `h2load --h1 -c 10 --rps 100 -D SECS --log-file …` against `addr`: the same fixed
 /// 1,000 req/s as the latency client. h2load sends each connection's next request only
 /// after the previous response, and times it from the send, so it is not corrected for
-/// coordinated omission; it is reported as a cross-check.
-pub(crate) fn h2load(tools: &Tools, dir: &Path, addr: SocketAddr, duration: Duration) -> anyhow::Result<H2loadRun> {
+/// coordinated omission; it is reported as a cross-check. `headers` (`Name: value`) go with
+/// every request.
+pub(crate) fn h2load(
+    tools: &Tools,
+    dir: &Path,
+    addr: SocketAddr,
+    duration: Duration,
+    headers: &[String],
+) -> anyhow::Result<H2loadRun> {
     let log = dir.join("h2load-requests.tsv");
     let _ = fs::remove_file(&log);
-    let args = vec![
+    let mut args = vec![
         "--h1".to_owned(),
         "-c".to_owned(),
         LATENCY_CONNECTIONS.to_string(),
@@ -146,8 +169,11 @@ pub(crate) fn h2load(tools: &Tools, dir: &Path, addr: SocketAddr, duration: Dura
         duration.as_secs().to_string(),
         "--log-file".to_owned(),
         log.display().to_string(),
-        format!("http://{addr}/"),
     ];
+    for header in headers {
+        args.extend(["-H".to_owned(), header.clone()]);
+    }
+    args.push(format!("http://{addr}/"));
     run_pinned(tools, dir, "h2load", &tools.h2load, &args, duration)?;
     let text = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
     parse_h2load_log(&text)

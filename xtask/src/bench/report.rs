@@ -81,10 +81,17 @@ pub(crate) fn render(context: &Context, stats: &[(Target, Stats)]) -> String {
     if options.quick {
         out.push_str("> **Quick smoke run** (short runs, one round): the numbers are indicative only.\n\n");
     }
+    if options.keep_disturbed {
+        out.push_str(
+            "> Run with `--keep-disturbed`: measurements were taken as they came, without waiting out or \
+             repeating those during which other processes used the CPUs (see \"other load\").\n\n",
+        );
+    }
     let _ = writeln!(out, "- **Date:** {}", context.date);
     let _ = writeln!(
         out,
-        "- **Machine:** {} CPUs (`nproc`), {}, Linux {}; 1-min load average at start {}{}",
+        "- **Machine:** {} CPUs (`nproc`), {}, Linux {}; 1-min load average at start {}{}; the benchmark's \
+         processes ran at {}",
         context.nproc,
         context.cpu_model,
         context.kernel,
@@ -92,7 +99,8 @@ pub(crate) fn render(context: &Context, stats: &[(Target, Stats)]) -> String {
         context
             .steal_percent
             .map(|s| format!(", CPU steal during the run {s:.1}%"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        context.priority,
     );
     let _ = writeln!(out, "- **Commit:** `{}`", context.commit);
     let versions: Vec<String> = context.versions.iter().map(|(_, v)| format!("`{v}`")).collect();
@@ -180,8 +188,8 @@ pub(crate) fn render(context: &Context, stats: &[(Target, Stats)]) -> String {
     if !disturbed.is_empty() {
         let _ = writeln!(
             out,
-            "> **Warning:** other processes kept using CPU during some measurements of {} even after reruns \
-             (see \"other load\"); treat those rows with care.\n",
+            "> **Warning:** other processes used the CPUs during kept measurements of {} (see \"other \
+             load\"); treat those rows with care.\n",
             disturbed.join(", ")
         );
     }
@@ -303,7 +311,7 @@ fn splice(text: &str, section: &str) -> String {
     out
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(super) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.len() {
@@ -313,14 +321,14 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn min_max(values: &[f64]) -> (f64, f64) {
+pub(super) fn min_max(values: &[f64]) -> (f64, f64) {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if values.is_empty() { (0.0, 0.0) } else { (min, max) }
 }
 
 /// `12345.6` → `12,346`.
-fn thousands(value: f64) -> String {
+pub(super) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -332,11 +340,11 @@ fn thousands(value: f64) -> String {
     out
 }
 
-fn us(value: Option<f64>) -> String {
+pub(super) fn us(value: Option<f64>) -> String {
     value.map_or_else(|| "?".to_owned(), |v| format!("{v:.0} µs"))
 }
 
-fn mib(kb: u64) -> String {
+pub(super) fn mib(kb: u64) -> String {
     format!("{:.1} MiB", kb as f64 / 1024.0)
 }
 
