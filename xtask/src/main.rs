@@ -22,10 +22,12 @@ tasks:
       weft-proxy in front of sample upstreams, until Ctrl-C (--smoke: check it and exit).
   test [ARGS]
       Every test suite: the workspace, the filters' host unit tests, the filter example.
-  bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
+  bench proxy [--suite proxy|wasm|filters] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
       End-to-end benchmark: weft-proxy vs nginx vs HAProxy vs direct, one worker each,
       load generator on CPU 0, proxy and origin on CPU 1. Prints a markdown table and
       writes it into docs/benchmarks.md.
+        --suite S        proxy (default), wasm (native and Wasm filter chains, idle RSS,
+                         swap time) or filters (each first-party filter and a chain)
         --duration SECS  length of each load run (default 10)
         --rounds N       rounds, targets rotated each round (default 3)
         --quick          smoke test: --duration 3 --rounds 1
