@@ -61,6 +61,7 @@ pub use proxy_wasm;
 pub use proxy_wasm::traits::{Context, HttpContext, RootContext};
 pub use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
 
+pub mod rng;
 pub mod weft;
 
 /// A filter's configuration: deserialized from the plugin configuration (JSON; empty means

@@ -24,7 +24,6 @@ use weft_sdk::{Action, Context, Filter, HttpContext, LogLevel, MetricType};
 
 pub mod config;
 pub mod logic;
-mod rng;
 
 use config::Config;
 use logic::Request;
@@ -81,7 +80,7 @@ impl HttpContext for Fault {
         if !logic::applies(&config, &self.request()) {
             return Action::Continue;
         }
-        let decision = logic::decide(&config, rng::next_u64(), rng::next_u64());
+        let decision = logic::decide(&config, weft_sdk::rng::next_u64(), weft_sdk::rng::next_u64());
         if let Some(ms) = decision.delay_ms {
             match weft::delay(ms) {
                 Ok(()) => {

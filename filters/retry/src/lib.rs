@@ -24,7 +24,6 @@ use weft_sdk::{Action, Context, Filter, HttpContext, LogLevel, MetricType};
 pub mod budget;
 pub mod config;
 pub mod policy;
-mod rng;
 
 use budget::{Refused, SharedData};
 use config::Config;
@@ -109,7 +108,7 @@ impl Retry {
             config.backoff.base_ms,
             config.backoff.max(),
             self.retries,
-            rng::next_u64(),
+            weft_sdk::rng::next_u64(),
         );
         match weft::retry_after(wait) {
             Ok(()) => {

@@ -1,4 +1,4 @@
-//! Random numbers for the back-off jitter, seeded from the host's randomness (WASI
+//! Random numbers for filters (weights, jitter, sampling), seeded from the host's randomness (WASI
 //! `random_get`, through std's `RandomState`) once per VM.
 
 use std::cell::Cell;
@@ -10,7 +10,7 @@ thread_local! {
 }
 
 /// A uniformly distributed random number: SipHash, keyed randomly, of a per-VM counter.
-pub(crate) fn next_u64() -> u64 {
+pub fn next_u64() -> u64 {
     let n = COUNTER.with(|c| {
         let n = c.get().wrapping_add(1);
         c.set(n);
