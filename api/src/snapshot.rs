@@ -110,9 +110,16 @@ pub struct FilterConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WasmModule {
-    /// Path of the `.wasm` file.
+    /// Path of a local `.wasm` file. Exactly one of `file` and `url` is set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub file: String,
-    /// Expected sha256 of the file, lowercase hex; a mismatch rejects the snapshot.
+    /// Where the proxy fetches the module: `oci://registry/repository:tag` or
+    /// `oci://registry/repository@sha256:<digest>` (an OCI Wasm image), `file:///path`, or
+    /// `http://` / `https://`. Fetched modules are cached on disk by sha256. Exactly one of
+    /// `file` and `url` is set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// Expected sha256 of the module's bytes, lowercase hex; a mismatch rejects the snapshot.
     pub sha256: String,
     /// Passed to `on_vm_start`: a string as is, anything else as JSON.
     #[serde(default, skip_serializing_if = "serde_yaml::Value::is_null")]

@@ -346,6 +346,7 @@ impl HarnessBuilder {
             native: None,
             wasm: Some(weft_api::WasmModule {
                 file,
+                url: String::new(),
                 sha256: crate::wasm::sha256_hex(&bytes),
                 vm_config: serde_yaml::Value::String(self.vm_config.clone()),
                 root_id: String::new(),

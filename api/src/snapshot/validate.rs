@@ -99,8 +99,18 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
                     if wasm.sha256.len() != 64 || !wasm.sha256.bytes().all(hex) {
                         errors.push(format!("{filter_path}.wasm.sha256"), "must be 64 lowercase hex digits");
                     }
-                    if wasm.file.is_empty() {
-                        errors.push(format!("{filter_path}.wasm.file"), "a module file is required");
+                    match (wasm.file.is_empty(), wasm.url.is_empty()) {
+                        (true, true) => errors.push(format!("{filter_path}.wasm"), "set one of file and url"),
+                        (false, false) => errors.push(format!("{filter_path}.wasm"), "set only one of file and url"),
+                        _ => {}
+                    }
+                    if !wasm.url.is_empty()
+                        && !["oci://", "file://", "http://", "https://"].iter().any(|s| wasm.url.starts_with(s))
+                    {
+                        errors.push(
+                            format!("{filter_path}.wasm.url"),
+                            "must start with oci://, file://, http:// or https://",
+                        );
                     }
                 }
                 _ => errors.push(filter_path.clone(), "set exactly one of native and wasm"),

@@ -1,0 +1,3 @@
+//! The `weft-controller` binary.
+
+fn main() {}
