@@ -308,7 +308,7 @@ pub struct Cluster {
     pub outlier_detection: Option<OutlierDetection>,
 }
 
-fn default_connect_timeout() -> Duration {
+pub(crate) fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
@@ -337,7 +337,7 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
-fn default_weight() -> u32 {
+pub(crate) fn default_weight() -> u32 {
     1
 }
 
@@ -420,16 +420,16 @@ pub struct HealthCheck {
     pub unhealthy_threshold: u32,
 }
 
-fn default_hc_interval() -> Duration {
+pub(crate) fn default_hc_interval() -> Duration {
     Duration::from_secs(5)
 }
-fn default_hc_timeout() -> Duration {
+pub(crate) fn default_hc_timeout() -> Duration {
     Duration::from_secs(1)
 }
-fn default_one() -> u32 {
+pub(crate) fn default_one() -> u32 {
     1
 }
-fn default_two() -> u32 {
+pub(crate) fn default_two() -> u32 {
     2
 }
 
@@ -454,13 +454,13 @@ pub struct OutlierDetection {
     pub max_ejection_percent: u32,
 }
 
-fn default_five() -> u32 {
+pub(crate) fn default_five() -> u32 {
     5
 }
-fn default_base_ejection() -> Duration {
+pub(crate) fn default_base_ejection() -> Duration {
     Duration::from_secs(30)
 }
-fn default_max_ejection_percent() -> u32 {
+pub(crate) fn default_max_ejection_percent() -> u32 {
     10
 }
 

@@ -31,7 +31,7 @@ mod load;
 mod procs;
 mod report;
 mod suites;
-mod tools;
+pub(crate) mod tools;
 
 use std::cell::Cell;
 use std::fs;

@@ -2,12 +2,15 @@
 //!
 //! Tasks:
 //!
+//! - `codegen [--check]`: regenerate (or check) the checked-in protobuf code of `weft-api`
+//!   (see [`codegen`]).
 //! - `demo [--smoke]`: the proxy in front of sample upstreams (see [`demo`]).
 //! - `test [ARGS]`: every test suite of the repository (see [`test`]).
 //! - `bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]`: the end-to-end
 //!   benchmark of `weft-proxy` against nginx and HAProxy (see [`bench`]).
 
 mod bench;
+mod codegen;
 mod demo;
 mod test;
 
@@ -18,6 +21,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
+  codegen [--check]
+      Regenerate api/src/pb/ from api/proto/ (--check: fail if the checked-in code is stale).
   demo [--smoke]
       weft-proxy in front of sample upstreams, until Ctrl-C (--smoke: check it and exit).
   test [ARGS]
@@ -45,6 +50,7 @@ fn main() -> anyhow::Result<()> {
 fn dispatch(args: &[String]) -> anyhow::Result<()> {
     match args.split_first() {
         Some((task, rest)) if task == "bench" => bench::main(rest),
+        Some((task, rest)) if task == "codegen" => codegen::run(&root()?, rest),
         Some((task, rest)) if task == "demo" => demo::run(&root()?, rest),
         Some((task, rest)) if task == "test" => test::run(&root()?, rest),
         Some((task, _)) if matches!(task.as_str(), "help" | "-h" | "--help") => {

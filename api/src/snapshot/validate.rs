@@ -105,7 +105,9 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
                         _ => {}
                     }
                     if !wasm.url.is_empty()
-                        && !["oci://", "file://", "http://", "https://"].iter().any(|s| wasm.url.starts_with(s))
+                        && !["oci://", "file://", "http://", "https://"]
+                            .iter()
+                            .any(|s| wasm.url.starts_with(s))
                     {
                         errors.push(
                             format!("{filter_path}.wasm.url"),
