@@ -3,6 +3,11 @@
 //! - `weftctl filter new NAME [--dir DIR]` scaffolds a filter crate on `weft-sdk`.
 //! - `weftctl filter build [DIR]` builds it for `wasm32-wasip1` and prints the module's path
 //!   and sha256 (what a snapshot's `wasm: { file, sha256 }` needs).
+//! - `weftctl filter push FILE oci://HOST:PORT/REPO:TAG` pushes a module to an OCI registry
+//!   and prints its url pinned by digest and its sha256 (`wasm: { url, sha256 }`).
+//! - `weftctl filter ls oci://HOST:PORT` lists a registry's repositories, tags and digests.
+//! - `weftctl status [--controller ADDR]` shows every sidecar's sync state and the intent's
+//!   problems.
 
 #![allow(clippy::print_stdout, reason = "a command line prints its results")]
 
@@ -12,6 +17,9 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use sha2::Digest;
+
+mod registry;
+mod status;
 
 /// Weft's command line.
 #[derive(Debug, Parser)]
@@ -26,6 +34,13 @@ enum Top {
     /// Write, build and inspect filters.
     #[command(subcommand)]
     Filter(FilterCommand),
+    /// Every sidecar the controller knows: its workload, the version it runs, ACK/NACK and
+    /// the last error; then the problems found in the intent.
+    Status {
+        /// The controller's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        controller: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +62,10 @@ enum FilterCommand {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Push a module to an OCI registry; print its url pinned by digest and its sha256.
+    Push(registry::PushArgs),
+    /// List an OCI registry's repositories, tags and digests.
+    Ls(registry::LsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +86,9 @@ fn main() -> anyhow::Result<()> {
             let (path, sha256) = build_filter(&dir)?;
             println!("{}\nsha256 {sha256}", path.display());
         }
+        Top::Filter(FilterCommand::Push(args)) => registry::push(&args)?,
+        Top::Filter(FilterCommand::Ls(args)) => registry::ls(&args)?,
+        Top::Status { controller } => status::run(&controller)?,
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: every test of the repository — the root workspace (unit and
 //! integration tests against the real proxy), the filters' host unit tests, and the custom
-//! filter example's.
+//! filter example's. Installs the Debian packages the tests run against (`docker-registry`)
+//! when they are missing.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,6 +10,8 @@ use anyhow::{Context, bail};
 
 /// Runs every test suite; fails on the first that fails.
 pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    // The registry tests run against a real external registry too.
+    crate::bench::tools::ensure_installed("docker-registry", "docker-registry")?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let suites: [(&str, &Path, Option<&str>); 3] = [
         ("workspace", root, None),

@@ -98,6 +98,16 @@ impl Tools {
     }
 }
 
+/// Finds `bin`, installing `package` with `apt-get` when it is missing.
+pub(crate) fn ensure_installed(bin: &str, package: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = find(bin) {
+        return Ok(path);
+    }
+    eprintln!("missing {bin}; installing {package} with apt-get");
+    install(&[&(bin, package)])?;
+    find(bin).with_context(|| format!("{bin} is still missing after installing {package}"))
+}
+
 /// Looks `bin` up in `PATH` and the sbin directories (which a non-root `PATH` may lack).
 fn find(bin: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH").unwrap_or_default();
@@ -116,7 +126,8 @@ fn is_executable(path: &Path) -> bool {
 /// `apt-get update` once, then `apt-get install -y` of the packages for `missing`.
 fn install(missing: &[&(&str, &str)]) -> anyhow::Result<()> {
     if find("apt-get").is_none() {
-        bail!("apt-get not found: install nginx, haproxy, wrk and h2load (nghttp2-client) by hand");
+        let packages: Vec<&str> = missing.iter().map(|(_, package)| *package).collect();
+        bail!("apt-get not found: install {} by hand", packages.join(", "));
     }
     run(Command::new("apt-get").arg("update"))?;
     let mut packages = Vec::new();

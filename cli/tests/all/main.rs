@@ -1,0 +1,3 @@
+//! weftctl's integration tests: the built binary run against real services.
+
+mod registry;
