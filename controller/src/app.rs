@@ -1,0 +1,248 @@
+//! The controller assembled: a source of intent, the compile pipeline, the gRPC services and
+//! the embedded registry, bound to real sockets. `main.rs` parses flags into a
+//! [`ControllerConfig`] and runs [`Controller::start`]; tests do the same on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sha2::Digest as _;
+use tokio::sync::watch;
+
+use crate::compile::{CompileOptions, SystemFilters, compile};
+use crate::resolve::Resolver;
+use crate::server::{Published, Services};
+use crate::source::{Documents, FileSource};
+use crate::store::Store;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The directory of intent YAML (local mode), watched for changes.
+    pub intent_dir: PathBuf,
+    /// Where the config stream and status services listen. Default `127.0.0.1:15010`.
+    pub grpc_address: SocketAddr,
+    /// Where the embedded OCI registry listens (`None`: no registry). Default
+    /// `127.0.0.1:15012`.
+    pub registry_address: Option<SocketAddr>,
+    /// State on disk: the registry's store (`registry/`) and fetched modules (`modules/`).
+    pub data_dir: PathBuf,
+    /// Directory holding the first-party filters the compiler emits (`router.wasm`,
+    /// `retry.wasm`, `fault.wasm`). They are published into the embedded registry as
+    /// `weft/<name>:<version>` and sidecars pull them from there.
+    pub filters_dir: PathBuf,
+    /// SPIFFE trust domain. Default `cluster.local`.
+    pub trust_domain: String,
+}
+
+impl ControllerConfig {
+    /// A configuration with the defaults above for the given directories.
+    pub fn new(intent_dir: impl Into<PathBuf>, data_dir: impl Into<PathBuf>, filters_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            intent_dir: intent_dir.into(),
+            grpc_address: SocketAddr::from(([127, 0, 0, 1], 15010)),
+            registry_address: Some(SocketAddr::from(([127, 0, 0, 1], 15012))),
+            data_dir: data_dir.into(),
+            filters_dir: filters_dir.into(),
+            trust_domain: "cluster.local".to_owned(),
+        }
+    }
+}
+
+/// A running controller. Dropping it stops everything.
+pub struct Controller {
+    grpc_address: SocketAddr,
+    registry_address: Option<SocketAddr>,
+    services: Services,
+    intent: watch::Receiver<Arc<Published>>,
+    stop: Option<watch::Sender<bool>>,
+}
+
+impl Controller {
+    /// Binds the sockets, publishes the first-party filters, compiles the intent directory
+    /// once and starts serving. Runs its tasks on the current tokio runtime.
+    ///
+    /// # Errors
+    /// A socket cannot be bound, a directory cannot be read, or a first-party filter is
+    /// missing.
+    pub async fn start(config: ControllerConfig) -> anyhow::Result<Self> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        // The registry first: the first-party filters are served from it.
+        let mut registry_address = None;
+        let registry = weft_registry::server::Registry::open(config.data_dir.join("registry"))
+            .with_context(|| format!("opening the registry store in {}", config.data_dir.display()))?;
+        if let Some(address) = config.registry_address {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the registry to {address}"))?;
+            let bound = listener.local_addr()?;
+            registry_address = Some(bound);
+            let registry = registry.clone();
+            tokio::spawn(registry.serve(listener, stopped(stop_rx.clone())));
+            tracing::info!(address = %bound, "registry listening");
+        }
+        let system_filters = publish_system_filters(&config, &registry, registry_address).await?;
+
+        let source = FileSource::new(&config.intent_dir);
+        let mut documents = source
+            .spawn()
+            .with_context(|| format!("watching the intent directory {}", config.intent_dir.display()))?;
+        let resolver = Resolver::new(config.data_dir.join("modules"));
+        let options = CompileOptions {
+            trust_domain: config.trust_domain.clone(),
+            system_filters,
+            modules: Default::default(),
+        };
+        let first = build(&documents.borrow_and_update(), &resolver, &options).await;
+        let (intent_tx, intent_rx) = watch::channel(Arc::new(first));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = documents.changed() => if changed.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let docs = documents.borrow_and_update().clone();
+                let published = build(&docs, &resolver, &options).await;
+                intent_tx.send_replace(Arc::new(published));
+            }
+        });
+
+        let services = Services::new(intent_rx.clone());
+        let listener = tokio::net::TcpListener::bind(config.grpc_address)
+            .await
+            .with_context(|| format!("binding the gRPC services to {}", config.grpc_address))?;
+        let grpc_address = listener.local_addr()?;
+        let router = services.router();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let shutdown = stopped(stop_rx);
+        tokio::spawn(async move {
+            if let Err(error) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                tracing::error!(%error, "gRPC server failed");
+            }
+        });
+        tracing::info!(address = %grpc_address, "config stream listening");
+        Ok(Self {
+            grpc_address,
+            registry_address,
+            services,
+            intent: intent_rx,
+            stop: Some(stop_tx),
+        })
+    }
+
+    /// Where the gRPC services listen.
+    pub fn grpc_address(&self) -> SocketAddr {
+        self.grpc_address
+    }
+
+    /// Where the embedded registry listens.
+    pub fn registry_address(&self) -> Option<SocketAddr> {
+        self.registry_address
+    }
+
+    /// The sidecar table and services.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The current compiled intent.
+    pub fn published(&self) -> Arc<Published> {
+        self.intent.borrow().clone()
+    }
+
+    /// Stops serving.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Parses the documents, resolves module urls, compiles. Compilation runs off the async
+/// threads (it is CPU work that grows with the mesh).
+async fn build(documents: &Documents, resolver: &Resolver, options: &CompileOptions) -> Published {
+    let started = std::time::Instant::now();
+    let mut store = Store::default();
+    let mut diagnostics = Vec::new();
+    let mut digest = sha2::Sha256::new();
+    for (origin, text) in &documents.files {
+        digest.update(origin.as_bytes());
+        digest.update([0]);
+        digest.update(text.as_bytes());
+        digest.update([0]);
+        diagnostics.extend(store.insert_yaml(origin, text));
+    }
+    let intent_version: String = digest.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = options.clone();
+    options.modules = resolver.resolve(store.module_urls()).await;
+    let (mesh, diagnostics) = match tokio::task::spawn_blocking(move || {
+        let mesh = compile(&store, &options);
+        diagnostics.extend(mesh.diagnostics().iter().cloned());
+        (mesh, diagnostics)
+    })
+    .await
+    {
+        Ok(done) => done,
+        Err(error) => panic!("the compiler panicked: {error}"),
+    };
+    for diagnostic in &diagnostics {
+        tracing::warn!("{diagnostic}");
+    }
+    tracing::info!(intent = %intent_version, took = ?started.elapsed(), diagnostics = diagnostics.len(), "intent compiled");
+    Published {
+        mesh,
+        diagnostics,
+        intent_version,
+    }
+}
+
+/// Publishes `router`, `retry` and `fault` from `filters_dir` into the embedded registry and
+/// returns how snapshots name them: pulled from the registry when it listens, else by path.
+async fn publish_system_filters(
+    config: &ControllerConfig,
+    registry: &weft_registry::server::Registry,
+    registry_address: Option<SocketAddr>,
+) -> anyhow::Result<SystemFilters> {
+    let module = async |name: &str| -> anyhow::Result<weft_api::WasmModule> {
+        let path = config.filters_dir.join(format!("{name}.wasm"));
+        let bytes = std::fs::read(&path).with_context(|| format!("reading the {name} filter at {}", path.display()))?;
+        let sha256: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let repository = format!("weft/{name}");
+        let digest = registry
+            .put_module(&repository, env!("CARGO_PKG_VERSION"), &bytes)
+            .await
+            .with_context(|| format!("publishing the {name} filter"))?;
+        let (file, url) = match registry_address {
+            Some(address) => (String::new(), format!("oci://{address}/{repository}@{digest}")),
+            None => (path.to_string_lossy().into_owned(), String::new()),
+        };
+        Ok(weft_api::WasmModule {
+            file,
+            url,
+            sha256,
+            vm_config: serde_yaml::Value::Null,
+            root_id: String::new(),
+            vm_id: None,
+        })
+    };
+    Ok(SystemFilters {
+        router: module("router").await?,
+        retry: module("retry").await?,
+        fault: module("fault").await?,
+    })
+}

@@ -1,0 +1,685 @@
+//! The compiler: a pure function from the [`Store`] to a [`Mesh`], which yields each
+//! sidecar's [`Snapshot`] cheaply.
+//!
+//! [`compile`] does the shared work once per intent change: the registry of hosts and
+//! endpoints, every DestinationRule's clusters, every VirtualService's routes, gateways and
+//! user filters, with a [`Diagnostic`] for everything it cannot honour. [`Mesh::snapshot_for`]
+//! then assembles one node's listeners from those parts; the outbound route table and
+//! first-party filters of a namespace are built on first use and shared by its sidecars.
+//! No I/O, no clocks; output order is deterministic.
+//!
+//! The choices (names, subsets, filter order, per-route retries, defaults) are documented in
+//! `docs/intent.md`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+
+use weft_api::{Cluster, Endpoint, FilterConfig, Listener, ListenerKind, ListenerProtocol, Snapshot, WasmModule};
+
+use crate::diagnostics::Diagnostic;
+use crate::resources::{IntOrString, Kind, SidecarPorts};
+use crate::store::Store;
+
+mod extensions;
+mod gateway;
+mod names;
+mod policy;
+mod registry;
+mod router_config;
+mod routing;
+mod virtual_service;
+
+use extensions::{Extensions, ListenerClass};
+use gateway::GatewayInfo;
+use registry::{Registry, labels_match};
+use routing::{ListenerRouting, VhostPlan};
+use virtual_service::{CompiledVs, Context, ContextRoutes};
+
+/// The first-party filter modules the compiler emits (given by the controller).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemFilters {
+    /// `filters/router`: VirtualService routing.
+    pub router: WasmModule,
+    /// `filters/retry`: Istio's HTTPRetry.
+    pub retry: WasmModule,
+    /// `filters/fault`: Istio's HTTPFaultInjection.
+    pub fault: WasmModule,
+}
+
+/// A module url pinned to its content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinnedModule {
+    /// The url sidecars fetch (for OCI, by digest: `oci://registry/repo@sha256:...`).
+    pub url: String,
+    /// The module's sha256, lowercase hex.
+    pub sha256: String,
+}
+
+/// What the compiler needs besides the store.
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    /// SPIFFE trust domain (`cluster.local`); for workload identity, not used by routing.
+    /// Service names live under the cluster domain `cluster.local`.
+    pub trust_domain: String,
+    /// The first-party filter modules.
+    pub system_filters: SystemFilters,
+    /// Module urls as written (see [`Store::module_urls`]) → pinned, or why not.
+    pub modules: BTreeMap<String, Result<PinnedModule, String>>,
+}
+
+/// Who a sidecar says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct NodeIdentity {
+    /// Node id: the name of its Workload, if it has one.
+    pub id: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One node's compiled configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    /// The snapshot; `version` is left empty for the controller to set.
+    pub snapshot: Snapshot,
+    /// The node's Workload as `namespace/name`, when it has one.
+    pub workload: Option<String>,
+}
+
+/// A Workload resource, as known to the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownWorkload {
+    /// Namespace.
+    pub namespace: String,
+    /// Name (the node id of its sidecar).
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Service account.
+    pub service_account: String,
+    /// IP address.
+    pub address: IpAddr,
+    /// Application ports by name, in written order.
+    pub ports: Vec<(String, u16)>,
+    /// The sidecar's ports, if it has one.
+    pub sidecar: Option<SidecarPorts>,
+    /// Where it was defined.
+    pub origin: String,
+}
+
+impl KnownWorkload {
+    /// The identity its sidecar presents.
+    pub fn node(&self) -> NodeIdentity {
+        NodeIdentity {
+            id: self.name.clone(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// Sidecar ports of a node without a Workload resource.
+pub const DEFAULT_SIDECAR: SidecarPorts = SidecarPorts {
+    inbound: 15006,
+    outbound: 15001,
+};
+
+/// The compiled intent: shared parts, assembled per node by [`Mesh::snapshot_for`].
+pub struct Mesh {
+    diagnostics: Vec<Diagnostic>,
+    system: SystemFilters,
+    registry: Registry,
+    /// Every outbound cluster, by name.
+    clusters: Vec<Cluster>,
+    vss: Vec<CompiledVs>,
+    /// Mesh-context routes by VirtualService index (`None`: not bound to the mesh).
+    mesh_routes: Vec<Option<ContextRoutes>>,
+    /// Mesh VirtualServices by exact host, in precedence order.
+    exact_vs: HashMap<String, Vec<usize>>,
+    /// Mesh VirtualServices by wildcard host, most specific first, then precedence.
+    wildcard_vs: Vec<(String, usize)>,
+    /// Hosts of mesh VirtualServices that are not registry hosts, with their VirtualServices.
+    other_hosts: BTreeMap<String, Vec<usize>>,
+    gateways: Vec<GatewayInfo>,
+    extensions: Extensions,
+    workloads: Vec<KnownWorkload>,
+    workload_index: HashMap<(String, String), usize>,
+    /// Outbound routing of the namespaces the intent names (that have resources, or that
+    /// VirtualServices export to or match as `sourceNamespace`), built on first use.
+    outbound: BTreeMap<String, OnceLock<Arc<ListenerRouting>>>,
+    /// Outbound routing of every other namespace: it is the same for all of them.
+    outbound_elsewhere: OnceLock<Arc<ListenerRouting>>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("hosts", &self.registry.hosts.len())
+            .field("clusters", &self.clusters.len())
+            .field("virtual_services", &self.vss.len())
+            .field("gateways", &self.gateways.len())
+            .field("workloads", &self.workloads.len())
+            .field("diagnostics", &self.diagnostics.len())
+            .finish()
+    }
+}
+
+/// Compiles the store. Store diagnostics (parsing, duplicates) are not repeated in
+/// [`Mesh::diagnostics`]; see [`Store::diagnostics`].
+pub fn compile(store: &Store, options: &CompileOptions) -> Mesh {
+    let mut diagnostics = Vec::new();
+    let registry = Registry::build(store, &mut diagnostics);
+    let mut clusters = BTreeMap::new();
+    let policies = policy::build(store, &registry, &mut clusters, &mut diagnostics);
+    let vss = virtual_service::compile_all(store, &registry, &policies, &mut clusters, &mut diagnostics);
+
+    // Mesh routing: which VirtualService routes each host on sidecars.
+    let mut mesh_routes = Vec::with_capacity(vss.len());
+    let mut exact_vs: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut wildcard_vs: Vec<(String, usize)> = Vec::new();
+    let mut other_hosts: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (v, vs) in vss.iter().enumerate() {
+        if !vs.contexts.contains(&Context::Mesh) {
+            mesh_routes.push(None);
+            continue;
+        }
+        mesh_routes.push(Some(vs.context_routes(&Context::Mesh)));
+        for (i, host) in &vs.hosts {
+            let claimants = if host.starts_with('*') {
+                wildcard_vs.push((host.clone(), v));
+                other_hosts.entry(host.clone()).or_default()
+            } else if registry.host(host).is_some() {
+                exact_vs.entry(host.clone()).or_default()
+            } else {
+                other_hosts.entry(host.clone()).or_default()
+            };
+            // A conflict: an earlier VirtualService for this host seen by some of the same
+            // namespaces.
+            if let Some(&first) = claimants.iter().find(|&&c| c != v && vss[c].overlaps(vs)) {
+                let winner = &vss[first];
+                diagnostics.push(Diagnostic::error(
+                    &vs.reference(),
+                    format!("spec.hosts[{i}]"),
+                    format!(
+                        "conflict: host {host} is already routed on sidecars by VirtualService {}/{} \
+                         (first by origin and name); this one is ignored for the host wherever both are visible",
+                        winner.namespace, winner.name
+                    ),
+                ));
+            }
+            if !claimants.contains(&v) {
+                claimants.push(v);
+            }
+        }
+    }
+    wildcard_vs.sort_by_key(|(pattern, _)| std::cmp::Reverse(pattern.len()));
+
+    let gateways = gateway::build(store, &vss, &mut diagnostics);
+    let extensions = Extensions::build(store, options, &mut diagnostics);
+
+    let mut workloads = Vec::new();
+    for instance in registry.instances.iter().filter(|i| i.kind == Kind::Workload) {
+        workloads.push(KnownWorkload {
+            namespace: instance.namespace.clone(),
+            name: instance.name.clone(),
+            labels: instance.labels.clone(),
+            service_account: instance.service_account.clone(),
+            address: instance.ip,
+            ports: instance.ports.clone(),
+            sidecar: instance.sidecar,
+            origin: instance.origin.clone(),
+        });
+    }
+    // A gateway port on a sidecar's port: the gateway listener is left out there.
+    for gateway in gateways.iter().filter(|g| !g.selector.is_empty()) {
+        for workload in &workloads {
+            let Some(sidecar) = workload.sidecar else { continue };
+            if !labels_match(&gateway.selector, &workload.labels) {
+                continue;
+            }
+            for port in &gateway.ports {
+                let clash = port.number == sidecar.inbound
+                    || (port.number == sidecar.outbound && workload.address == IpAddr::V4(Ipv4Addr::LOCALHOST));
+                if clash {
+                    diagnostics.push(Diagnostic::error(
+                        &gateway.reference(),
+                        "spec.servers",
+                        format!(
+                            "port {} is a sidecar port of Workload {}/{}; the gateway does not listen there",
+                            port.number, workload.namespace, workload.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    let workload_index = workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((w.namespace.clone(), w.name.clone()), i))
+        .collect();
+
+    // The namespaces whose outbound routing may differ from any other's: they have
+    // Services (short names), or VirtualServices are exported to them or match them.
+    let mut namespaces: BTreeSet<String> = store.resources().map(|r| r.namespace().to_owned()).collect();
+    for vs in &vss {
+        namespaces.extend(vs.export_to.iter().flatten().cloned());
+        for route in &vs.routes {
+            namespaces.extend(route.blocks.iter().filter_map(|b| b.source_namespace.clone()));
+        }
+    }
+    diagnostics.sort();
+    diagnostics.dedup();
+    Mesh {
+        diagnostics,
+        system: options.system_filters.clone(),
+        registry,
+        clusters: clusters.into_values().collect(),
+        vss,
+        mesh_routes,
+        exact_vs,
+        wildcard_vs,
+        other_hosts,
+        gateways,
+        extensions,
+        workloads,
+        workload_index,
+        outbound: namespaces.into_iter().map(|ns| (ns, OnceLock::new())).collect(),
+        outbound_elsewhere: OnceLock::new(),
+    }
+}
+
+/// A node's workload: from its Workload resource, or made from what the node says.
+struct NodeWorkload {
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    ip: IpAddr,
+    ports: Vec<(String, u16)>,
+    sidecar: Option<SidecarPorts>,
+    known: Option<String>,
+}
+
+impl Mesh {
+    /// What the compiler could not honour, sorted. Store diagnostics are separate.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.diagnostics
+    }
+
+    /// The Workload resources, by namespace and name.
+    pub fn workloads(&self) -> &[KnownWorkload] {
+        &self.workloads
+    }
+
+    /// One node's snapshot (version empty).
+    ///
+    /// The node is the Workload named `node.id` in `node.namespace`, else a workload made from
+    /// the node's labels at `127.0.0.1` with the default sidecar ports (`15001` outbound,
+    /// `15006` inbound) and the application ports the Services selecting it target. A sidecar
+    /// gets an `outbound` listener (`127.0.0.1:<outbound>`, the application's `HTTP_PROXY`) and
+    /// an `inbound` listener (`<address>:<inbound>`); a workload selected by Gateways gets a
+    /// `gateway` listener per server port (and sidecar listeners only when its Workload
+    /// declares a sidecar).
+    pub fn snapshot_for(&self, node: &NodeIdentity) -> Compiled {
+        let workload = self.node_workload(node);
+        let gateways: Vec<&GatewayInfo> = self
+            .gateways
+            .iter()
+            .filter(|g| !g.selector.is_empty() && labels_match(&g.selector, &workload.labels))
+            .collect();
+        let sidecar = match (&workload.known, workload.sidecar) {
+            (Some(_), sidecar) => sidecar,
+            (None, _) if !gateways.is_empty() => None,
+            (None, sidecar) => sidecar,
+        };
+
+        let mut snapshot = Snapshot {
+            clusters: self.clusters.clone(),
+            ..Snapshot::default()
+        };
+        let mut addresses = BTreeSet::new();
+        if let Some(sidecar) = sidecar {
+            let routing = self.outbound_routing(&workload.namespace);
+            let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), sidecar.outbound);
+            let user = self
+                .extensions
+                .filters_for(&workload.namespace, &workload.labels, ListenerClass::Outbound);
+            add_listener(
+                &mut snapshot,
+                &mut addresses,
+                "outbound",
+                address,
+                ListenerKind::Outbound,
+                &routing,
+                user,
+            );
+            let address = SocketAddr::new(workload.ip, sidecar.inbound);
+            let (routing, clusters) = self.inbound(&workload);
+            let user = self
+                .extensions
+                .filters_for(&workload.namespace, &workload.labels, ListenerClass::Inbound);
+            if add_listener(
+                &mut snapshot,
+                &mut addresses,
+                "inbound",
+                address,
+                ListenerKind::Inbound,
+                &routing,
+                user,
+            ) {
+                snapshot.clusters.extend(clusters);
+            }
+        }
+        let mut ports: BTreeMap<u16, Vec<(&GatewayInfo, usize)>> = BTreeMap::new();
+        for gateway in gateways {
+            for (p, port) in gateway.ports.iter().enumerate() {
+                ports.entry(port.number).or_default().push((gateway, p));
+            }
+        }
+        for (number, servers) in ports {
+            let mut plans = Vec::new();
+            for (gateway, p) in servers {
+                for (domain, v) in &gateway.ports[p].hosts {
+                    let vs = &self.vss[*v];
+                    let Some(routes) = gateway.routes.get(v) else { continue };
+                    plans.push(VhostPlan {
+                        name: domain.clone(),
+                        domains: vec![domain.clone()],
+                        router_hosts: vec![domain.clone()],
+                        port: Some(number),
+                        fallback: None,
+                        vs: Some((vs, routes)),
+                    });
+                }
+            }
+            let name = format!("gateway-{number}");
+            let routing = routing::build(&name, &plans, &workload.namespace, &self.system);
+            let user = self
+                .extensions
+                .filters_for(&workload.namespace, &workload.labels, ListenerClass::Gateway);
+            add_listener(
+                &mut snapshot,
+                &mut addresses,
+                &name,
+                SocketAddr::new(workload.ip, number),
+                ListenerKind::Gateway,
+                &routing,
+                user,
+            );
+        }
+        Compiled {
+            snapshot,
+            workload: workload.known,
+        }
+    }
+
+    fn node_workload(&self, node: &NodeIdentity) -> NodeWorkload {
+        if let Some(&i) = self.workload_index.get(&(node.namespace.clone(), node.id.clone())) {
+            let w = &self.workloads[i];
+            return NodeWorkload {
+                namespace: w.namespace.clone(),
+                labels: w.labels.clone(),
+                ip: w.address,
+                ports: w.ports.clone(),
+                sidecar: w.sidecar,
+                known: Some(format!("{}/{}", w.namespace, w.name)),
+            };
+        }
+        // No Workload: the application ports are the numeric target ports of the Services
+        // selecting the node.
+        let mut ports: Vec<(String, u16)> = Vec::new();
+        for s in self.registry.services_selecting(&node.namespace, &node.labels) {
+            for port in &self.registry.services[s].ports {
+                let target = match &port.target_port {
+                    None => Some(port.port),
+                    Some(IntOrString::Int(n)) => Some(*n),
+                    Some(IntOrString::String(_)) => None,
+                };
+                if let Some(target) = target.filter(|t| *t != 0 && !ports.iter().any(|(_, p)| p == t)) {
+                    let name = if port.name.is_empty() {
+                        target.to_string()
+                    } else {
+                        port.name.clone()
+                    };
+                    ports.push((name, target));
+                }
+            }
+        }
+        NodeWorkload {
+            namespace: node.namespace.clone(),
+            labels: node.labels.clone(),
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            ports,
+            sidecar: Some(DEFAULT_SIDECAR),
+            known: None,
+        }
+    }
+
+    /// The outbound listener's routing for sidecars of `namespace`, built once per namespace
+    /// the intent names and once for all others.
+    fn outbound_routing(&self, namespace: &str) -> Arc<ListenerRouting> {
+        let cell = self.outbound.get(namespace).unwrap_or(&self.outbound_elsewhere);
+        cell.get_or_init(|| Arc::new(self.build_outbound(namespace))).clone()
+    }
+
+    /// The mesh VirtualService routing `fqdn` for sidecars of `namespace`.
+    fn mesh_vs(&self, fqdn: &str, namespace: &str) -> Option<usize> {
+        let visible = |v: &usize| self.vss[*v].visible_in(namespace);
+        self.exact_vs
+            .get(fqdn)
+            .and_then(|list| list.iter().copied().find(visible))
+            .or_else(|| {
+                self.wildcard_vs
+                    .iter()
+                    .filter(|(pattern, _)| names::host_matches(pattern, fqdn))
+                    .map(|(_, v)| *v)
+                    .find(visible)
+            })
+    }
+
+    fn build_outbound(&self, namespace: &str) -> ListenerRouting {
+        let mut plans = Vec::with_capacity(self.registry.hosts.len() + self.other_hosts.len());
+        for host in &self.registry.hosts {
+            let names = host.names(namespace);
+            let vs = self
+                .mesh_vs(&host.fqdn, namespace)
+                .and_then(|v| self.mesh_routes[v].as_ref().map(|r| (&self.vss[v], r)));
+            let default_port = host.default_port();
+            for (i, port) in host.ports.iter().enumerate() {
+                let mut domains: Vec<String> = names.iter().map(|n| format!("{n}:{}", port.number)).collect();
+                if Some(port.number) == default_port {
+                    domains.extend(names.iter().cloned());
+                }
+                plans.push(VhostPlan {
+                    name: format!("{}:{}", host.fqdn, port.number),
+                    domains,
+                    // The router matches hosts without ports: one router virtual host per host.
+                    router_hosts: if i == 0 && vs.is_some() {
+                        names.clone()
+                    } else {
+                        Vec::new()
+                    },
+                    port: Some(port.number),
+                    fallback: Some(names::outbound_cluster(Some(port.number), "", &host.fqdn)),
+                    vs,
+                });
+            }
+        }
+        for (host, candidates) in &self.other_hosts {
+            let Some(v) = candidates.iter().copied().find(|v| self.vss[*v].visible_in(namespace)) else {
+                continue;
+            };
+            let Some(routes) = self.mesh_routes[v].as_ref() else {
+                continue;
+            };
+            plans.push(VhostPlan {
+                name: host.clone(),
+                domains: vec![host.clone()],
+                router_hosts: vec![host.clone()],
+                port: None,
+                fallback: None,
+                vs: Some((&self.vss[v], routes)),
+            });
+        }
+        routing::build("outbound", &plans, namespace, &self.system)
+    }
+
+    /// The inbound route table and clusters: a virtual host per application port (by the
+    /// authority's port, which is the port a Service targets or a port a Service maps to it),
+    /// and a default virtual host for the first port.
+    fn inbound(&self, workload: &NodeWorkload) -> (ListenerRouting, Vec<Cluster>) {
+        let services = self.registry.services_selecting(&workload.namespace, &workload.labels);
+        let mut aliases: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
+        let mut http2: BTreeSet<u16> = BTreeSet::new();
+        for &s in &services {
+            for port in &self.registry.services[s].ports {
+                let target = match &port.target_port {
+                    None => Some(port.port),
+                    Some(IntOrString::Int(n)) => Some(*n),
+                    Some(IntOrString::String(name)) => workload.ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p),
+                };
+                let Some(target) = target else { continue };
+                if port.port != target {
+                    aliases.entry(target).or_default().push(port.port);
+                }
+                if registry::service_port_protocol(port) == Ok(weft_api::UpstreamProtocol::Http2) {
+                    http2.insert(target);
+                }
+            }
+        }
+        let mut table = weft_api::RouteTable {
+            name: "inbound".to_owned(),
+            virtual_hosts: Vec::new(),
+        };
+        let mut clusters = Vec::new();
+        let mut domains_used = BTreeSet::new();
+        for (_, port) in &workload.ports {
+            let cluster = names::inbound_cluster(*port);
+            if clusters.iter().any(|c: &Cluster| c.name == cluster) {
+                continue;
+            }
+            let mut domains = Vec::new();
+            for p in std::iter::once(port).chain(aliases.get(port).into_iter().flatten()) {
+                let domain = format!("*:{p}");
+                if domains_used.insert(domain.clone()) {
+                    domains.push(domain);
+                }
+            }
+            if !domains.is_empty() {
+                table.virtual_hosts.push(inbound_vhost(&cluster, domains));
+            }
+            clusters.push(inbound_cluster(cluster, workload.ip, *port, http2.contains(port)));
+        }
+        if let Some((_, first)) = workload.ports.first() {
+            table
+                .virtual_hosts
+                .push(inbound_vhost(&names::inbound_cluster(*first), vec!["*".to_owned()]));
+        }
+        (
+            ListenerRouting {
+                table,
+                filters: Vec::new(),
+            },
+            clusters,
+        )
+    }
+}
+
+fn inbound_vhost(cluster: &str, domains: Vec<String>) -> weft_api::VirtualHost {
+    weft_api::VirtualHost {
+        name: cluster.to_owned(),
+        domains,
+        routes: vec![weft_api::Route {
+            name: cluster.to_owned(),
+            matches: weft_api::RouteMatch::default(),
+            forward: Some(weft_api::Forward {
+                cluster: cluster.to_owned(),
+                subset: BTreeMap::new(),
+                timeout: None,
+                prefix_rewrite: None,
+                host_rewrite: None,
+            }),
+            direct_response: None,
+            disabled_filters: Vec::new(),
+        }],
+    }
+}
+
+/// The application's port on the workload's address (where peers without a sidecar reach it).
+fn inbound_cluster(name: String, ip: IpAddr, port: u16, http2: bool) -> Cluster {
+    let ip = if ip.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        ip
+    };
+    Cluster {
+        name,
+        protocol: if http2 {
+            weft_api::UpstreamProtocol::Http2
+        } else {
+            weft_api::UpstreamProtocol::Http1
+        },
+        endpoints: vec![Endpoint {
+            address: SocketAddr::new(ip, port).to_string(),
+            labels: BTreeMap::new(),
+            weight: 1,
+        }],
+        lb_policy: weft_api::LbPolicy::RoundRobin,
+        hash_on: None,
+        connect_timeout: std::time::Duration::from_secs(10),
+        circuit_breakers: weft_api::CircuitBreakers {
+            max_connections: u32::MAX,
+            max_pending_requests: u32::MAX,
+            max_requests: u32::MAX,
+        },
+        health_check: None,
+        outlier_detection: None,
+    }
+}
+
+/// Adds a listener with its route table, user filters first then the routing's first-party
+/// filters (user filter names that clash get a `~2`, `~3` suffix). A listener whose address
+/// is taken is left out. Returns whether it was added.
+fn add_listener(
+    snapshot: &mut Snapshot,
+    addresses: &mut BTreeSet<SocketAddr>,
+    name: &str,
+    address: SocketAddr,
+    kind: ListenerKind,
+    routing: &ListenerRouting,
+    user: Vec<FilterConfig>,
+) -> bool {
+    if !addresses.insert(address) {
+        return false;
+    }
+    let mut names: BTreeSet<String> = routing.filters.iter().map(|f| f.name.clone()).collect();
+    let mut filters = Vec::with_capacity(user.len() + routing.filters.len());
+    for mut filter in user {
+        if !names.insert(filter.name.clone()) {
+            let base = filter.name.clone();
+            let mut n = 2;
+            while !names.insert(format!("{base}~{n}")) {
+                n += 1;
+            }
+            filter.name = format!("{base}~{n}");
+        }
+        filters.push(filter);
+    }
+    filters.extend(routing.filters.iter().cloned());
+    let mut table = routing.table.clone();
+    table.name = name.to_owned();
+    snapshot.listeners.push(Listener {
+        name: name.to_owned(),
+        address: address.to_string(),
+        kind,
+        protocol: ListenerProtocol::Auto,
+        route_table: name.to_owned(),
+        filters,
+    });
+    snapshot.route_tables.push(table);
+    true
+}

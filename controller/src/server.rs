@@ -1,0 +1,328 @@
+//! The gRPC side: one config stream per sidecar (the Discovery service) and the Status
+//! service `weftctl status` reads.
+//!
+//! Each stream is a small task: it compiles the snapshot for its node from the current
+//! [`Published`] intent, sends it when its version differs from the last one sent, and
+//! records ACKs and NACKs in the shared [`Proxies`] table.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sha2::Digest as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+use weft_api::pb;
+
+use crate::compile::{Mesh, NodeIdentity};
+use crate::diagnostics::Diagnostic;
+
+/// One compiled intent, as the streams see it.
+pub struct Published {
+    /// The compiled mesh.
+    pub mesh: Mesh,
+    /// Every diagnostic: from parsing the documents, resolving modules and compiling.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Changes with every new intent (a digest of the documents).
+    pub intent_version: String,
+}
+
+/// What the controller knows about each sidecar that has connected.
+#[derive(Default)]
+pub struct Proxies {
+    entries: Mutex<BTreeMap<u64, pb::ProxyStatus>>,
+    next_id: AtomicU64,
+}
+
+/// How long a disconnected sidecar stays in the status table.
+const FORGET_AFTER: Duration = Duration::from_secs(300);
+
+impl Proxies {
+    fn insert(&self, status: pb::ProxyStatus) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.lock();
+        // A reconnecting sidecar replaces its old entry.
+        if let Some(node) = &status.node {
+            entries.retain(|_, old| {
+                old.node
+                    .as_ref()
+                    .is_none_or(|n| n.id != node.id || n.namespace != node.namespace)
+            });
+        }
+        entries.insert(id, status);
+        id
+    }
+
+    fn update(&self, id: u64, change: impl FnOnce(&mut pb::ProxyStatus)) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            change(entry);
+            entry.last_seen_unix_ms = unix_ms();
+        }
+    }
+
+    /// Every known sidecar, ordered by namespace and id.
+    pub fn list(&self) -> Vec<pb::ProxyStatus> {
+        let now = unix_ms();
+        let mut entries = self.lock();
+        entries.retain(|_, e| e.connected || now - e.last_seen_unix_ms < FORGET_AFTER.as_millis() as i64);
+        let mut list: Vec<_> = entries.values().cloned().collect();
+        list.sort_by(|a, b| {
+            let key = |p: &pb::ProxyStatus| p.node.as_ref().map(|n| (n.namespace.clone(), n.id.clone()));
+            key(a).cmp(&key(b))
+        });
+        list
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, pb::ProxyStatus>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The version of a snapshot: a digest of its content, so equal snapshots get equal
+/// versions across controller restarts and a sidecar already running it is not sent it again.
+pub fn snapshot_version(snapshot: &weft_api::Snapshot) -> String {
+    let mut hasher = sha2::Sha256::new();
+    // The domain types serialize deterministically (ordered maps, ordered lists).
+    if let Ok(json) = serde_json::to_vec(snapshot) {
+        hasher.update(&json);
+    }
+    let digest = hasher.finalize();
+    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The Discovery and Status services over one shared state.
+#[derive(Clone)]
+pub struct Services {
+    intent: watch::Receiver<Arc<Published>>,
+    proxies: Arc<Proxies>,
+}
+
+impl Services {
+    /// Services reading intent from `intent`.
+    pub fn new(intent: watch::Receiver<Arc<Published>>) -> Self {
+        Self {
+            intent,
+            proxies: Arc::new(Proxies::default()),
+        }
+    }
+
+    /// The sidecar table.
+    pub fn proxies(&self) -> &Arc<Proxies> {
+        &self.proxies
+    }
+
+    /// A tonic router serving both services.
+    pub fn router(&self) -> tonic::transport::server::Router {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(pb::discovery_server::DiscoveryServer::new(self.clone()).max_encoding_message_size(usize::MAX))
+            .add_service(pb::status_server::StatusServer::new(self.clone()))
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::DiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::discovery_server::Discovery for Services {
+    type StreamSnapshotsStream = ResponseStream;
+
+    async fn stream_snapshots(
+        &self,
+        request: Request<Streaming<pb::DiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let hello = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before the first request"))?;
+        let node = hello
+            .node
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first request must carry the node"))?;
+        if node.id.is_empty() {
+            return Err(Status::invalid_argument("node.id is required"));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        let stream = SidecarStream {
+            node,
+            peer,
+            running: hello.version_info.clone(),
+            intent: self.intent.clone(),
+            proxies: self.proxies.clone(),
+            tx,
+        };
+        tokio::spawn(stream.run(inbound));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::status_server::Status for Services {
+    async fn list_proxies(
+        &self,
+        _request: Request<pb::ListProxiesRequest>,
+    ) -> Result<Response<pb::ListProxiesResponse>, Status> {
+        Ok(Response::new(pb::ListProxiesResponse {
+            proxies: self.proxies.list(),
+            intent_version: self.intent.borrow().intent_version.clone(),
+        }))
+    }
+
+    async fn list_diagnostics(
+        &self,
+        _request: Request<pb::ListDiagnosticsRequest>,
+    ) -> Result<Response<pb::ListDiagnosticsResponse>, Status> {
+        let intent = self.intent.borrow().clone();
+        Ok(Response::new(pb::ListDiagnosticsResponse {
+            diagnostics: intent.diagnostics.iter().map(to_pb_diagnostic).collect(),
+        }))
+    }
+}
+
+fn to_pb_diagnostic(d: &Diagnostic) -> pb::Diagnostic {
+    pb::Diagnostic {
+        kind: d.kind.clone(),
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
+        field: d.field.clone(),
+        message: d.message.clone(),
+        severity: d.severity.to_string(),
+        origin: d.origin.clone(),
+    }
+}
+
+/// One sidecar's stream.
+struct SidecarStream {
+    node: pb::Node,
+    peer: Option<SocketAddr>,
+    /// The version the sidecar says it runs.
+    running: String,
+    intent: watch::Receiver<Arc<Published>>,
+    proxies: Arc<Proxies>,
+    tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
+}
+
+/// What was last sent on a stream.
+struct Sent {
+    version: String,
+    nonce: String,
+}
+
+impl SidecarStream {
+    async fn run(mut self, mut inbound: Streaming<pb::DiscoveryRequest>) {
+        let identity = NodeIdentity {
+            id: self.node.id.clone(),
+            namespace: if self.node.namespace.is_empty() {
+                "default".to_owned()
+            } else {
+                self.node.namespace.clone()
+            },
+            service_account: if self.node.service_account.is_empty() {
+                "default".to_owned()
+            } else {
+                self.node.service_account.clone()
+            },
+            labels: self.node.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        let id = self.proxies.insert(pb::ProxyStatus {
+            node: Some(self.node.clone()),
+            workload: "-".to_owned(),
+            acked_version: self.running.clone(),
+            connected: true,
+            peer_address: self.peer.map(|p| p.to_string()).unwrap_or_default(),
+            last_seen_unix_ms: unix_ms(),
+            ..Default::default()
+        });
+        tracing::info!(node = %self.node.id, namespace = %identity.namespace, peer = ?self.peer, "sidecar connected");
+        let mut sent: Option<Sent> = None;
+        let mut nonce = 0u64;
+        self.intent.mark_changed();
+        loop {
+            tokio::select! {
+                changed = self.intent.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let published = self.intent.borrow_and_update().clone();
+                    let compiled = published.mesh.snapshot_for(&identity);
+                    let mut snapshot = compiled.snapshot;
+                    let version = snapshot_version(&snapshot);
+                    let workload = compiled.workload.unwrap_or_else(|| "-".to_owned());
+                    let current = sent.as_ref().map_or(self.running.as_str(), |s| s.version.as_str());
+                    if current == version {
+                        // First contact with a sidecar that already runs this version.
+                        if sent.is_none() {
+                            self.proxies.update(id, |e| {
+                                e.workload = workload;
+                                e.sent_version = version.clone();
+                                e.acked_version = version.clone();
+                                e.state = pb::SyncState::Synced as i32;
+                            });
+                            sent = Some(Sent { version, nonce: String::new() });
+                        }
+                        continue;
+                    }
+                    snapshot.version = version.clone();
+                    nonce += 1;
+                    let response = pb::DiscoveryResponse {
+                        version_info: version.clone(),
+                        nonce: nonce.to_string(),
+                        snapshot: Some(pb::Snapshot::from(&snapshot)),
+                    };
+                    if self.tx.send(Ok(response)).await.is_err() {
+                        break;
+                    }
+                    tracing::debug!(node = %self.node.id, %version, "snapshot sent");
+                    self.proxies.update(id, |e| {
+                        e.workload = workload;
+                        e.sent_version = version.clone();
+                        e.state = pb::SyncState::Stale as i32;
+                    });
+                    sent = Some(Sent { version, nonce: nonce.to_string() });
+                }
+                message = inbound.message() => {
+                    let request = match message {
+                        Ok(Some(request)) => request,
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(node = %self.node.id, %status, "stream error");
+                            break;
+                        }
+                    };
+                    let Some(last) = &sent else { continue };
+                    if request.response_nonce != last.nonce {
+                        continue; // an answer to an older response
+                    }
+                    if request.error_detail.is_empty() {
+                        tracing::info!(node = %self.node.id, version = %last.version, "ACK");
+                        self.proxies.update(id, |e| {
+                            e.acked_version = request.version_info.clone();
+                            e.state = pb::SyncState::Synced as i32;
+                            e.last_error.clear();
+                        });
+                    } else {
+                        tracing::warn!(node = %self.node.id, version = %last.version, reason = %request.error_detail, "NACK");
+                        self.proxies.update(id, |e| {
+                            e.acked_version = request.version_info.clone();
+                            e.state = pb::SyncState::Nacked as i32;
+                            e.last_error = request.error_detail.clone();
+                        });
+                    }
+                }
+            }
+        }
+        tracing::info!(node = %self.node.id, "sidecar disconnected");
+        self.proxies.update(id, |e| e.connected = false);
+    }
+}

@@ -1,0 +1,283 @@
+//! The config stream and the status service, in process against a real controller on
+//! 127.0.0.1: versions, ACK/NACK, no push for unchanged workloads, reconnects, diagnostics.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tonic::Streaming;
+use weft_api::pb;
+use weft_controller::{Controller, ControllerConfig};
+
+/// A temporary directory with an intent dir and stand-in first-party modules (the
+/// controller publishes and hashes them; it never runs them).
+fn setup(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-stream-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("intent")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("filters")).expect("mkdir");
+    for (i, name) in ["router", "retry", "fault"].iter().enumerate() {
+        // A valid module header plus a custom section, different per filter.
+        let bytes = [0, b'a', b's', b'm', 1, 0, 0, 0, 0, 2, 1, b'a' + i as u8];
+        std::fs::write(dir.join(format!("filters/{name}.wasm")), bytes).expect("write");
+    }
+    std::fs::write(
+        dir.join("intent/mesh.yaml"),
+        r#"
+apiVersion: v1
+kind: Service
+metadata: { name: reviews }
+spec:
+  selector: { app: reviews }
+  ports: [{ name: http, port: 9080, targetPort: http }]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: { name: productpage, labels: { app: productpage } }
+spec: { address: 127.0.0.1, ports: { http: 19080 }, sidecar: { inbound: 19006, outbound: 19001 } }
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: { name: reviews-v1, labels: { app: reviews, version: v1 } }
+spec: { address: 127.0.0.1, ports: { http: 29080 }, sidecar: { inbound: 29006, outbound: 29001 } }
+"#,
+    )
+    .expect("write");
+    dir
+}
+
+async fn start(dir: &Path) -> Controller {
+    let config = ControllerConfig {
+        grpc_address: "127.0.0.1:0".parse().expect("addr"),
+        registry_address: Some("127.0.0.1:0".parse().expect("addr")),
+        ..ControllerConfig::new(dir.join("intent"), dir.join("data"), dir.join("filters"))
+    };
+    Controller::start(config).await.expect("controller starts")
+}
+
+async fn channel(controller: &Controller) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", controller.grpc_address()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects")
+}
+
+/// One simulated sidecar stream.
+struct Sidecar {
+    tx: mpsc::Sender<pb::DiscoveryRequest>,
+    rx: Streaming<pb::DiscoveryResponse>,
+}
+
+impl Sidecar {
+    async fn open(controller: &Controller, id: &str, labels: &[(&str, &str)], running: &str) -> Self {
+        let (tx, requests) = mpsc::channel(4);
+        tx.send(pb::DiscoveryRequest {
+            node: Some(pb::Node {
+                id: id.into(),
+                namespace: "default".into(),
+                labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                ..Default::default()
+            }),
+            version_info: running.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send hello");
+        let rx = pb::discovery_client::DiscoveryClient::new(channel(controller).await)
+            .stream_snapshots(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        Self { tx, rx }
+    }
+
+    async fn next(&mut self, within: Duration) -> Option<pb::DiscoveryResponse> {
+        tokio::time::timeout(within, self.rx.message())
+            .await
+            .ok()
+            .and_then(|m| m.expect("stream ok"))
+    }
+
+    async fn answer(&self, response: &pb::DiscoveryResponse, error: &str) {
+        self.tx
+            .send(pb::DiscoveryRequest {
+                version_info: response.version_info.clone(),
+                response_nonce: response.nonce.clone(),
+                error_detail: error.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("send answer");
+    }
+}
+
+async fn status(controller: &Controller, id: &str) -> pb::ProxyStatus {
+    let mut client = pb::status_client::StatusClient::new(channel(controller).await);
+    let list = client
+        .list_proxies(pb::ListProxiesRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    list.proxies
+        .into_iter()
+        .find(|p| p.node.as_ref().is_some_and(|n| n.id == id))
+        .expect("sidecar listed")
+}
+
+async fn status_until(controller: &Controller, id: &str, want: impl Fn(&pb::ProxyStatus) -> bool) -> pb::ProxyStatus {
+    for _ in 0..100 {
+        let current = status(controller, id).await;
+        if want(&current) {
+            return current;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    status(controller, id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_versioned_acked_and_nacked() {
+    let dir = setup("ack");
+    let controller = start(&dir).await;
+    let mut sidecar = Sidecar::open(&controller, "productpage", &[("app", "productpage")], "").await;
+    let first = sidecar.next(Duration::from_secs(5)).await.expect("first snapshot");
+    let snapshot = weft_api::Snapshot::try_from(first.snapshot.clone().expect("snapshot")).expect("valid snapshot");
+    assert_eq!(snapshot.version, first.version_info);
+    assert!(
+        snapshot.listeners.iter().any(|l| l.address == "127.0.0.1:19001"),
+        "{:?}",
+        snapshot.listeners
+    );
+    assert_eq!(
+        status(&controller, "productpage").await.state,
+        pb::SyncState::Stale as i32
+    );
+
+    sidecar.answer(&first, "").await;
+    let synced = status_until(&controller, "productpage", |s| s.state == pb::SyncState::Synced as i32).await;
+    assert_eq!(synced.acked_version, first.version_info);
+    assert_eq!(synced.workload, "default/productpage");
+
+    // A change that alters this workload's snapshot: a new version, NACKed.
+    std::fs::write(
+        dir.join("intent/vs.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: reviews }\nspec:\n  hosts: [reviews]\n  http: [{ timeout: 2s, route: [{ destination: { host: reviews } }] }]\n",
+    )
+    .expect("write");
+    let second = sidecar.next(Duration::from_secs(5)).await.expect("second snapshot");
+    assert_ne!(second.version_info, first.version_info);
+    assert_ne!(second.nonce, first.nonce);
+    sidecar.answer(&second, "filter \"x\": on_configure rejected").await;
+    let nacked = status_until(&controller, "productpage", |s| s.state == pb::SyncState::Nacked as i32).await;
+    assert_eq!(nacked.last_error, "filter \"x\": on_configure rejected");
+    assert_eq!(nacked.sent_version, second.version_info);
+
+    // Reconnecting while running the current version: nothing is resent; synced.
+    drop(sidecar);
+    let mut again = Sidecar::open(
+        &controller,
+        "productpage",
+        &[("app", "productpage")],
+        &second.version_info,
+    )
+    .await;
+    assert!(
+        again.next(Duration::from_millis(500)).await.is_none(),
+        "the running version is not resent"
+    );
+    let synced = status_until(&controller, "productpage", |s| {
+        s.connected && s.state == pb::SyncState::Synced as i32
+    })
+    .await;
+    assert_eq!(synced.acked_version, second.version_info);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_workloads_get_nothing() {
+    let dir = setup("quiet");
+    let controller = start(&dir).await;
+    let mut productpage = Sidecar::open(&controller, "productpage", &[("app", "productpage")], "").await;
+    let mut reviews = Sidecar::open(&controller, "reviews-v1", &[("app", "reviews"), ("version", "v1")], "").await;
+    let pp = productpage.next(Duration::from_secs(5)).await.expect("snapshot");
+    let rv = reviews.next(Duration::from_secs(5)).await.expect("snapshot");
+    productpage.answer(&pp, "").await;
+    reviews.answer(&rv, "").await;
+
+    // A filter chain for productpage only.
+    std::fs::write(
+        dir.join("intent/chain.yaml"),
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: WasmFilter\nmetadata: {{ name: mark }}\nspec: {{ url: 'file://{}', sha256: '{}' }}\n---\napiVersion: weft.dev/v1alpha1\nkind: FilterChain\nmetadata: {{ name: pp }}\nspec:\n  selector: {{ matchLabels: {{ app: productpage }} }}\n  direction: inbound\n  filters: [{{ filter: mark }}]\n",
+            dir.join("filters/router.wasm").display(),
+            "a".repeat(64)
+        ),
+    )
+    .expect("write");
+    let update = productpage
+        .next(Duration::from_secs(5))
+        .await
+        .expect("productpage gets the change");
+    let snapshot = weft_api::Snapshot::try_from(update.snapshot.expect("snapshot")).expect("valid");
+    assert!(
+        snapshot
+            .listeners
+            .iter()
+            .any(|l| l.filters.iter().any(|f| f.name == "mark")),
+        "{snapshot:?}"
+    );
+    assert!(
+        reviews.next(Duration::from_millis(700)).await.is_none(),
+        "reviews' snapshot did not change"
+    );
+
+    // A change to a comment changes the intent, not any snapshot.
+    let text = std::fs::read_to_string(dir.join("intent/mesh.yaml")).expect("read");
+    std::fs::write(dir.join("intent/mesh.yaml"), format!("# edited\n{text}")).expect("write");
+    assert!(productpage.next(Duration::from_millis(700)).await.is_none());
+    assert!(reviews.next(Duration::from_millis(100)).await.is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_without_a_node_are_refused_and_bad_intent_is_reported() {
+    let dir = setup("bad");
+    std::fs::write(
+        dir.join("intent/bad.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: broken }\nspec:\n  hosts: [reviews]\n  http: [{ rout: [] }]\n",
+    )
+    .expect("write");
+    let controller = start(&dir).await;
+
+    let (tx, requests) = mpsc::channel(1);
+    tx.send(pb::DiscoveryRequest::default()).await.expect("send");
+    let refused = pb::discovery_client::DiscoveryClient::new(channel(&controller).await)
+        .stream_snapshots(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .expect_err("no node");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let mut client = pb::status_client::StatusClient::new(channel(&controller).await);
+    let diagnostics = client
+        .list_diagnostics(pb::ListDiagnosticsRequest {})
+        .await
+        .expect("diagnostics")
+        .into_inner()
+        .diagnostics;
+    let broken = diagnostics
+        .iter()
+        .find(|d| d.name == "broken")
+        .unwrap_or_else(|| panic!("{diagnostics:?}"));
+    assert_eq!(
+        (broken.kind.as_str(), broken.severity.as_str()),
+        ("VirtualService", "error")
+    );
+    assert!(broken.field.contains("rout"), "{broken:?}");
+    assert_eq!(broken.origin, "bad.yaml");
+
+    // Everything else still compiles and streams.
+    let mut sidecar = Sidecar::open(&controller, "productpage", &[("app", "productpage")], "").await;
+    assert!(sidecar.next(Duration::from_secs(5)).await.is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
