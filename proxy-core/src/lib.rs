@@ -16,6 +16,7 @@ mod body;
 mod callout;
 mod chain;
 mod cluster;
+pub mod control;
 pub mod filter;
 mod generation;
 pub mod harness;

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 
 use clap::Parser;
 use weft_api::Snapshot;
+use weft_proxy::control::ControlConfig;
 use weft_proxy::{Proxy, ProxyConfig, WasmSettings};
 
 /// Weft's data plane proxy.
@@ -15,9 +16,33 @@ use weft_proxy::{Proxy, ProxyConfig, WasmSettings};
 #[command(version, about)]
 struct Args {
     /// Snapshot YAML to serve. It is re-read when it changes and on SIGHUP; an invalid file is
-    /// refused and the running snapshot keeps serving.
-    #[arg(long, value_name = "FILE")]
-    config: PathBuf,
+    /// refused and the running snapshot keeps serving. Exactly one of `--config` and
+    /// `--controller` is given.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "controller",
+        conflicts_with = "controller"
+    )]
+    config: Option<PathBuf>,
+    /// The controller's gRPC address (`http://127.0.0.1:15010`): snapshots come from its
+    /// config stream, and the last good one is kept in `--state-dir` and served at start.
+    #[arg(long, value_name = "URL")]
+    controller: Option<String>,
+    /// The workload's namespace, sent to the controller.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The workload's service account, sent to the controller.
+    #[arg(long, default_value = "default")]
+    service_account: String,
+    /// Where the last good snapshot from the controller is kept.
+    /// Default: `weft-proxy-<node id>` in the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Where modules fetched from a url (`oci://`, `https://`, `file://`) are cached by sha256.
+    /// Default: `weft-modules` in the system's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    module_dir: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -66,8 +91,36 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
-    let snapshot =
-        Snapshot::from_yaml_file(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
+    let control = args.controller.as_ref().map(|address| ControlConfig {
+        address: address.clone(),
+        node_id: args.node_id.clone(),
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+        labels: args.node_labels.iter().cloned().collect(),
+        metadata: args.node_metadata.iter().cloned().collect(),
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("weft-proxy-{}", args.node_id))),
+    });
+    let snapshot = match (&args.config, &control) {
+        (Some(path), _) => Snapshot::from_yaml_file(path).with_context(|| format!("loading {}", path.display()))?,
+        (None, Some(control)) => match weft_proxy::control::load_persisted(control) {
+            Ok(Some(snapshot)) => {
+                tracing::info!(version = %snapshot.version, path = %control.snapshot_path().display(), "starting from the last good snapshot");
+                snapshot
+            }
+            Ok(None) => Snapshot::default(),
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "the persisted snapshot is unusable; starting empty"
+                );
+                Snapshot::default()
+            }
+        },
+        (None, None) => anyhow::bail!("give --config or --controller"),
+    };
     if args.check {
         tracing::info!(version = %snapshot.version, "snapshot is valid");
         return Ok(());
@@ -84,6 +137,11 @@ fn main() -> anyhow::Result<()> {
             call_deadline: args.wasm_deadline,
             memory_limit: args.wasm_memory_mib << 20,
             cache_dir,
+            module_dir: Some(
+                args.module_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("weft-modules")),
+            ),
         },
         node_id: args.node_id.clone(),
         node_metadata: args.node_metadata.iter().cloned().collect(),
@@ -104,8 +162,29 @@ fn main() -> anyhow::Result<()> {
             signal(SignalKind::hangup())?,
         ))
     })?;
-    let proxy = Proxy::start(config, snapshot).context("starting the proxy")?;
-    for listener in proxy_listeners(&args.config) {
+    let wasm = config.wasm.clone();
+    let listeners: Vec<String> = snapshot.listeners.iter().map(|l| l.name.clone()).collect();
+    let proxy = runtime.block_on(async {
+        if let Err(error) = weft_proxy::control::fetch_modules(&snapshot, &wasm).await {
+            if control.is_none() {
+                anyhow::bail!("fetching modules: {error}");
+            }
+            tracing::warn!(error, "cannot fetch the last good snapshot's modules; starting empty");
+            return Proxy::start(config, Snapshot::default()).context("starting the proxy");
+        }
+        match Proxy::start(config.clone(), snapshot) {
+            Ok(proxy) => Ok(proxy),
+            Err(error) if control.is_some() => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "cannot start from the last good snapshot; starting empty"
+                );
+                Proxy::start(config, Snapshot::default()).context("starting the proxy")
+            }
+            Err(error) => Err(error).context("starting the proxy"),
+        }
+    })?;
+    for listener in listeners {
         if let Some(addr) = proxy.listener_addr(&listener) {
             tracing::info!(listener = %listener, %addr, "listening");
         }
@@ -115,24 +194,33 @@ fn main() -> anyhow::Result<()> {
     }
 
     runtime.block_on(async {
+        if let Some(control) = &control {
+            let stream = weft_proxy::control::run(&proxy, control, &wasm);
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                () = stream => {}
+            }
+            return;
+        }
+        let Some(path) = &args.config else { return };
         let mut watch = tokio::time::interval(Duration::from_secs(1));
-        let mut seen = modified(&args.config);
+        let mut seen = modified(path);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => reload(&proxy, &args.config),
+                _ = hup.recv() => reload(&proxy, path, &wasm).await,
                 _ = watch.tick() => {
-                    let now = modified(&args.config);
+                    let now = modified(path);
                     if now != seen {
                         seen = now;
-                        reload(&proxy, &args.config);
+                        reload(&proxy, path, &wasm).await;
                     }
                 }
             }
         }
-        anyhow::Ok(())
-    })?;
+    });
     tracing::info!(drain = ?args.drain_timeout, "shutting down");
     proxy.shutdown();
     Ok(())
@@ -145,22 +233,20 @@ fn modified(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
 }
 
 /// Re-reads the snapshot file; an invalid one is refused and the running snapshot stays.
-fn reload(proxy: &Proxy, path: &std::path::Path) {
+async fn reload(proxy: &Proxy, path: &std::path::Path, wasm: &WasmSettings) {
     let started = std::time::Instant::now();
-    match Snapshot::from_yaml_file(path)
-        .map_err(anyhow::Error::from)
-        .and_then(|s| proxy.update(s).map_err(Into::into))
-    {
+    let loaded = match Snapshot::from_yaml_file(path) {
+        Ok(snapshot) => match weft_proxy::control::fetch_modules(&snapshot, wasm).await {
+            Ok(()) => Ok(snapshot),
+            Err(error) => Err(anyhow::anyhow!(error)),
+        },
+        Err(error) => Err(error.into()),
+    };
+    match loaded.and_then(|s| proxy.update(s).map_err(Into::into)) {
         Ok(()) => tracing::info!(version = %proxy.version(), took = ?started.elapsed(), "snapshot reloaded"),
         Err(error) => tracing::error!(
             error = format!("{error:#}"),
             "reload refused; the running snapshot keeps serving"
         ),
     }
-}
-
-fn proxy_listeners(path: &std::path::Path) -> Vec<String> {
-    Snapshot::from_yaml_file(path)
-        .map(|s| s.listeners.into_iter().map(|l| l.name).collect())
-        .unwrap_or_default()
 }

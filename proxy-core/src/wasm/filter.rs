@@ -160,9 +160,18 @@ impl WasmFactory {
             name: config.name.clone(),
             message,
         };
-        let module = runtime
-            .load(&wasm.file, &wasm.sha256)
-            .map_err(|e| fail(e.to_string()))?;
+        let file = if wasm.url.is_empty() {
+            wasm.file.clone()
+        } else {
+            let dir = runtime.settings.module_dir.as_ref().ok_or_else(|| {
+                fail(format!(
+                    "module {} comes from a url, and this proxy has no module directory",
+                    wasm.url
+                ))
+            })?;
+            dir.join(format!("{}.wasm", wasm.sha256)).to_string_lossy().into_owned()
+        };
+        let module = runtime.load(&file, &wasm.sha256).map_err(|e| fail(e.to_string()))?;
         let plugin = Arc::new(Plugin {
             name: config.name.clone(),
             vm_id: wasm.vm_id.clone().unwrap_or_else(|| config.name.clone()),

@@ -26,6 +26,10 @@ pub struct WasmSettings {
     pub memory_limit: usize,
     /// Where compiled modules are kept across restarts. Default: none.
     pub cache_dir: Option<PathBuf>,
+    /// Where modules named by a `url` are found, as `<sha256>.wasm` (see
+    /// [`fetch_modules`](crate::fetch_modules), which puts them there). Default: none, and a
+    /// snapshot with a `url` module is refused.
+    pub module_dir: Option<PathBuf>,
 }
 
 impl Default for WasmSettings {
@@ -34,6 +38,7 @@ impl Default for WasmSettings {
             call_deadline: Duration::from_millis(20),
             memory_limit: 64 << 20,
             cache_dir: None,
+            module_dir: None,
         }
     }
 }

@@ -371,7 +371,7 @@ mod tests {
             WasmSettings {
                 call_deadline: Duration::from_millis(100),
                 memory_limit,
-                cache_dir: None,
+                ..WasmSettings::default()
             },
             Default::default(),
         )
