@@ -98,7 +98,9 @@ impl Controller {
             system_filters,
             modules: Default::default(),
         };
-        let first = build(&documents.borrow_and_update(), &resolver, &options).await;
+        let first = build(&documents.borrow_and_update(), &resolver, &options)
+            .await
+            .context("compiling the intent")?;
         let (intent_tx, intent_rx) = watch::channel(Arc::new(first));
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -108,8 +110,17 @@ impl Controller {
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 let docs = documents.borrow_and_update().clone();
-                let published = build(&docs, &resolver, &options).await;
-                intent_tx.send_replace(Arc::new(published));
+                match build(&docs, &resolver, &options).await {
+                    Ok(published) => {
+                        intent_tx.send_replace(Arc::new(published));
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "intent refused; the last compiled intent keeps serving"
+                        );
+                    }
+                }
             }
         });
 
@@ -171,8 +182,9 @@ impl Drop for Controller {
 }
 
 /// Parses the documents, resolves module urls, compiles. Compilation runs off the async
-/// threads (it is CPU work that grows with the mesh).
-async fn build(documents: &Documents, resolver: &Resolver, options: &CompileOptions) -> Published {
+/// threads (it is CPU work that grows with the mesh). Fails only if the compiler panicked
+/// (a bug): the caller keeps the last compiled intent.
+async fn build(documents: &Documents, resolver: &Resolver, options: &CompileOptions) -> anyhow::Result<Published> {
     let started = std::time::Instant::now();
     let mut store = Store::default();
     let mut diagnostics = Vec::new();
@@ -187,25 +199,22 @@ async fn build(documents: &Documents, resolver: &Resolver, options: &CompileOpti
     let intent_version: String = digest.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect();
     let mut options = options.clone();
     options.modules = resolver.resolve(store.module_urls()).await;
-    let (mesh, diagnostics) = match tokio::task::spawn_blocking(move || {
+    let (mesh, diagnostics) = tokio::task::spawn_blocking(move || {
         let mesh = compile(&store, &options);
         diagnostics.extend(mesh.diagnostics().iter().cloned());
         (mesh, diagnostics)
     })
     .await
-    {
-        Ok(done) => done,
-        Err(error) => panic!("the compiler panicked: {error}"),
-    };
+    .context("the compiler failed")?;
     for diagnostic in &diagnostics {
         tracing::warn!("{diagnostic}");
     }
     tracing::info!(intent = %intent_version, took = ?started.elapsed(), diagnostics = diagnostics.len(), "intent compiled");
-    Published {
+    Ok(Published {
         mesh,
         diagnostics,
         intent_version,
-    }
+    })
 }
 
 /// Publishes `router`, `retry` and `fault` from `filters_dir` into the embedded registry and

@@ -10,6 +10,7 @@
 //! - [`Controller`]: all of it bound to sockets, with the embedded registry.
 
 mod app;
+pub mod ca;
 pub mod compile;
 pub mod diagnostics;
 pub mod resolve;
