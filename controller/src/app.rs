@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use sha2::Digest as _;
 use tokio::sync::watch;
 
+use crate::ca::Authority;
+use crate::certs::{Bootstrap, CertificateService};
 use crate::compile::{CompileOptions, SystemFilters, compile};
 use crate::resolve::Resolver;
 use crate::server::{Published, Services};
@@ -34,6 +36,8 @@ pub struct ControllerConfig {
     pub filters_dir: PathBuf,
     /// SPIFFE trust domain. Default `cluster.local`.
     pub trust_domain: String,
+    /// Lifetime of workload certificates. Default 24 h.
+    pub workload_cert_ttl: std::time::Duration,
 }
 
 impl ControllerConfig {
@@ -46,6 +50,7 @@ impl ControllerConfig {
             data_dir: data_dir.into(),
             filters_dir: filters_dir.into(),
             trust_domain: "cluster.local".to_owned(),
+            workload_cert_ttl: std::time::Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -124,12 +129,40 @@ impl Controller {
             }
         });
 
+        // The CA: its root (generated once, kept in data_dir/ca) and the bootstrap tokens of
+        // every workload of the intent, rewritten as workloads come and go.
+        let ca_dir = config.data_dir.join("ca");
+        let authority = Arc::new(
+            Authority::load_or_create(&ca_dir, &config.trust_domain, config.workload_cert_ttl)
+                .context("starting the certificate authority")?,
+        );
+        let bootstrap = Arc::new(Bootstrap::load_or_create(&ca_dir).context("loading the bootstrap secret")?);
+        let tokens_dir = config.data_dir.join("bootstrap");
+        let mut workloads = intent_rx.clone();
+        let writer = bootstrap.clone();
+        tokio::spawn(async move {
+            loop {
+                let published = workloads.borrow_and_update().clone();
+                let known = published.mesh.workloads();
+                writer.write_tokens(
+                    &tokens_dir,
+                    known.iter().map(|w| (w.namespace.as_str(), w.name.as_str())),
+                );
+                if workloads.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let certificates = CertificateService::new(authority, bootstrap, intent_rx.clone(), config.workload_cert_ttl);
+
         let services = Services::new(intent_rx.clone());
         let listener = tokio::net::TcpListener::bind(config.grpc_address)
             .await
             .with_context(|| format!("binding the gRPC services to {}", config.grpc_address))?;
         let grpc_address = listener.local_addr()?;
-        let router = services.router();
+        let router = services
+            .router()
+            .add_service(weft_api::pb::certificates_server::CertificatesServer::new(certificates));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let shutdown = stopped(stop_rx);
         tokio::spawn(async move {

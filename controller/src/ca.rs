@@ -182,6 +182,11 @@ impl Authority {
         &self.roots_pem
     }
 
+    /// How long workload certificates are valid.
+    pub fn workload_ttl(&self) -> Duration {
+        self.workload_ttl
+    }
+
     /// The trust domain of the SPIFFE IDs this CA issues.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
@@ -195,6 +200,20 @@ impl Authority {
     /// # Errors
     /// The CSR does not parse or verify, or the identity is malformed.
     pub fn sign(&self, csr_pem: &str, identity: &Identity, now: SystemTime) -> Result<Issued, CaError> {
+        self.sign_for(csr_pem, identity, now, self.workload_ttl)
+    }
+
+    /// As [`sign`](Self::sign), valid for `validity` instead of the workload lifetime.
+    ///
+    /// # Errors
+    /// As [`sign`](Self::sign).
+    pub fn sign_for(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        now: SystemTime,
+        validity: Duration,
+    ) -> Result<Issued, CaError> {
         identity.check()?;
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(crypto("reading the CSR"))?;
         let spiffe_id = identity.spiffe_id(&self.trust_domain);
@@ -206,7 +225,7 @@ impl Authority {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let not_after = now + self.workload_ttl;
+        let not_after = now + validity;
         params.not_before = (now - Duration::from_secs(60)).into();
         params.not_after = not_after.into();
         let serial = random_serial()?;

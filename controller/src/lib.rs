@@ -11,6 +11,7 @@
 
 mod app;
 pub mod ca;
+pub mod certs;
 pub mod compile;
 pub mod diagnostics;
 pub mod resolve;

@@ -31,6 +31,9 @@ struct Args {
     /// SPIFFE trust domain.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// Lifetime of workload certificates, e.g. `24h`.
+    #[arg(long, default_value = "24h", value_parser = weft_api::parse_duration)]
+    workload_cert_ttl: std::time::Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         grpc_address: args.grpc,
         registry_address,
         trust_domain: args.trust_domain,
+        workload_cert_ttl: args.workload_cert_ttl,
         ..ControllerConfig::new(args.intent_dir, args.data_dir, args.filters_dir)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -1,67 +1,15 @@
 //! The config stream and the status service, in process against a real controller on
 //! 127.0.0.1: versions, ACK/NACK, no push for unchanged workloads, reconnects, diagnostics.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tonic::Streaming;
 use weft_api::pb;
-use weft_controller::{Controller, ControllerConfig};
+use weft_controller::Controller;
 
-/// A temporary directory with an intent dir and stand-in first-party modules (the
-/// controller publishes and hashes them; it never runs them).
-fn setup(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-stream-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("intent")).expect("mkdir");
-    std::fs::create_dir_all(dir.join("filters")).expect("mkdir");
-    for (i, name) in ["router", "retry", "fault"].iter().enumerate() {
-        // A valid module header plus a custom section, different per filter.
-        let bytes = [0, b'a', b's', b'm', 1, 0, 0, 0, 0, 2, 1, b'a' + i as u8];
-        std::fs::write(dir.join(format!("filters/{name}.wasm")), bytes).expect("write");
-    }
-    std::fs::write(
-        dir.join("intent/mesh.yaml"),
-        r#"
-apiVersion: v1
-kind: Service
-metadata: { name: reviews }
-spec:
-  selector: { app: reviews }
-  ports: [{ name: http, port: 9080, targetPort: http }]
----
-apiVersion: weft.dev/v1alpha1
-kind: Workload
-metadata: { name: productpage, labels: { app: productpage } }
-spec: { address: 127.0.0.1, ports: { http: 19080 }, sidecar: { inbound: 19006, outbound: 19001 } }
----
-apiVersion: weft.dev/v1alpha1
-kind: Workload
-metadata: { name: reviews-v1, labels: { app: reviews, version: v1 } }
-spec: { address: 127.0.0.1, ports: { http: 29080 }, sidecar: { inbound: 29006, outbound: 29001 } }
-"#,
-    )
-    .expect("write");
-    dir
-}
-
-async fn start(dir: &Path) -> Controller {
-    let config = ControllerConfig {
-        grpc_address: "127.0.0.1:0".parse().expect("addr"),
-        registry_address: Some("127.0.0.1:0".parse().expect("addr")),
-        ..ControllerConfig::new(dir.join("intent"), dir.join("data"), dir.join("filters"))
-    };
-    Controller::start(config).await.expect("controller starts")
-}
-
-async fn channel(controller: &Controller) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{}", controller.grpc_address()))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connects")
-}
+mod support;
+use support::{channel, setup, start};
 
 /// One simulated sidecar stream.
 struct Sidecar {

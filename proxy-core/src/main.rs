@@ -77,6 +77,22 @@ struct Args {
     node_labels: Vec<(String, String)>,
 }
 
+/// `--node-metadata`, plus Istio's `NAMESPACE`, `WORKLOAD_NAME` and `SERVICE_ACCOUNT` keys
+/// from `--namespace`, `--node-id` and `--service-account` when not given explicitly.
+fn node_metadata(args: &Args) -> std::collections::BTreeMap<String, String> {
+    let mut metadata: std::collections::BTreeMap<String, String> = args.node_metadata.iter().cloned().collect();
+    metadata
+        .entry("NAMESPACE".into())
+        .or_insert_with(|| args.namespace.clone());
+    metadata
+        .entry("WORKLOAD_NAME".into())
+        .or_insert_with(|| args.node_id.clone());
+    metadata
+        .entry("SERVICE_ACCOUNT".into())
+        .or_insert_with(|| args.service_account.clone());
+    metadata
+}
+
 fn key_value(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
@@ -97,7 +113,7 @@ fn main() -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         service_account: args.service_account.clone(),
         labels: args.node_labels.iter().cloned().collect(),
-        metadata: args.node_metadata.iter().cloned().collect(),
+        metadata: node_metadata(&args),
         state_dir: args
             .state_dir
             .clone()
@@ -144,7 +160,7 @@ fn main() -> anyhow::Result<()> {
             ),
         },
         node_id: args.node_id.clone(),
-        node_metadata: args.node_metadata.iter().cloned().collect(),
+        node_metadata: node_metadata(&args),
         node_labels: args.node_labels.iter().cloned().collect(),
         ..Default::default()
     };

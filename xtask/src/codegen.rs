@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 const PROTO_ROOT: &str = "api/proto";
 
 /// The protos compiled, relative to [`PROTO_ROOT`]; their imports are compiled with them.
-const PROTOS: &[&str] = &["weft/v1/discovery.proto", "weft/v1/snapshot.proto"];
+const PROTOS: &[&str] = &["weft/v1/ca.proto", "weft/v1/discovery.proto", "weft/v1/snapshot.proto"];
 
 /// Where the generated code is checked in, relative to the repository root.
 const OUT_DIR: &str = "api/src/pb";

@@ -1,0 +1,187 @@
+//! The Certificates service against a real controller on 127.0.0.1: a sidecar with its
+//! bootstrap token gets a certificate for its workload's SPIFFE ID, without its key ever
+//! leaving it; bad credentials and unknown workloads are refused; the root survives a restart.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use rcgen::{CertificateParams, KeyPair};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tonic::Code;
+use weft_api::pb;
+use weft_controller::Controller;
+
+mod support;
+use support::{channel, setup, start};
+
+/// A CSR from a fresh key; the key stays here.
+fn csr() -> (KeyPair, String) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let params = CertificateParams::new(vec!["anything.example".to_owned()]).expect("params");
+    let pem = params.serialize_request(&key).expect("csr").pem().expect("pem");
+    (key, pem)
+}
+
+async fn request_certificate(
+    controller: &Controller,
+    workload: &str,
+    token: &str,
+    request: pb::CreateCertificateRequest,
+) -> Result<pb::CreateCertificateResponse, tonic::Status> {
+    let mut call = tonic::Request::new(request);
+    call.metadata_mut()
+        .insert("x-weft-workload", workload.parse().expect("ascii"));
+    call.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+    pb::certificates_client::CertificatesClient::new(channel(controller).await)
+        .create_certificate(call)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn token(dir: &std::path::Path, workload: &str) -> String {
+    let path = dir.join(format!("data/bootstrap/default/{workload}.token"));
+    for _ in 0..100 {
+        if let Ok(token) = std::fs::read_to_string(&path) {
+            return token;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("no bootstrap token at {}", path.display());
+}
+
+fn verify(chain: &[String], bundle: &str) {
+    let mut roots = rustls::RootCertStore::empty();
+    for root in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(root.expect("root pem")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .expect("verifier");
+    let certs: Vec<CertificateDer<'static>> = chain
+        .iter()
+        .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()).expect("cert pem"))
+        .collect();
+    verifier
+        .verify_client_cert(&certs[0], &certs[1..], UnixTime::now())
+        .expect("chain verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_gets_its_spiffe_certificate_and_keeps_its_key() {
+    let dir = setup("certs");
+    let controller = start(&dir).await;
+    let token = token(&dir, "productpage");
+    let (key, csr_pem) = csr();
+    let request = pb::CreateCertificateRequest {
+        csr_pem,
+        validity_seconds: 3600,
+    };
+    // What goes on the wire: the CSR, never the private key.
+    let wire = request.encode_to_vec();
+    let key_der = key.serialize_der();
+    assert!(
+        !wire.windows(key_der.len()).any(|w| w == key_der),
+        "private key bytes on the wire"
+    );
+    assert!(!String::from_utf8_lossy(&wire).contains("PRIVATE KEY"));
+
+    let response = request_certificate(&controller, "default/productpage", &token, request)
+        .await
+        .expect("issued");
+    assert_eq!(
+        response.spiffe_id,
+        "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+    );
+    assert_eq!(response.cert_chain_pem.len(), 1, "signed by the root directly");
+    verify(&response.cert_chain_pem, &response.trust_bundle_pem);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .expect("time")
+        .as_millis() as i64;
+    let lifetime = response.not_after_unix_ms - now_ms;
+    assert!(
+        (3_500_000..=3_600_000).contains(&lifetime),
+        "the requested hour: {lifetime} ms"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_and_unknown_workloads_are_refused() {
+    let dir = setup("certs-refused");
+    let controller = start(&dir).await;
+    let productpage = token(&dir, "productpage");
+    let request = || pb::CreateCertificateRequest {
+        csr_pem: csr().1,
+        validity_seconds: 0,
+    };
+    // Another workload's token.
+    let reviews = token(&dir, "reviews-v1");
+    let status = request_certificate(&controller, "default/productpage", &reviews, request())
+        .await
+        .expect_err("wrong token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status}");
+    // No credential at all.
+    let status = pb::certificates_client::CertificatesClient::new(channel(&controller).await)
+        .create_certificate(request())
+        .await
+        .expect_err("anonymous");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status}");
+    // A valid token for a workload the intent does not (or no longer) know.
+    let secret = weft_controller::certs::Bootstrap::load_or_create(&dir.join("data/ca")).expect("secret");
+    let ghost = secret.token("default", "ghost");
+    let status = request_certificate(&controller, "default/ghost", &ghost, request())
+        .await
+        .expect_err("unknown workload");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+    // A CSR that is not one.
+    let status = request_certificate(
+        &controller,
+        "default/productpage",
+        &productpage,
+        pb::CreateCertificateRequest {
+            csr_pem: "garbage".into(),
+            validity_seconds: 0,
+        },
+    )
+    .await
+    .expect_err("bad csr");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_survives_a_controller_restart() {
+    let dir = setup("certs-restart");
+    let first = {
+        let controller = start(&dir).await;
+        let token = token(&dir, "productpage");
+        let request = pb::CreateCertificateRequest {
+            csr_pem: csr().1,
+            validity_seconds: 0,
+        };
+        let response = request_certificate(&controller, "default/productpage", &token, request)
+            .await
+            .expect("issued");
+        response.trust_bundle_pem
+    };
+    let controller = start(&dir).await;
+    let token = token(&dir, "productpage");
+    let response = request_certificate(
+        &controller,
+        "default/productpage",
+        &token,
+        pb::CreateCertificateRequest {
+            csr_pem: csr().1,
+            validity_seconds: 0,
+        },
+    )
+    .await
+    .expect("issued after restart");
+    assert_eq!(response.trust_bundle_pem, first, "same root");
+    verify(&response.cert_chain_pem, &first);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,62 @@
+//! Fixtures shared by the controller's integration tests: an intent directory with a small
+//! mesh and a controller started on 127.0.0.1.
+
+#![allow(dead_code, reason = "each test binary uses part of the fixtures")]
+
+use std::path::{Path, PathBuf};
+
+use weft_controller::{Controller, ControllerConfig};
+
+/// A temporary directory with an intent dir and stand-in first-party modules (the
+/// controller publishes and hashes them; it never runs them).
+pub(crate) fn setup(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("weft-stream-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("intent")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("filters")).expect("mkdir");
+    for (i, name) in ["router", "retry", "fault"].iter().enumerate() {
+        // A valid module header plus a custom section, different per filter.
+        let bytes = [0, b'a', b's', b'm', 1, 0, 0, 0, 0, 2, 1, b'a' + i as u8];
+        std::fs::write(dir.join(format!("filters/{name}.wasm")), bytes).expect("write");
+    }
+    std::fs::write(
+        dir.join("intent/mesh.yaml"),
+        r#"
+apiVersion: v1
+kind: Service
+metadata: { name: reviews }
+spec:
+  selector: { app: reviews }
+  ports: [{ name: http, port: 9080, targetPort: http }]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: { name: productpage, labels: { app: productpage } }
+spec: { address: 127.0.0.1, serviceAccount: bookinfo-productpage, ports: { http: 19080 }, sidecar: { inbound: 19006, outbound: 19001 } }
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: { name: reviews-v1, labels: { app: reviews, version: v1 } }
+spec: { address: 127.0.0.1, ports: { http: 29080 }, sidecar: { inbound: 29006, outbound: 29001 } }
+"#,
+    )
+    .expect("write");
+    dir
+}
+
+pub(crate) async fn start(dir: &Path) -> Controller {
+    let config = ControllerConfig {
+        grpc_address: "127.0.0.1:0".parse().expect("addr"),
+        registry_address: Some("127.0.0.1:0".parse().expect("addr")),
+        ..ControllerConfig::new(dir.join("intent"), dir.join("data"), dir.join("filters"))
+    };
+    Controller::start(config).await.expect("controller starts")
+}
+
+pub(crate) async fn channel(controller: &Controller) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", controller.grpc_address()))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects")
+}
