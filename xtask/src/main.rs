@@ -4,7 +4,7 @@
 //!
 //! - `codegen [--check]`: regenerate (or check) the checked-in protobuf code of `weft-api`
 //!   (see [`codegen`]).
-//! - `demo [--smoke]`: the proxy in front of sample upstreams (see [`demo`]).
+//! - `demo [--smoke]`: the local mesh: controller, sidecars and sample apps (see [`demo`]).
 //! - `test [ARGS]`: every test suite of the repository (see [`test`]).
 //! - `bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]`: the end-to-end
 //!   benchmark of `weft-proxy` against nginx and HAProxy (see [`bench`]).
@@ -24,7 +24,8 @@ tasks:
   codegen [--check]
       Regenerate api/src/pb/ from api/proto/ (--check: fail if the checked-in code is stale).
   demo [--smoke]
-      weft-proxy in front of sample upstreams, until Ctrl-C (--smoke: check it and exit).
+      The local mesh (controller, sidecars, sample apps) from examples/mesh/, until Ctrl-C
+      (--smoke: check it end to end and exit).
   test [ARGS]
       Every test suite: the workspace, the filters' host unit tests, the filter example.
   bench proxy [--suite proxy|wasm|filters] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
