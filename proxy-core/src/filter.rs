@@ -214,6 +214,12 @@ pub trait FilterFactory: Send + Sync {
     fn may_retry(&self) -> bool {
         false
     }
+
+    /// Whether instances read or set per-request properties; when more than one filter of a
+    /// chain does, the request carries one property map shared along the chain.
+    fn uses_properties(&self) -> bool {
+        false
+    }
 }
 
 /// A filter's configuration was refused.
@@ -252,6 +258,7 @@ pub struct FilterChain {
     wants_body: bool,
     wants_callouts: bool,
     may_retry: bool,
+    shares_properties: bool,
 }
 
 impl FilterChain {
@@ -290,11 +297,13 @@ impl FilterChain {
         let wants_body = factories.iter().any(|f| f.wants_body());
         let wants_callouts = factories.iter().any(|f| f.wants_callouts());
         let may_retry = factories.iter().any(|f| f.may_retry());
+        let shares_properties = factories.iter().filter(|f| f.uses_properties()).count() > 1;
         Self {
             factories: factories.into(),
             wants_body,
             wants_callouts,
             may_retry,
+            shares_properties,
         }
     }
 
@@ -316,6 +325,12 @@ impl FilterChain {
     /// Whether any filter may ask for retries.
     pub fn may_retry(&self) -> bool {
         self.may_retry
+    }
+
+    /// Whether more than one filter uses per-request properties, so a request needs a
+    /// property map shared along the chain (a single filter keeps its own).
+    pub fn shares_properties(&self) -> bool {
+        self.shares_properties
     }
 
     /// Fresh instances for one request, skipping the filters named in `disabled`.

@@ -209,7 +209,7 @@ impl Exchange<'_> {
                 route: route.as_ref().map(|r| r.name.clone()),
                 mtls: false,
                 worker_context: Some(self.conn.worker.clone()),
-                properties: self.listener.chain.wants_callouts().then(Default::default),
+                properties: self.listener.chain.shares_properties().then(Default::default),
                 callouts: self.listener.chain.wants_callouts().then(|| {
                     Arc::new(Callouts::new(
                         self.generation.clone(),
@@ -285,7 +285,7 @@ impl Exchange<'_> {
             Local(Reason::UpstreamOverflow)
         })?);
 
-        let (head, body) = self
+        let (mut head, body) = self
             .upstream_request(parts, body, &cluster, forward, &authority)?
             .into_parts();
         // A filter may ask, after response headers, for the request to go to another
@@ -324,7 +324,13 @@ impl Exchange<'_> {
             let body = first_body
                 .take()
                 .unwrap_or_else(|| body::full(replay.clone().unwrap_or_default()));
-            let request = Request::from_parts(head.clone(), body);
+            // Without a kept body there is no second attempt: the head is moved, not copied.
+            let attempt_head = if replay.is_some() {
+                head.clone()
+            } else {
+                std::mem::replace(&mut head, Request::new(()).into_parts().0)
+            };
+            let request = Request::from_parts(attempt_head, body);
             let sent = self.conn.worker.pools.send(&cluster, &endpoint, request, upgrade);
             let started = Instant::now();
             let attempt_deadline = match (deadline, choice.per_try_timeout) {

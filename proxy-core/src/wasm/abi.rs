@@ -108,21 +108,36 @@ pub(crate) const MAX_MAP_BYTES: usize = 1024 * 1024;
 /// Serializes pairs in the proxy-wasm map format: count, (key len, value len)*, then each key
 /// and value followed by a NUL.
 pub(crate) fn serialize_map<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
-    let count = pairs.clone().count();
-    let size: usize = 4 + pairs.clone().map(|(k, v)| 10 + k.len() + v.len()).sum::<usize>();
-    let mut out = Vec::with_capacity(size);
+    let mut out = Vec::new();
+    serialize_map_into(pairs, &mut out);
+    out
+}
+
+/// As [`serialize_map`], appending to `out` (a buffer reused across calls).
+pub(crate) fn serialize_map_into<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone, out: &mut Vec<u8>) {
+    serialize_map_with(|| pairs.clone(), out);
+}
+
+/// As [`serialize_map_into`], for pairs that can be walked again but not cloned.
+pub(crate) fn serialize_map_with<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
+    pairs: impl Fn() -> I,
+    out: &mut Vec<u8>,
+) {
+    let (count, size) = pairs().fold((0usize, 4usize), |(n, size), (k, v)| {
+        (n + 1, size + 10 + k.len() + v.len())
+    });
+    out.reserve(size);
     out.extend_from_slice(&(count as u32).to_le_bytes());
-    for (k, v) in pairs.clone() {
+    for (k, v) in pairs() {
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());
         out.extend_from_slice(&(v.len() as u32).to_le_bytes());
     }
-    for (k, v) in pairs {
+    for (k, v) in pairs() {
         out.extend_from_slice(k);
         out.push(0);
         out.extend_from_slice(v);
         out.push(0);
     }
-    out
 }
 
 /// Parses the proxy-wasm map format, checking every length against the buffer and the

@@ -23,9 +23,11 @@ use super::vm::{Phase, ROOT_CONTEXT, Vm, VmError};
 use crate::callout::{CalloutError, CalloutResponse, Callouts};
 use crate::filter::{
     BodyAction, FilterAction, FilterContext, FilterError, FilterFactory, Head, HttpFilter, LocalReply, LogRecord,
-    UpstreamChoice, UpstreamInfo,
+    SharedProperties, UpstreamChoice, UpstreamInfo,
 };
 use crate::http::WorkerContext;
+
+static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Crashes within this window that put a `reload` filter down.
 const CRASH_WINDOW: Duration = Duration::from_secs(60);
@@ -135,6 +137,38 @@ impl SlotState {
 pub(crate) struct WasmFactory {
     shared: Arc<Shared>,
     slots: Vec<Arc<Slot>>,
+    can: Capabilities,
+}
+
+/// What a module can do, from its imports and exports: the request path skips the work a
+/// filter cannot use (body phases, callout handles, retry buffering, shared properties).
+///
+/// Filters built with the Rust SDK import and export (nearly) everything, whatever they
+/// use, so for them every answer is yes.
+#[derive(Debug, Clone, Copy)]
+struct Capabilities {
+    /// Exports `proxy_on_request_body` or `proxy_on_response_body`.
+    body: bool,
+    /// Imports `proxy_http_call` (or `proxy_dispatch_http_call`).
+    callouts: bool,
+    /// Imports `proxy_call_foreign_function` (`weft.retry` is a foreign function).
+    retry: bool,
+    /// Imports `proxy_get_property` or `proxy_set_property`.
+    properties: bool,
+}
+
+impl Capabilities {
+    fn of(module: &wasmtime::Module) -> Self {
+        let imports = || module.imports().filter(|i| i.module() == "env").map(|i| i.name());
+        let imported = |names: &[&str]| imports().any(|n| names.contains(&n));
+        let exported = |names: &[&str]| module.exports().any(|e| names.contains(&e.name()));
+        Self {
+            body: exported(&["proxy_on_request_body", "proxy_on_response_body"]),
+            callouts: imported(&["proxy_http_call", "proxy_dispatch_http_call"]),
+            retry: imported(&["proxy_call_foreign_function"]),
+            properties: imported(&["proxy_get_property", "proxy_set_property"]),
+        }
+    }
 }
 
 /// The bytes a guest receives for a configuration value: a string as is, else JSON.
@@ -180,6 +214,7 @@ impl WasmFactory {
             plugin_config: config_bytes(&config.config),
         });
         Vm::new(runtime, &module, plugin.clone(), None).map_err(|e| fail(e.to_string()))?;
+        let can = Capabilities::of(module.pre.module());
         let shared = Arc::new(Shared {
             runtime: runtime.clone(),
             module,
@@ -190,6 +225,7 @@ impl WasmFactory {
         Ok(Self {
             shared,
             slots: (0..workers.max(1)).map(|_| Arc::new(Slot::default())).collect(),
+            can,
         })
     }
 }
@@ -222,20 +258,21 @@ impl FilterFactory for WasmFactory {
                 peer_principal: None,
                 worker: context.worker,
                 start: SystemTime::now(),
-                method: String::new(),
-                path: String::new(),
-                authority: String::new(),
-                scheme: "http".to_owned(),
+                method: Method::GET,
+                uri: Uri::default(),
+                host: None,
+                scheme: "http",
                 protocol: "HTTP/1.1",
-                request_id: String::new(),
+                request_id: None,
                 request_size: 0,
                 response_code: None,
-                response_code_details: String::new(),
+                response_code_details: "",
                 response_size: 0,
                 upstream: None,
                 cluster: None,
             })),
-            properties: context.properties.clone().unwrap_or_default(),
+            shared_properties: context.properties.clone(),
+            properties: HashMap::new(),
             callouts: context.callouts.clone(),
             pending: Vec::new(),
             pending_reply: None,
@@ -247,15 +284,19 @@ impl FilterFactory for WasmFactory {
     }
 
     fn wants_body(&self) -> bool {
-        true
+        self.can.body
     }
 
     fn wants_callouts(&self) -> bool {
-        true
+        self.can.callouts
     }
 
     fn may_retry(&self) -> bool {
-        true
+        self.can.retry
+    }
+
+    fn uses_properties(&self) -> bool {
+        self.can.properties
     }
 }
 
@@ -272,8 +313,11 @@ struct WasmFilter {
     /// The VM failed under this request; the policy decides what the request gets.
     failed: bool,
     info: Option<Box<StreamInfo>>,
-    /// Properties set by any filter of the request (`proxy_set_property`), shared by the chain.
-    properties: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// Properties set by any filter of the request (`proxy_set_property`), when the chain
+    /// shares them (more than one filter may use them)...
+    shared_properties: Option<SharedProperties>,
+    /// ...else this filter's own.
+    properties: HashMap<String, Vec<u8>>,
     callouts: Option<Arc<Callouts>>,
     pending: Pending,
     pending_reply: Option<LocalReply>,
@@ -284,36 +328,70 @@ struct WasmFilter {
     delay: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// The inputs of one guest call besides the stream data.
-struct CallInput {
-    stream: StreamData,
-    call_response: Option<CalloutResponse>,
+/// What a guest call may see of the request besides the stream info and properties: moved
+/// into the VM's stream data for the call and back after it.
+enum Io<'a> {
+    None,
+    Request(&'a mut http::request::Parts),
+    Response(&'a mut http::response::Parts),
+    Body(BufferType, &'a mut Bytes),
+}
+
+impl Io<'_> {
+    fn load(&mut self, stream: &mut StreamData) {
+        match self {
+            Io::None => {}
+            Io::Request(parts) => request_view(parts, &mut stream.request),
+            Io::Response(parts) => response_view(parts, &mut stream.response),
+            Io::Body(kind, body) => {
+                stream.body_kind = Some(*kind);
+                stream.body = std::mem::take(*body);
+            }
+        }
+    }
+
+    fn unload(&mut self, stream: &mut StreamData) {
+        match self {
+            Io::None => {}
+            Io::Request(parts) => restore_request(parts, &mut stream.request),
+            Io::Response(parts) => restore_response(parts, &mut stream.response),
+            Io::Body(_, body) => {
+                stream.body_kind = None;
+                let original = std::mem::take(&mut stream.body);
+                **body = match stream.body_edit.take() {
+                    Some(edited) => Bytes::from(edited),
+                    None => original,
+                };
+            }
+        }
+    }
 }
 
 impl WasmFilter {
-    /// Runs `call` on this worker's VM with `input` visible to hostcalls. Returns the
-    /// result (`None` when the filter failed), the stream data back, and the intents.
+    /// Runs `call` on this worker's VM with `io`, the stream info and the properties visible
+    /// to hostcalls (and any edits applied to `io` after). Returns the result (`None` when
+    /// the filter failed) and the intents, if the guest recorded any.
     fn run<R>(
         &mut self,
-        input: CallInput,
+        mut io: Io<'_>,
+        call_response: Option<CalloutResponse>,
         call: impl FnOnce(&mut Vm, i32) -> Result<R, VmError>,
-    ) -> (Option<R>, StreamData, Intents) {
-        let mut stream = input.stream;
+    ) -> (Option<R>, Option<Intents>) {
         if self.failed {
-            return (None, stream, Intents::default());
+            return (None, None);
         }
-        let slot = self.slot.clone();
+        let slot = &self.slot;
         let mut state = slot.lock();
         if state
-            .ensure(&self.shared, &slot, self.worker, self.worker_context.as_ref())
+            .ensure(&self.shared, slot, self.worker, self.worker_context.as_ref())
             .is_none()
         {
             self.failed = true;
-            return (None, stream, Intents::default());
+            return (None, None);
         }
         let current = state.epoch;
         let Some(vm) = state.vm.as_mut() else {
-            return (None, stream, Intents::default());
+            return (None, None);
         };
         let context = match self.context {
             Some((id, epoch)) if epoch == current => id,
@@ -321,7 +399,7 @@ impl WasmFilter {
                 // The VM this stream started on was replaced.
                 drop(state);
                 self.failed = true;
-                return (None, stream, Intents::default());
+                return (None, None);
             }
             None => match vm.create_context() {
                 Ok(id) => id,
@@ -329,36 +407,47 @@ impl WasmFilter {
                     let worker = self.worker;
                     state.crash(&self.shared, worker, &error);
                     self.failed = true;
-                    return (None, stream, Intents::default());
+                    return (None, None);
                 }
             },
         };
         let epoch = state.epoch;
         self.context = Some((context, epoch));
-        let vm = match state.vm.as_mut() {
-            Some(vm) => vm,
-            None => return (None, stream, Intents::default()),
+        let Some(vm) = state.vm.as_mut() else {
+            return (None, None);
         };
-        stream.info = self.info.take();
-        stream.properties = std::mem::take(&mut *self.properties.lock().unwrap_or_else(|p| p.into_inner()));
         let host = vm.host();
-        host.stream = stream;
-        host.call_response = input.call_response;
-        host.callouts = self.callouts.clone();
+        io.load(&mut host.stream);
+        host.stream.info = self.info.take();
+        match &self.shared_properties {
+            Some(shared) => std::mem::swap(
+                &mut *shared.lock().unwrap_or_else(|p| p.into_inner()),
+                &mut host.stream.properties,
+            ),
+            None => std::mem::swap(&mut self.properties, &mut host.stream.properties),
+        }
+        host.call_response = call_response;
+        host.callouts = self.callouts.take();
         let result = call(vm, context);
         let host = vm.host();
-        let mut stream = std::mem::take(&mut host.stream);
+        io.unload(&mut host.stream);
+        self.info = host.stream.info.take();
+        match &self.shared_properties {
+            Some(shared) => std::mem::swap(
+                &mut *shared.lock().unwrap_or_else(|p| p.into_inner()),
+                &mut host.stream.properties,
+            ),
+            None => std::mem::swap(&mut self.properties, &mut host.stream.properties),
+        }
         host.call_response = None;
-        host.callouts = None;
-        let intents = std::mem::take(&mut host.intents);
-        self.info = stream.info.take();
-        *self.properties.lock().unwrap_or_else(|p| p.into_inner()) = std::mem::take(&mut stream.properties);
+        self.callouts = host.callouts.take();
+        let intents = host.intents.take_any();
         match result {
-            Ok(r) => (Some(r), stream, intents),
+            Ok(r) => (Some(r), intents),
             Err(error) => {
                 state.crash(&self.shared, self.worker, &error);
                 self.failed = true;
-                (None, stream, Intents::default())
+                (None, None)
             }
         }
     }
@@ -384,7 +473,8 @@ impl WasmFilter {
     }
 
     /// Applies what the guest asked for; a reply wins over everything else.
-    fn apply(&mut self, intents: Intents) -> Option<LocalReply> {
+    fn apply(&mut self, intents: Option<Intents>) -> Option<LocalReply> {
+        let intents = intents?;
         for (token, request) in intents.callouts {
             match &self.callouts {
                 Some(callouts) => {
@@ -415,7 +505,7 @@ impl WasmFilter {
         intents.local_reply
     }
 
-    fn headers_outcome(&mut self, result: Option<i32>, intents: Intents) -> FilterAction {
+    fn headers_outcome(&mut self, result: Option<i32>, intents: Option<Intents>) -> FilterAction {
         let Some(action) = result else { return self.failure() };
         if let Some(reply) = self.apply(intents) {
             return FilterAction::Reply(reply);
@@ -429,21 +519,8 @@ impl WasmFilter {
     }
 
     fn body(&mut self, phase: Phase, kind: BufferType, body: &mut Bytes, end: bool) -> BodyAction {
-        let stream = StreamData {
-            body: Some((kind, body.to_vec())),
-            ..Default::default()
-        };
         let size = body.len();
-        let (result, stream, intents) = self.run(
-            CallInput {
-                stream,
-                call_response: None,
-            },
-            |vm, ctx| vm.phase(phase, ctx, size, end),
-        );
-        if let Some((_, data)) = stream.body {
-            *body = Bytes::from(data);
-        }
+        let (result, intents) = self.run(Io::Body(kind, body), None, |vm, ctx| vm.phase(phase, ctx, size, end));
         let Some(action) = result else {
             return match self.failure() {
                 FilterAction::Reply(reply) => BodyAction::Reply(reply),
@@ -461,7 +538,7 @@ impl WasmFilter {
     }
 
     /// Delivers a finished callout to the guest, with the paused head visible.
-    fn deliver(&mut self, token: u32, result: Result<CalloutResponse, CalloutError>, mut head: Option<&mut Head<'_>>) {
+    fn deliver(&mut self, token: u32, result: Result<CalloutResponse, CalloutError>, head: Option<&mut Head<'_>>) {
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -470,24 +547,14 @@ impl WasmFilter {
             }
         };
         let (headers, body, trailers) = (response.headers.len(), response.body.len(), response.trailers.len());
-        let mut stream = StreamData::default();
-        match head.as_deref_mut() {
-            Some(Head::Request(parts)) => stream.request = Some(request_view(parts)),
-            Some(Head::Response(parts)) => stream.response = Some(response_view(parts)),
-            None => {}
-        }
-        let input = CallInput {
-            stream,
-            call_response: Some(response),
+        let io = match head {
+            Some(Head::Request(parts)) => Io::Request(parts),
+            Some(Head::Response(parts)) => Io::Response(parts),
+            None => Io::None,
         };
-        let (result, stream, intents) = self.run(input, |vm, ctx| {
+        let (result, intents) = self.run(io, Some(response), |vm, ctx| {
             vm.http_call_response(ctx, token, headers, body, trailers)
         });
-        match head {
-            Some(Head::Request(parts)) => restore_request(parts, stream.request),
-            Some(Head::Response(parts)) => restore_response(parts, stream.response),
-            None => {}
-        }
         if result.is_none() {
             if let FilterAction::Reply(reply) = self.failure() {
                 self.pending_reply = Some(reply);
@@ -519,41 +586,39 @@ impl WasmFilter {
     }
 }
 
-/// Moves a request head into a view (pseudo-headers from the method and URI).
-fn request_view(parts: &mut http::request::Parts) -> HeadView {
-    let map = std::mem::take(&mut parts.headers);
+/// Moves a request head into the VM's request view (pseudo-headers from the method and URI,
+/// written into the view's reused strings).
+fn request_view(parts: &mut http::request::Parts, view: &mut HeadView) {
+    std::mem::swap(&mut view.map, &mut parts.headers);
     let authority = parts
         .uri
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            map.get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-    let scheme = parts.uri.scheme_str().unwrap_or("http").to_owned();
-    HeadView {
-        pseudo: vec![
-            (":method", parts.method.to_string()),
-            (":path", path),
-            (":authority", authority),
-            (":scheme", scheme),
-        ],
-        map,
-    }
+        .map(http::uri::Authority::as_str)
+        .or_else(|| view.map.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("");
+    let path = parts.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str);
+    let scheme = parts.uri.scheme_str().unwrap_or("http");
+    let values = [
+        (":method", parts.method.as_str()),
+        (":path", path),
+        (":authority", authority),
+        (":scheme", scheme),
+    ];
+    HeadView::fill_pseudo(&mut view.pseudo, &values);
+    view.pseudo_changed = false;
+    view.active = true;
 }
 
-/// Moves a view back into the request head, applying pseudo-header edits.
-fn restore_request(parts: &mut http::request::Parts, view: Option<HeadView>) {
-    let Some(view) = view else { return };
-    parts.headers = view.map;
-    for (key, value) in view.pseudo {
-        match key {
+/// Moves the view's map back into the request head, applying pseudo-header edits.
+fn restore_request(parts: &mut http::request::Parts, view: &mut HeadView) {
+    view.active = false;
+    std::mem::swap(&mut parts.headers, &mut view.map);
+    view.map.clear();
+    if !std::mem::take(&mut view.pseudo_changed) {
+        return;
+    }
+    for (key, value) in &view.pseudo {
+        match *key {
             ":method" => {
                 if let Ok(m) = Method::from_bytes(value.as_bytes()) {
                     parts.method = m;
@@ -580,7 +645,7 @@ fn restore_request(parts: &mut http::request::Parts, view: Option<HeadView>) {
                         .map(str::to_owned)
                 });
                 if current.as_deref() != Some(value.as_str())
-                    && let Ok(host) = HeaderValue::from_str(&value)
+                    && let Ok(host) = HeaderValue::from_str(value)
                 {
                     parts.headers.insert(http::header::HOST, host);
                     if parts.uri.authority().is_some()
@@ -599,18 +664,22 @@ fn restore_request(parts: &mut http::request::Parts, view: Option<HeadView>) {
     }
 }
 
-fn response_view(parts: &mut http::response::Parts) -> HeadView {
-    HeadView {
-        pseudo: vec![(":status", parts.status.as_str().to_owned())],
-        map: std::mem::take(&mut parts.headers),
-    }
+fn response_view(parts: &mut http::response::Parts, view: &mut HeadView) {
+    std::mem::swap(&mut view.map, &mut parts.headers);
+    HeadView::fill_pseudo(&mut view.pseudo, &[(":status", parts.status.as_str())]);
+    view.pseudo_changed = false;
+    view.active = true;
 }
 
-fn restore_response(parts: &mut http::response::Parts, view: Option<HeadView>) {
-    let Some(view) = view else { return };
-    parts.headers = view.map;
-    for (key, value) in view.pseudo {
-        if key == ":status"
+fn restore_response(parts: &mut http::response::Parts, view: &mut HeadView) {
+    view.active = false;
+    std::mem::swap(&mut parts.headers, &mut view.map);
+    view.map.clear();
+    if !std::mem::take(&mut view.pseudo_changed) {
+        return;
+    }
+    for (key, value) in &view.pseudo {
+        if *key == ":status"
             && let Ok(status) = value
                 .parse::<u16>()
                 .map_err(|_| ())
@@ -625,54 +694,26 @@ impl HttpFilter for WasmFilter {
     fn on_request_headers(&mut self, request: &mut http::request::Parts, end_of_stream: bool) -> FilterAction {
         self.resumed = false;
         if let Some(info) = self.info.as_mut() {
-            info.method = request.method.to_string();
-            info.path = request
-                .uri
-                .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-            info.authority = request
-                .uri
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .or_else(|| {
-                    request
-                        .headers
-                        .get(http::header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_owned)
-                })
-                .unwrap_or_default();
+            info.method.clone_from(&request.method);
+            info.uri.clone_from(&request.uri);
+            info.host = request.headers.get(http::header::HOST).cloned();
             info.protocol = match request.version {
                 http::Version::HTTP_2 => "HTTP/2",
                 http::Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             };
-            info.request_id = request
-                .headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            info.request_id = request.headers.get(&X_REQUEST_ID).cloned();
             info.request_size = request
                 .headers
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0);
         }
-        let view = request_view(request);
-        let count = view.pseudo.len() + view.map.len();
-        let stream = StreamData {
-            request: Some(view),
-            ..Default::default()
-        };
-        let (result, stream, intents) = self.run(
-            CallInput {
-                stream,
-                call_response: None,
-            },
-            |vm, ctx| vm.phase(Phase::RequestHeaders, ctx, count, end_of_stream),
-        );
-        restore_request(request, stream.request);
+        // The four pseudo-headers and the map.
+        let count = 4 + request.headers.len();
+        let (result, intents) = self.run(Io::Request(request), None, |vm, ctx| {
+            vm.phase(Phase::RequestHeaders, ctx, count, end_of_stream)
+        });
         self.headers_outcome(result, intents)
     }
 
@@ -690,20 +731,11 @@ impl HttpFilter for WasmFilter {
                 info.cluster = Some(upstream.cluster.clone());
             }
         }
-        let view = response_view(response);
-        let count = view.pseudo.len() + view.map.len();
-        let stream = StreamData {
-            response: Some(view),
-            ..Default::default()
-        };
-        let (result, stream, intents) = self.run(
-            CallInput {
-                stream,
-                call_response: None,
-            },
-            |vm, ctx| vm.phase(Phase::ResponseHeaders, ctx, count, end_of_stream),
-        );
-        restore_response(response, stream.response);
+        // `:status` and the map.
+        let count = 1 + response.headers.len();
+        let (result, intents) = self.run(Io::Response(response), None, |vm, ctx| {
+            vm.phase(Phase::ResponseHeaders, ctx, count, end_of_stream)
+        });
         self.headers_outcome(result, intents)
     }
 
@@ -774,19 +806,13 @@ impl HttpFilter for WasmFilter {
         self.deliver_ready();
         if let Some(info) = self.info.as_mut() {
             info.response_code = Some(record.status);
-            info.response_code_details = record.reason.unwrap_or("via_upstream").to_owned();
+            info.response_code_details = record.reason.unwrap_or("via_upstream");
             info.response_size = record.response_bytes;
             info.upstream = record.upstream;
             info.cluster = record.cluster.clone();
         }
         if self.context.is_some() {
-            let (_, _, _) = self.run(
-                CallInput {
-                    stream: StreamData::default(),
-                    call_response: None,
-                },
-                |vm, ctx| vm.finish_context(ctx, true),
-            );
+            let _ = self.run(Io::None, None, |vm, ctx| vm.finish_context(ctx, true));
             self.context = None;
         }
     }
@@ -798,13 +824,7 @@ impl Drop for WasmFilter {
             handle.abort();
         }
         if self.context.is_some() && !self.failed {
-            let _ = self.run(
-                CallInput {
-                    stream: StreamData::default(),
-                    call_response: None,
-                },
-                |vm, ctx| vm.finish_context(ctx, false),
-            );
+            let _ = self.run(Io::None, None, |vm, ctx| vm.finish_context(ctx, false));
         }
     }
 }
@@ -893,5 +913,47 @@ async fn drive_root(
                 pending.push((token, tokio::spawn(async move { callouts.call(request).await })));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wasm::runtime::{WasmSettings, sha256_hex};
+
+    fn capabilities(imports: &str, exports: &str) -> Capabilities {
+        let runtime = WasmRuntime::new(WasmSettings::default(), Default::default()).expect("runtime");
+        let wat = format!(
+            r#"(module {imports}
+                (memory (export "memory") 1)
+                (func (export "proxy_abi_version_0_2_1"))
+                (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 0))
+                {exports})"#
+        );
+        let bytes = wat::parse_str(&wat).expect("valid wat");
+        let loaded = runtime
+            .load_bytes("inline.wat", &sha256_hex(&bytes), &bytes)
+            .expect("loads");
+        Capabilities::of(loaded.pre.module())
+    }
+
+    #[test]
+    fn capabilities_come_from_imports_and_exports() {
+        let none = capabilities(
+            "",
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))"#,
+        );
+        assert!(
+            !none.body && !none.callouts && !none.retry && !none.properties,
+            "{none:?}"
+        );
+
+        let all = capabilities(
+            r#"(import "env" "proxy_http_call" (func (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+               (import "env" "proxy_call_foreign_function" (func (param i32 i32 i32 i32 i32 i32) (result i32)))
+               (import "env" "proxy_get_property" (func (param i32 i32 i32 i32) (result i32)))"#,
+            r#"(func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) (i32.const 0))"#,
+        );
+        assert!(all.body && all.callouts && all.retry && all.properties, "{all:?}");
     }
 }

@@ -41,41 +41,80 @@ pub(crate) struct Plugin {
 }
 
 /// A request or response head as the guest sees it: pseudo-headers and the header map.
+///
+/// One view per direction lives in the host state for the VM's whole life: the head's map is
+/// swapped in and out around each call and the pseudo-header strings are refilled in place,
+/// so a headers phase allocates nothing here once the VM is warm.
 #[derive(Debug, Default)]
 pub(crate) struct HeadView {
+    /// Whether the head is visible to the current call.
+    pub(crate) active: bool,
     pub(crate) pseudo: Vec<(&'static str, String)>,
+    /// A pseudo-header was written during the call (the head must be rebuilt from them).
+    pub(crate) pseudo_changed: bool,
     pub(crate) map: HeaderMap,
 }
 
 impl HeadView {
-    fn get(&self, key: &str) -> Option<Vec<u8>> {
-        if key.starts_with(':') {
-            return self
-                .pseudo
-                .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.as_bytes().to_vec());
+    /// The head, if the current call may see it.
+    pub(crate) fn visible(&self) -> Option<&Self> {
+        self.active.then_some(self)
+    }
+
+    /// Sets the pseudo-headers to `values` (in this order), reusing their strings.
+    pub(crate) fn fill_pseudo(pseudo: &mut Vec<(&'static str, String)>, values: &[(&'static str, &str)]) {
+        if pseudo.len() != values.len() || pseudo.iter().zip(values).any(|((a, _), (b, _))| a != b) {
+            *pseudo = values.iter().map(|(k, _)| (*k, String::new())).collect();
         }
-        let values: Vec<&[u8]> = self.map.get_all(key).iter().map(HeaderValue::as_bytes).collect();
-        match values.len() {
-            0 => None,
-            1 => Some(values[0].to_vec()),
-            // Several lines of one header read as one value, as Envoy joins them.
-            _ => Some(values.join(&b","[..])),
+        for ((_, slot), (_, value)) in pseudo.iter_mut().zip(values) {
+            slot.clear();
+            slot.push_str(value);
         }
     }
 
-    fn pairs(&self) -> Vec<(&[u8], &[u8])> {
-        let mut pairs: Vec<(&[u8], &[u8])> = self.pseudo.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())).collect();
-        pairs.extend(self.map.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())));
-        pairs
+    /// Writes the value of `key` (lowercase) into `out`; false when absent.
+    fn value_into(&self, key: &str, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        if key.starts_with(':') {
+            return match self.pseudo.iter().find(|(k, _)| *k == key) {
+                Some((_, v)) => {
+                    out.extend_from_slice(v.as_bytes());
+                    true
+                }
+                None => false,
+            };
+        }
+        let mut found = false;
+        // Several lines of one header read as one value, as Envoy joins them.
+        for value in self.map.get_all(key) {
+            if found {
+                out.push(b',');
+            }
+            out.extend_from_slice(value.as_bytes());
+            found = true;
+        }
+        found
+    }
+
+    /// The serialized map (pseudo-headers first) into `out`.
+    fn serialize_into(&self, out: &mut Vec<u8>) {
+        // The map's iterator is not `Clone`: the pairs are walked once per pass instead.
+        let pairs = || {
+            let pseudo = self.pseudo.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()));
+            pseudo.chain(self.map.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())))
+        };
+        abi::serialize_map_with(pairs, out);
     }
 
     fn set(&mut self, key: &str, value: &[u8], append: bool) -> Result<(), Status> {
         if key.starts_with(':') {
-            let value = String::from_utf8(value.to_vec()).map_err(|_| Status::BadArgument)?;
+            let value = std::str::from_utf8(value).map_err(|_| Status::BadArgument)?;
             match self.pseudo.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = value,
+                Some(slot) => {
+                    slot.1.clear();
+                    slot.1.push_str(value);
+                    self.pseudo_changed = true;
+                }
                 None => return Err(Status::BadArgument),
             }
             return Ok(());
@@ -104,6 +143,7 @@ impl HeadView {
                 let value = String::from_utf8(v).map_err(|_| Status::BadArgument)?;
                 if let Some(slot) = self.pseudo.iter_mut().find(|(p, _)| **p == key) {
                     slot.1 = value;
+                    self.pseudo_changed = true;
                 }
                 continue;
             }
@@ -115,14 +155,26 @@ impl HeadView {
     }
 }
 
-/// The stream data a guest call may see; moved into the store around each call.
+/// The stream data a guest call may see. It stays in the store; the filter moves a head's
+/// map, a body chunk, the stream info and the properties in and out around each call.
 #[derive(Default)]
 pub(crate) struct StreamData {
-    pub(crate) request: Option<HeadView>,
-    pub(crate) response: Option<HeadView>,
-    pub(crate) body: Option<(BufferType, Vec<u8>)>,
+    pub(crate) request: HeadView,
+    pub(crate) response: HeadView,
+    /// The body chunk of the current body phase (`body_kind` says which), as the proxy gave
+    /// it; `body_edit` holds it once the guest changed it (copied on the first write).
+    pub(crate) body_kind: Option<BufferType>,
+    pub(crate) body: Bytes,
+    pub(crate) body_edit: Option<Vec<u8>>,
     pub(crate) info: Option<Box<StreamInfo>>,
     pub(crate) properties: HashMap<String, Vec<u8>>,
+}
+
+impl StreamData {
+    /// The current body chunk, if the call is a body phase of `kind`.
+    fn body(&self, kind: BufferType) -> Option<&[u8]> {
+        (self.body_kind == Some(kind)).then(|| self.body_edit.as_deref().unwrap_or(&self.body))
+    }
 }
 
 /// What a guest asked for during one call; applied after the call returns.
@@ -139,6 +191,23 @@ pub(crate) struct Intents {
     /// The stream is to wait this long before going on (`weft.delay`).
     pub(crate) delay: Option<Duration>,
     pub(crate) tick_period: Option<u32>,
+}
+
+impl Intents {
+    /// Takes the intents if the guest recorded any (most calls record none; taking an empty
+    /// set would still copy it).
+    pub(crate) fn take_any(&mut self) -> Option<Intents> {
+        let any = self.continue_request
+            || self.continue_response
+            || self.local_reply.is_some()
+            || self.close
+            || !self.callouts.is_empty()
+            || self.upstream.is_some()
+            || self.retry.is_some()
+            || self.delay.is_some()
+            || self.tick_period.is_some();
+        any.then(|| std::mem::take(self))
+    }
 }
 
 /// The store's data: everything hostcalls can reach.
@@ -160,6 +229,8 @@ pub(crate) struct HostState {
     pub(crate) allocator: Option<wasmtime::TypedFunc<i32, i32>>,
     /// Where the guest's log lines are also kept (the in-process harness only).
     pub(crate) log_sink: Option<LogSink>,
+    /// Reused for values handed to the guest (header values, serialized maps).
+    scratch: Vec<u8>,
 }
 
 /// Guest log lines (`proxy_log` level, message), kept for the in-process harness.
@@ -201,15 +272,17 @@ impl HostState {
             memory: None,
             allocator: None,
             log_sink: LOG_CAPTURE.try_with(|c| c.borrow().clone()).ok().flatten(),
+            scratch: Vec::new(),
         }
     }
 
     fn head(&mut self, map: MapType) -> Option<&mut HeadView> {
-        match map {
-            MapType::RequestHeaders => self.stream.request.as_mut(),
-            MapType::ResponseHeaders => self.stream.response.as_mut(),
-            _ => None,
-        }
+        let head = match map {
+            MapType::RequestHeaders => &mut self.stream.request,
+            MapType::ResponseHeaders => &mut self.stream.response,
+            _ => return None,
+        };
+        head.active.then_some(head)
     }
 }
 
@@ -238,6 +311,65 @@ fn read(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
 
 fn read_string(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<String, Status> {
     String::from_utf8(read(caller, ptr, len)?).map_err(|_| Status::BadArgument)
+}
+
+/// Header names up to this long are read onto the stack.
+const KEY_INLINE: usize = 128;
+
+/// A header name from the guest, lowercased.
+enum Key {
+    Inline([u8; KEY_INLINE], usize),
+    Heap(String),
+}
+
+impl Key {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Inline(buf, len) => std::str::from_utf8(&buf[..*len]).unwrap_or(""),
+            Key::Heap(s) => s,
+        }
+    }
+}
+
+/// Reads a header name (UTF-8, bounds-checked) and lowercases it, without allocating for
+/// ordinary names.
+fn read_key(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Key, Status> {
+    let memory = memory(caller).ok_or(Status::InternalFailure)?;
+    let range = range(ptr, len).ok_or(Status::BadArgument)?;
+    let bytes = memory.data(&caller).get(range).ok_or(Status::BadArgument)?;
+    let key = std::str::from_utf8(bytes).map_err(|_| Status::BadArgument)?;
+    if key.len() <= KEY_INLINE {
+        let mut buf = [0u8; KEY_INLINE];
+        buf[..key.len()].copy_from_slice(key.as_bytes());
+        buf[..key.len()].make_ascii_lowercase();
+        Ok(Key::Inline(buf, key.len()))
+    } else {
+        Ok(Key::Heap(key.to_ascii_lowercase()))
+    }
+}
+
+/// Hands the host's scratch buffer, filled by `fill` (false: absent, `NotFound`), to the
+/// guest as a value that exists; the buffer is kept for the next call.
+fn give_scratch(
+    caller: &mut Ctx<'_>,
+    present: bool,
+    ret_ptr: i32,
+    ret_len: i32,
+    fill: impl FnOnce(&mut HostState, &mut Vec<u8>) -> bool,
+) -> wasmtime::Result<i32> {
+    let mut out = std::mem::take(&mut caller.data_mut().host.scratch);
+    out.clear();
+    let found = fill(&mut caller.data_mut().host, &mut out);
+    let result = if found {
+        give_inner(caller, &out, present, ret_ptr, ret_len).map(status)
+    } else {
+        Ok(Status::NotFound.code())
+    };
+    // A large value is not kept for the VM's life.
+    if out.capacity() <= 64 << 10 {
+        caller.data_mut().host.scratch = out;
+    }
+    result
 }
 
 fn write(caller: &mut Ctx<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
@@ -429,26 +561,20 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             let Some(kind) = BufferType::from_raw(kind) else {
                 return Ok(Status::BadArgument.code());
             };
-            let data = &c.data().host;
-            let buffer: Option<&[u8]> = match kind {
-                BufferType::VmConfiguration => Some(&data.plugin.vm_config),
-                BufferType::PluginConfiguration => Some(&data.plugin.plugin_config),
-                BufferType::RequestBody | BufferType::ResponseBody => data
-                    .stream
-                    .body
-                    .as_ref()
-                    .filter(|(k, _)| *k == kind)
-                    .map(|(_, b)| b.as_slice()),
-                BufferType::CallResponseBody => data.call_response.as_ref().map(|r| &r.body[..]),
-                _ => None,
-            };
-            let Some(buffer) = buffer else {
-                return Ok(Status::NotFound.code());
-            };
-            let start = (start as u32 as usize).min(buffer.len());
-            let end = start.saturating_add(max as u32 as usize).min(buffer.len());
-            let slice = buffer[start..end].to_vec();
-            Ok(status(give(&mut c, &slice, ret_ptr, ret_len)?))
+            give_scratch(&mut c, false, ret_ptr, ret_len, |data, out| {
+                let buffer: Option<&[u8]> = match kind {
+                    BufferType::VmConfiguration => Some(&data.plugin.vm_config),
+                    BufferType::PluginConfiguration => Some(&data.plugin.plugin_config),
+                    BufferType::RequestBody | BufferType::ResponseBody => data.stream.body(kind),
+                    BufferType::CallResponseBody => data.call_response.as_ref().map(|r| &r.body[..]),
+                    _ => None,
+                };
+                let Some(buffer) = buffer else { return false };
+                let start = (start as u32 as usize).min(buffer.len());
+                let end = start.saturating_add(max as u32 as usize).min(buffer.len());
+                out.extend_from_slice(&buffer[start..end]);
+                true
+            })
         },
     )?;
     linker.func_wrap(
@@ -462,12 +588,12 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 Ok(b) => b,
                 Err(s) => return s.code(),
             };
-            let Some((current, buffer)) = c.data_mut().host.stream.body.as_mut() else {
-                return Status::NotFound.code();
-            };
-            if *current != kind {
+            let stream = &mut c.data_mut().host.stream;
+            if stream.body_kind != Some(kind) {
                 return Status::NotFound.code();
             }
+            // Copied on the first write; an unchanged chunk goes on as it came.
+            let buffer = stream.body_edit.get_or_insert_with(|| stream.body.to_vec());
             // Envoy's semantics: replace [start, start + size), clamped; start == len appends.
             let start = (start as u32 as usize).min(buffer.len());
             let end = start.saturating_add(size as u32 as usize).min(buffer.len());
@@ -484,28 +610,29 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             let Some(map) = MapType::from_raw(map) else {
                 return Ok(Status::BadArgument.code());
             };
-            let data = &mut c.data_mut().host;
-            let serialized = match map {
-                MapType::CallResponseHeaders | MapType::CallResponseTrailers => {
-                    let pairs = data.call_response.as_ref().map(|r| {
-                        if map == MapType::CallResponseHeaders {
-                            &r.headers
-                        } else {
-                            &r.trailers
+            give_scratch(&mut c, false, ret_ptr, ret_len, |data, out| {
+                match map {
+                    MapType::CallResponseHeaders | MapType::CallResponseTrailers => {
+                        let pairs = data.call_response.as_ref().map(|r| {
+                            if map == MapType::CallResponseHeaders {
+                                &r.headers
+                            } else {
+                                &r.trailers
+                            }
+                        });
+                        if let Some(p) = pairs {
+                            abi::serialize_map_into(p.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())), out);
                         }
-                    });
-                    match pairs {
-                        Some(p) => abi::serialize_map(p.iter().map(|(k, v)| (k.as_bytes(), v.as_slice()))),
-                        None => Vec::new(),
+                    }
+                    // Maps not available in this phase read as empty (the SDK accepts only Ok).
+                    _ => {
+                        if let Some(head) = data.head(map) {
+                            head.serialize_into(out);
+                        }
                     }
                 }
-                _ => match data.head(map) {
-                    Some(head) => abi::serialize_map(head.pairs().into_iter()),
-                    // Maps not available in this phase read as empty (the SDK accepts only Ok).
-                    None => Vec::new(),
-                },
-            };
-            Ok(status(give(&mut c, &serialized, ret_ptr, ret_len)?))
+                true
+            })
         },
     )?;
     linker.func_wrap(
@@ -535,28 +662,31 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             let Some(map) = MapType::from_raw(map) else {
                 return Ok(Status::BadArgument.code());
             };
-            let key = match read_string(&mut c, key_ptr, key_len) {
-                Ok(k) => k.to_ascii_lowercase(),
+            let key = match read_key(&mut c, key_ptr, key_len) {
+                Ok(k) => k,
                 Err(s) => return Ok(s.code()),
             };
-            let data = &mut c.data_mut().host;
-            let value = match map {
+            let key = key.as_str();
+            give_scratch(&mut c, true, ret_ptr, ret_len, |data, out| match map {
                 MapType::CallResponseHeaders | MapType::CallResponseTrailers => {
-                    data.call_response.as_ref().and_then(|r| {
-                        let pairs = if map == MapType::CallResponseHeaders {
-                            &r.headers
-                        } else {
-                            &r.trailers
-                        };
-                        pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
-                    })
+                    let Some(r) = data.call_response.as_ref() else {
+                        return false;
+                    };
+                    let pairs = if map == MapType::CallResponseHeaders {
+                        &r.headers
+                    } else {
+                        &r.trailers
+                    };
+                    match pairs.iter().find(|(k, _)| k == key) {
+                        Some((_, v)) => {
+                            out.extend_from_slice(v);
+                            true
+                        }
+                        None => false,
+                    }
                 }
-                _ => data.head(map).and_then(|h| h.get(&key)),
-            };
-            match value {
-                Some(v) => Ok(status(give_value(&mut c, &v, ret_ptr, ret_len)?)),
-                None => Ok(Status::NotFound.code()),
-            }
+                _ => data.head(map).is_some_and(|h| h.value_into(key, out)),
+            })
         },
     )?;
     linker.func_wrap(
@@ -566,12 +696,12 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             let Some(map) = MapType::from_raw(map) else {
                 return Status::BadArgument.code();
             };
-            let key = match read_string(&mut c, key_ptr, key_len) {
-                Ok(k) => k.to_ascii_lowercase(),
+            let key = match read_key(&mut c, key_ptr, key_len) {
+                Ok(k) => k,
                 Err(s) => return s.code(),
             };
             if let Some(head) = c.data_mut().host.head(map) {
-                head.remove(&key);
+                head.remove(key.as_str());
             }
             Status::Ok.code()
         },
@@ -587,16 +717,20 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 let Some(map) = MapType::from_raw(map) else {
                     return Status::BadArgument.code();
                 };
-                let key = match read_string(&mut c, key_ptr, key_len) {
-                    Ok(k) => k.to_ascii_lowercase(),
+                let key = match read_key(&mut c, key_ptr, key_len) {
+                    Ok(k) => k,
                     Err(s) => return s.code(),
                 };
-                let value = match read(&mut c, value_ptr, value_len) {
-                    Ok(v) => v,
-                    Err(s) => return s.code(),
+                let Some(memory) = memory(&mut c) else {
+                    return Status::InternalFailure.code();
                 };
-                match c.data_mut().host.head(map) {
-                    Some(head) => status(head.set(&key, &value, append)),
+                // The value is read in place: guest memory and host state borrowed together.
+                let (guest, data) = memory.data_and_store_mut(&mut c);
+                let Some(value) = range(value_ptr, value_len).and_then(|r| guest.get(r)) else {
+                    return Status::BadArgument.code();
+                };
+                match data.host.head(map) {
+                    Some(head) => status(head.set(key.as_str(), value, append)),
                     None => Status::Ok.code(),
                 }
             },

@@ -20,15 +20,17 @@ pub(crate) struct StreamInfo {
     pub(crate) peer_principal: Option<String>,
     pub(crate) worker: usize,
     pub(crate) start: SystemTime,
-    pub(crate) method: String,
-    pub(crate) path: String,
-    pub(crate) authority: String,
-    pub(crate) scheme: String,
+    /// The request as it reached the filter (before its own edits).
+    pub(crate) method: http::Method,
+    pub(crate) uri: http::Uri,
+    /// The `host` header, for requests whose URI has no authority.
+    pub(crate) host: Option<http::HeaderValue>,
+    pub(crate) scheme: &'static str,
     pub(crate) protocol: &'static str,
-    pub(crate) request_id: String,
+    pub(crate) request_id: Option<http::HeaderValue>,
     pub(crate) request_size: u64,
     pub(crate) response_code: Option<u16>,
-    pub(crate) response_code_details: String,
+    pub(crate) response_code_details: &'static str,
     pub(crate) response_size: u64,
     pub(crate) upstream: Option<SocketAddr>,
     pub(crate) cluster: Option<Arc<str>>,
@@ -36,6 +38,22 @@ pub(crate) struct StreamInfo {
 
 fn string(s: &str) -> Option<Vec<u8>> {
     Some(s.as_bytes().to_vec())
+}
+
+impl StreamInfo {
+    /// The request's path and query.
+    pub(crate) fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", http::uri::PathAndQuery::as_str)
+    }
+
+    /// The request's authority: the URI's, else the `host` header.
+    pub(crate) fn authority(&self) -> &str {
+        self.uri
+            .authority()
+            .map(http::uri::Authority::as_str)
+            .or_else(|| self.host.as_ref().and_then(|h| h.to_str().ok()))
+            .unwrap_or("")
+    }
 }
 
 /// The property at `path`, or `None` (`NotFound`).
@@ -63,16 +81,16 @@ pub(crate) fn get(state: &HostState, path: &[String]) -> Option<Vec<u8>> {
         }
     }
     let info = state.stream.info.as_deref()?;
-    let request = state.stream.request.as_ref();
-    let response = state.stream.response.as_ref();
+    let request = state.stream.request.visible();
+    let response = state.stream.response.visible();
     match joined.as_str() {
-        "request.path" => string(&info.path),
-        "request.url_path" => string(info.path.split('?').next().unwrap_or("")),
-        "request.query" => string(info.path.split_once('?').map_or("", |(_, q)| q)),
-        "request.host" => string(&info.authority),
-        "request.scheme" => string(&info.scheme),
-        "request.method" => string(&info.method),
-        "request.id" => string(&info.request_id),
+        "request.path" => string(info.path()),
+        "request.url_path" => string(info.path().split('?').next().unwrap_or("")),
+        "request.query" => string(info.path().split_once('?').map_or("", |(_, q)| q)),
+        "request.host" => string(info.authority()),
+        "request.scheme" => string(info.scheme),
+        "request.method" => string(info.method.as_str()),
+        "request.id" => string(info.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")),
         "request.protocol" => string(info.protocol),
         "request.size" | "request.total_size" => Some(abi::int_property(info.request_size as i64)),
         "request.time" => {
@@ -101,7 +119,7 @@ pub(crate) fn get(state: &HostState, path: &[String]) -> Option<Vec<u8>> {
             abi::serialize_map(pairs.into_iter())
         }),
         "response.code" => info.response_code.map(|c| abi::int_property(i64::from(c))),
-        "response.code_details" => string(&info.response_code_details),
+        "response.code_details" => string(info.response_code_details),
         "response.size" | "response.total_size" => Some(abi::int_property(info.response_size as i64)),
         "response.headers" => response.map(|r| {
             let pairs: Vec<(&[u8], &[u8])> = r
