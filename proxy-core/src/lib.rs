@@ -21,6 +21,7 @@ pub mod filter;
 mod generation;
 pub mod harness;
 mod http;
+pub mod identity;
 mod listener;
 mod pool;
 mod proxy;

@@ -16,6 +16,7 @@ mod filter_retry;
 mod filter_router;
 mod filter_telemetry;
 mod grpc;
+mod identity;
 mod lifecycle;
 mod protocols;
 mod resilience;
