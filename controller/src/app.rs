@@ -103,7 +103,8 @@ impl Controller {
             system_filters,
             modules: Default::default(),
         };
-        let first = build(&documents.borrow_and_update(), &resolver, &options)
+        let mut parsed = ParseCache::new();
+        let first = build(&documents.borrow_and_update(), &mut parsed, &resolver, &options)
             .await
             .context("compiling the intent")?;
         let (intent_tx, intent_rx) = watch::channel(Arc::new(first));
@@ -115,7 +116,7 @@ impl Controller {
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 let docs = documents.borrow_and_update().clone();
-                match build(&docs, &resolver, &options).await {
+                match build(&docs, &mut parsed, &resolver, &options).await {
                     Ok(published) => {
                         intent_tx.send_replace(Arc::new(published));
                     }
@@ -214,20 +215,38 @@ impl Drop for Controller {
     }
 }
 
+/// Each file's parsed resources, by origin, with the text they were parsed from: only files
+/// whose text changed are parsed again.
+type ParseCache = std::collections::HashMap<String, (Arc<str>, crate::resources::Parsed)>;
+
 /// Parses the documents, resolves module urls, compiles. Compilation runs off the async
 /// threads (it is CPU work that grows with the mesh). Fails only if the compiler panicked
 /// (a bug): the caller keeps the last compiled intent.
-async fn build(documents: &Documents, resolver: &Resolver, options: &CompileOptions) -> anyhow::Result<Published> {
+async fn build(
+    documents: &Documents,
+    parsed: &mut ParseCache,
+    resolver: &Resolver,
+    options: &CompileOptions,
+) -> anyhow::Result<Published> {
     let started = std::time::Instant::now();
     let mut store = Store::default();
     let mut diagnostics = Vec::new();
     let mut digest = sha2::Sha256::new();
+    parsed.retain(|origin, _| documents.files.contains_key(origin));
     for (origin, text) in &documents.files {
         digest.update(origin.as_bytes());
         digest.update([0]);
         digest.update(text.as_bytes());
         digest.update([0]);
-        diagnostics.extend(store.insert_yaml(origin, text));
+        let resources = match parsed.get(origin) {
+            Some((seen, resources)) if seen == text => resources.clone(),
+            _ => {
+                let resources = Store::parse_yaml(origin, text);
+                parsed.insert(origin.clone(), (text.clone(), resources.clone()));
+                resources
+            }
+        };
+        diagnostics.extend(store.insert_parsed(origin, resources));
     }
     let intent_version: String = digest.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect();
     let mut options = options.clone();

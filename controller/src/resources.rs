@@ -277,8 +277,8 @@ static METADATA: schema::Node = schema::Node::Object(&[
 
 /// The result of parsing one YAML document: the resources it held (a `List` holds several)
 /// and the diagnostics.
-#[derive(Debug, Default)]
-pub(crate) struct Parsed {
+#[derive(Debug, Default, Clone)]
+pub struct Parsed {
     pub(crate) resources: Vec<Resource>,
     pub(crate) diagnostics: Vec<Diagnostic>,
 }

@@ -69,7 +69,12 @@ impl Store {
     /// items. Returns the diagnostics about this origin: documents and fields refused or
     /// reported, and duplicates it takes part in.
     pub fn insert_yaml(&mut self, origin: &str, text: &str) -> Vec<Diagnostic> {
-        self.remove_origin(origin);
+        self.insert_parsed(origin, Self::parse_yaml(origin, text))
+    }
+
+    /// Parses a YAML file's documents without storing them: the slow half of
+    /// [`insert_yaml`](Self::insert_yaml), which a caller can cache per file text.
+    pub fn parse_yaml(origin: &str, text: &str) -> resources::Parsed {
         let mut parsed = resources::Parsed::default();
         for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let number = i + 1;
@@ -84,6 +89,13 @@ impl Store {
                 }
             }
         }
+        parsed
+    }
+
+    /// Stores what [`parse_yaml`](Self::parse_yaml) parsed from `origin`, replacing what the
+    /// origin held. Returns the parse diagnostics and the duplicates it causes.
+    pub fn insert_parsed(&mut self, origin: &str, parsed: resources::Parsed) -> Vec<Diagnostic> {
+        self.remove_origin(origin);
         let mut diagnostics = parsed.diagnostics.clone();
         self.parse_diagnostics
             .entry(origin.to_owned())
@@ -129,6 +141,9 @@ impl Store {
 
     /// Forgets everything `origin` held. Returns whether it held anything.
     pub fn remove_origin(&mut self, origin: &str) -> bool {
+        if !self.positions.contains_key(origin) && !self.parse_diagnostics.contains_key(origin) {
+            return false; // the origin holds nothing: no need to scan the store
+        }
         let mut removed = self.parse_diagnostics.remove(origin).is_some();
         self.positions.remove(origin);
         self.entries.retain(|_, definitions| {

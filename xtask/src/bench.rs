@@ -23,8 +23,14 @@
 //! `--suite wasm` and `--suite filters` measure weft-proxy with filter chains instead (the
 //! Wasm host's and the first-party filters' costs), each into its own section: see
 //! [`suites`].
+//!
+//! `cargo xtask bench controller` (also `bench proxy --suite controller`) measures the
+//! control plane instead: config push to 1,000 simulated sidecars, compile time at 10,000
+//! services and the controller's memory, into the `bench:controller` section: see
+//! [`controller`].
 
 mod configs;
+mod controller;
 mod http;
 mod latency;
 mod load;
@@ -48,7 +54,8 @@ use self::suites::Suite;
 use self::tools::Tools;
 
 /// Usage of `bench`.
-const USAGE: &str = "usage: cargo xtask bench proxy [--suite proxy|wasm|filters] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]";
+const USAGE: &str = "usage: cargo xtask bench proxy [--suite proxy|wasm|filters|controller] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
+       cargo xtask bench controller [--services N] [--rounds N] [--connections N] [--compile-services N] [--no-criterion] [--no-pin] [--quick] [--no-docs] [--keep-disturbed]";
 
 /// The CPU the proxies and the origin run on.
 const SERVER_CPU: &str = "1";
@@ -56,7 +63,11 @@ const SERVER_CPU: &str = "1";
 /// `xtask bench …`.
 pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
     match args.split_first() {
+        Some((what, rest)) if what == "proxy" && controller::suite_args(rest).is_some() => {
+            controller::main_as_suite(rest)
+        }
         Some((what, rest)) if what == "proxy" => proxy(&Options::parse(rest)?),
+        Some((what, rest)) if what == "controller" => controller::main(rest),
         // Internal: the latency client, started by `proxy` under `taskset`.
         Some((what, rest)) if what == "latency-client" => latency::client_main(rest),
         Some((what, _)) => bail!("unknown benchmark `{what}`\n{USAGE}"),

@@ -28,6 +28,10 @@ tasks:
       (--smoke: check it end to end and exit).
   test [ARGS]
       Every test suite: the workspace, the filters' host unit tests, the filter example.
+  bench controller [--services N] [--rounds N] [--quick] [--no-docs] [...]
+      Control-plane benchmark: a file change pushed to 1,000 simulated sidecars (time to
+      all ACKs), compile time at 10,000 services, controller memory; writes the
+      bench:controller section of docs/benchmarks.md (see xtask/src/bench/controller.rs).
   bench proxy [--suite proxy|wasm|filters] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
       End-to-end benchmark: weft-proxy vs nginx vs HAProxy vs direct, one worker each,
       load generator on CPU 0, proxy and origin on CPU 1. Prints a markdown table and
