@@ -19,6 +19,8 @@ struct Mesh {
     productpage: Option<Process>,
     reviews_v1: Option<Process>,
     productpage_out: SocketAddr,
+    /// Admin ports of the sidecars, by node id.
+    admins: std::collections::BTreeMap<String, u16>,
     _v1: Upstream,
     _v2: Upstream,
 }
@@ -59,7 +61,7 @@ spec:
 
 impl Mesh {
     fn start(name: &str) -> Self {
-        let bins = binaries();
+        binaries();
         let filters = filters_dir();
         let dir = TempDir::new(name);
         let v1 = Upstream::start("reviews-v1");
@@ -102,7 +104,6 @@ spec:
         std::fs::write(intent.join("workloads.yaml"), workloads).expect("write");
         std::fs::write(intent.join("services.yaml"), SERVICES).expect("write");
         std::fs::write(intent.join("vs-reviews.yaml"), virtual_service(100, 0)).expect("write");
-        let _ = bins;
         let mut mesh = Self {
             dir,
             grpc: free_port(),
@@ -111,6 +112,11 @@ spec:
             productpage: None,
             reviews_v1: None,
             productpage_out: SocketAddr::from(([127, 0, 0, 1], pp_out)),
+            admins: [
+                ("productpage".to_owned(), free_port()),
+                ("reviews-v1".to_owned(), free_port()),
+            ]
+            .into(),
             _v1: v1,
             _v2: v2,
         };
@@ -173,7 +179,13 @@ spec:
             "--service-account".into(),
             account.into(),
             "--admin".into(),
-            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", self.admins[name]),
+            "--bootstrap-token".into(),
+            self.dir
+                .path()
+                .join(format!("controller/bootstrap/default/{name}.token"))
+                .display()
+                .to_string(),
             "--workers".into(),
             "1".into(),
             "--state-dir".into(),
@@ -409,4 +421,26 @@ fn sidecars_outlive_the_controller_and_restart_from_disk() {
         "{}",
         mesh.status()
     );
+}
+
+#[test]
+fn sidecars_get_their_spiffe_certificates_from_the_controller() {
+    let mesh = Mesh::start("identity");
+    for (node, account) in [
+        ("productpage", "bookinfo-productpage"),
+        ("reviews-v1", "bookinfo-reviews"),
+    ] {
+        let admin = SocketAddr::from(([127, 0, 0, 1], mesh.admins[node]));
+        let certs = eventually(Duration::from_secs(20), || {
+            let reply = get(admin, "localhost", "/certs", &[]);
+            reply.body.contains("spiffe_id").then_some(reply.body)
+        });
+        let certs = certs.unwrap_or_else(|| panic!("{node} never got a certificate"));
+        assert!(
+            certs.contains(&format!("\"spiffe://cluster.local/ns/default/sa/{account}\"")),
+            "{node}: {certs}"
+        );
+        assert!(certs.contains("BEGIN CERTIFICATE"), "{certs}");
+        assert!(!certs.contains("PRIVATE KEY"), "the admin API never shows the key");
+    }
 }

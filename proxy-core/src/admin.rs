@@ -72,9 +72,31 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
             );
             response
         }
+        "/certs" => {
+            let identity = shared.identity.borrow().clone();
+            let unix = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let dump = match identity {
+                Some(id) => serde_json::json!({
+                    "spiffe_id": id.spiffe_id,
+                    "serial": id.serial,
+                    "issued_unix": unix(id.issued),
+                    "not_after_unix": unix(id.not_after),
+                    "cert_chain_pem": id.chain_pem,
+                    "trust_bundle_pem": id.trust_bundle_pem,
+                }),
+                None => serde_json::json!({}),
+            };
+            let body = serde_json::to_string_pretty(&dump).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
         _ => text(
             StatusCode::NOT_FOUND,
-            "admin paths: /ready /live /config_dump /stats/prometheus\n".to_owned(),
+            "admin paths: /ready /live /config_dump /certs /stats/prometheus\n".to_owned(),
         ),
     })
 }

@@ -2,14 +2,13 @@
 //! process), a certificate for it signed by the controller's CA from a CSR, and rotation
 //! at half-life (configurable) with a fresh key each time.
 //!
-//! The current identity is published on a `watch` channel: TLS configuration reads the latest
-//! value at each handshake, so a rotation changes new handshakes and leaves established
-//! connections alone.
+//! The current identity is kept by the [`Proxy`](crate::Proxy) (`Proxy::set_identity`, shown
+//! at the admin API's `/certs`); TLS configuration is to read the latest value at each
+//! handshake, so a rotation changes new handshakes and leaves established connections alone.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::watch;
 use weft_api::pb;
 
 /// A workload certificate and the key it certifies.
@@ -48,8 +47,9 @@ pub struct IdentityConfig {
     pub address: String,
     /// The workload the bootstrap token was issued for, `<namespace>/<workload>`.
     pub workload: String,
-    /// The bootstrap token.
-    pub token: String,
+    /// The file holding the bootstrap token, read at every request (so a rotated token is
+    /// picked up).
+    pub token_file: std::path::PathBuf,
     /// Requested certificate lifetime (`0`: the CA's maximum).
     pub validity: Duration,
     /// Fraction of the lifetime after which the certificate is renewed. Default 0.5.
@@ -86,6 +86,12 @@ pub enum IdentityError {
 pub async fn request_certificate(
     config: &IdentityConfig,
 ) -> Result<(WorkloadIdentity, pb::CreateCertificateRequest), IdentityError> {
+    let token = std::fs::read_to_string(&config.token_file).map_err(|e| {
+        IdentityError::Invalid(format!(
+            "cannot read the token file {}: {e}",
+            config.token_file.display()
+        ))
+    })?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
     let request = pb::CreateCertificateRequest {
@@ -112,7 +118,7 @@ pub async fn request_certificate(
     };
     call.metadata_mut().insert("x-weft-workload", header(&config.workload)?);
     call.metadata_mut()
-        .insert("authorization", header(&format!("Bearer {}", config.token))?);
+        .insert("authorization", header(&format!("Bearer {}", token.trim()))?);
     let issued = SystemTime::now();
     let response = pb::certificates_client::CertificatesClient::new(channel)
         .create_certificate(call)
@@ -144,17 +150,17 @@ pub fn renewal_time(issued: SystemTime, not_after: SystemTime, rotate_at: f64) -
     issued + lifetime.mul_f64(rotate_at.clamp(0.05, 0.95))
 }
 
-/// Obtains the identity and keeps it fresh for as long as the future runs, publishing each
-/// certificate on `publish`. Failures are retried with backoff (1 s doubling to 30 s) while
+/// Obtains the identity and keeps it fresh for as long as the future runs, handing each
+/// certificate to `publish`. Failures are retried with backoff (1 s doubling to 30 s) while
 /// the current certificate stays in use.
-pub async fn run(config: IdentityConfig, publish: watch::Sender<Option<WorkloadIdentity>>) {
+pub async fn run(config: &IdentityConfig, publish: impl Fn(WorkloadIdentity)) {
     let mut backoff = Duration::from_secs(1);
     loop {
-        match request_certificate(&config).await {
+        match request_certificate(config).await {
             Ok((identity, _)) => {
                 let renew = renewal_time(identity.issued, identity.not_after, config.rotate_at);
                 tracing::info!(spiffe_id = %identity.spiffe_id, serial = %identity.serial, "workload certificate issued");
-                publish.send_replace(Some(identity));
+                publish(identity);
                 backoff = Duration::from_secs(1);
                 let wait = renew.duration_since(SystemTime::now()).unwrap_or_default();
                 tokio::time::sleep(wait).await;

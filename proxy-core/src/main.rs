@@ -39,6 +39,18 @@ struct Args {
     /// Default: `weft-proxy-<node id>` in the system's temporary directory.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// The workload's bootstrap token file (issued by the controller: in local mode
+    /// `<data-dir>/bootstrap/<namespace>/<workload>.token`). With it, the sidecar gets its
+    /// workload certificate from the controller's CA and renews it at half-life; see `/certs`
+    /// on the admin API. Needs `--controller`.
+    #[arg(long, value_name = "FILE", requires = "controller")]
+    bootstrap_token: Option<PathBuf>,
+    /// The workload the bootstrap token was issued for. Default: `<namespace>/<node id>`.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    workload: Option<String>,
+    /// Requested lifetime of the workload certificate, e.g. `1h` (default: the CA's).
+    #[arg(long, value_parser = weft_api::parse_duration)]
+    cert_ttl: Option<Duration>,
     /// Where modules fetched from a url (`oci://`, `https://`, `file://`) are cached by sha256.
     /// Default: `weft-modules` in the system's temporary directory.
     #[arg(long, value_name = "DIR")]
@@ -119,6 +131,19 @@ fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join(format!("weft-proxy-{}", args.node_id))),
     });
+    let identity = match (&control, &args.bootstrap_token) {
+        (Some(control), Some(token_file)) => Some(weft_proxy::identity::IdentityConfig {
+            address: control.address.clone(),
+            workload: args
+                .workload
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", args.namespace, args.node_id)),
+            token_file: token_file.clone(),
+            validity: args.cert_ttl.unwrap_or_default(),
+            rotate_at: 0.5,
+        }),
+        _ => None,
+    };
     let snapshot = match (&args.config, &control) {
         (Some(path), _) => Snapshot::from_yaml_file(path).with_context(|| format!("loading {}", path.display()))?,
         (None, Some(control)) => match weft_proxy::control::load_persisted(control) {
@@ -212,10 +237,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         if let Some(control) = &control {
             let stream = weft_proxy::control::run(&proxy, control, &wasm);
+            let identity = async {
+                match &identity {
+                    Some(config) => weft_proxy::identity::run(config, |id| proxy.set_identity(id)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
                 () = stream => {}
+                () = identity => {}
             }
             return;
         }

@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) wasm: crate::wasm::WasmHost,
     pub(crate) draining: AtomicBool,
     pub(crate) generation: watch::Receiver<Arc<Generation>>,
+    /// The workload certificate, once the sidecar has one.
+    pub(crate) identity: watch::Sender<Option<Arc<crate::identity::WorkloadIdentity>>>,
 }
 
 /// A running proxy. Dropping it shuts it down without draining; call [`Proxy::shutdown`] to
@@ -123,6 +125,7 @@ impl Proxy {
             wasm,
             draining: AtomicBool::new(false),
             generation: generation_rx.clone(),
+            identity: watch::Sender::new(None),
         });
 
         let admin = match config.admin_address {
@@ -195,6 +198,12 @@ impl Proxy {
     /// The version of the snapshot being served.
     pub fn version(&self) -> String {
         self.generation.borrow().snapshot.version.clone()
+    }
+
+    /// Installs the workload certificate (and replaces the previous one): new handshakes use
+    /// it, established connections are left alone.
+    pub fn set_identity(&self, identity: crate::identity::WorkloadIdentity) {
+        self.shared.identity.send_replace(Some(Arc::new(identity)));
     }
 
     /// Applies a new snapshot atomically: new requests use it, in-flight requests finish on

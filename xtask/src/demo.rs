@@ -352,6 +352,18 @@ fn smoke_checks(mesh: &Mesh, bins: &Binaries) -> Result<()> {
     }
     println!("ok  the telemetry plugins count requests on the client side and in every sidecar's inbound");
 
+    // Every sidecar got its SPIFFE certificate from the controller's CA.
+    for sidecar in &mesh.sidecars {
+        let found = eventually(quick, || {
+            let certs = get(sidecar.ports.admin, "/certs", "admin", &[]).ok()?.body;
+            certs.contains("spiffe://cluster.local/ns/default/sa/").then_some(certs)
+        });
+        if found.is_none() {
+            bail!("{}'s sidecar has no workload certificate at /certs", sidecar.name);
+        }
+    }
+    println!("ok  every sidecar holds its SPIFFE certificate from the controller's CA (admin /certs)");
+
     let sidecars: Vec<&str> = mesh.sidecars.iter().map(|s| s.name).collect();
     let synced = || {
         let text = weftctl_status(bins, mesh.grpc).ok()?;
@@ -533,9 +545,13 @@ impl Mesh {
             flag("--service-account", workload.service_account.into());
             flag("--node-label", format!("app={}", workload.app).into());
             flag("--node-label", format!("version={}", workload.version).into());
-            // What the telemetry filter reports as the local workload.
-            flag("--node-metadata", format!("WORKLOAD_NAME={}", workload.name).into());
-            flag("--node-metadata", format!("NAMESPACE={NAMESPACE}").into());
+            // The workload certificate from the controller's CA (see /certs on the admin API).
+            flag(
+                "--bootstrap-token",
+                self.dir
+                    .join(format!("controller/bootstrap/{NAMESPACE}/{}.token", workload.name))
+                    .into(),
+            );
             flag("--admin", format!("127.0.0.1:{}", sidecar.ports.admin).into());
             flag("--workers", "1".into());
             flag("--state-dir", state.clone().into());
@@ -626,6 +642,7 @@ impl Mesh {
              \n  curl -x http://127.0.0.1:{proxy} http://ratings:9080/ratings/1\
              \n  {weftctl} status                          # every sidecar's sync state, the intent's problems\
              \n  curl -s http://127.0.0.1:{admin}/stats/prometheus | grep '^istio_requests_total'\
+             \n  curl -s http://127.0.0.1:{admin}/certs          # the sidecar's SPIFFE certificate\
              \n  tail -f {logs}/sidecar-reviews-v1.log     # the server side's access log\n\
              \nmove everyone to reviews v2 (the sidecars follow within a second), and back:\
              \n  sed -i 's/subset: v1/subset: v2/' {intent}/{vs}\

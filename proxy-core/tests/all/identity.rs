@@ -87,10 +87,12 @@ async fn serve_ca() -> (String, Arc<Mutex<Vec<pb::CreateCertificateRequest>>>) {
 }
 
 fn config(address: &str, token: &str) -> IdentityConfig {
+    let token_file = std::env::temp_dir().join(format!("weft-identity-token-{}-{token}", std::process::id()));
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
     IdentityConfig {
         address: address.into(),
         workload: "default/reviews-v1".into(),
-        token: token.into(),
+        token_file,
         validity: Duration::from_secs(3600),
         rotate_at: 0.5,
     }
