@@ -103,8 +103,8 @@ impl Controller {
             system_filters,
             modules: Default::default(),
         };
-        let mut parsed = ParseCache::new();
-        let first = build(&documents.borrow_and_update(), &mut parsed, &resolver, &options)
+        let mut remembered = Remembered::default();
+        let first = build(&documents.borrow_and_update(), &mut remembered, &resolver, &options)
             .await
             .context("compiling the intent")?;
         let (intent_tx, intent_rx) = watch::channel(Arc::new(first));
@@ -116,7 +116,7 @@ impl Controller {
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 let docs = documents.borrow_and_update().clone();
-                match build(&docs, &mut parsed, &resolver, &options).await {
+                match build(&docs, &mut remembered, &resolver, &options).await {
                     Ok(published) => {
                         intent_tx.send_replace(Arc::new(published));
                     }
@@ -215,16 +215,21 @@ impl Drop for Controller {
     }
 }
 
-/// Each file's parsed resources, by origin, with the text they were parsed from: only files
-/// whose text changed are parsed again.
-type ParseCache = std::collections::HashMap<String, (Arc<str>, crate::resources::Parsed)>;
+/// What one compile keeps for the next: each file's parsed resources with the text they were
+/// parsed from (only files whose text changed are parsed again), and the diagnostics already
+/// logged (each problem is logged once, when it appears).
+#[derive(Default)]
+struct Remembered {
+    files: std::collections::HashMap<String, (Arc<str>, crate::resources::Parsed)>,
+    logged: std::collections::HashSet<String>,
+}
 
 /// Parses the documents, resolves module urls, compiles. Compilation runs off the async
 /// threads (it is CPU work that grows with the mesh). Fails only if the compiler panicked
 /// (a bug): the caller keeps the last compiled intent.
 async fn build(
     documents: &Documents,
-    parsed: &mut ParseCache,
+    remembered: &mut Remembered,
     resolver: &Resolver,
     options: &CompileOptions,
 ) -> anyhow::Result<Published> {
@@ -232,17 +237,21 @@ async fn build(
     let mut store = Store::default();
     let mut diagnostics = Vec::new();
     let mut digest = sha2::Sha256::new();
-    parsed.retain(|origin, _| documents.files.contains_key(origin));
+    remembered
+        .files
+        .retain(|origin, _| documents.files.contains_key(origin));
     for (origin, text) in &documents.files {
         digest.update(origin.as_bytes());
         digest.update([0]);
         digest.update(text.as_bytes());
         digest.update([0]);
-        let resources = match parsed.get(origin) {
+        let resources = match remembered.files.get(origin) {
             Some((seen, resources)) if seen == text => resources.clone(),
             _ => {
                 let resources = Store::parse_yaml(origin, text);
-                parsed.insert(origin.clone(), (text.clone(), resources.clone()));
+                remembered
+                    .files
+                    .insert(origin.clone(), (text.clone(), resources.clone()));
                 resources
             }
         };
@@ -258,9 +267,15 @@ async fn build(
     })
     .await
     .context("the compiler failed")?;
-    for diagnostic in &diagnostics {
+    let current: std::collections::HashSet<String> = diagnostics.iter().map(ToString::to_string).collect();
+    for diagnostic in current.difference(&remembered.logged) {
         tracing::warn!("{diagnostic}");
     }
+    let fixed = remembered.logged.difference(&current).count();
+    if fixed > 0 {
+        tracing::info!(fixed, "problems of the previous intent are gone");
+    }
+    remembered.logged = current;
     tracing::info!(intent = %intent_version, took = ?started.elapsed(), diagnostics = diagnostics.len(), "intent compiled");
     Ok(Published {
         mesh,
