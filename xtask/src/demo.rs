@@ -956,8 +956,32 @@ fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Opt
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released).
+/// A port on 127.0.0.1 that is free now, taken below Linux's ephemeral range (32768 and up),
+/// so the outgoing connections of this machine cannot take it before a sidecar binds it.
+/// Each call gives a different port.
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let _ = NEXT.compare_exchange(
+            u32::MAX,
+            (std::process::id().wrapping_mul(7_919).wrapping_add(nanos)) % SPAN,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 between {FIRST} and {}", FIRST + SPAN)
 }
 
 /// Starts a sample application on `127.0.0.1:port` (0: any free port), answering every
