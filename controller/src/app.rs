@@ -257,7 +257,7 @@ async fn build(
         };
         diagnostics.extend(store.insert_parsed(origin, resources));
     }
-    let intent_version: String = digest.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let intent_version = crate::hex(&digest.finalize()[..6]);
     let mut options = options.clone();
     options.modules = resolver.resolve(store.module_urls()).await;
     let (mesh, diagnostics) = tokio::task::spawn_blocking(move || {
@@ -294,10 +294,7 @@ async fn publish_system_filters(
     let module = async |name: &str| -> anyhow::Result<weft_api::WasmModule> {
         let path = config.filters_dir.join(format!("{name}.wasm"));
         let bytes = std::fs::read(&path).with_context(|| format!("reading the {name} filter at {}", path.display()))?;
-        let sha256: String = sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = weft_registry::Digest::of(&bytes).hex().to_owned();
         let repository = format!("weft/{name}");
         let digest = registry
             .put_module(&repository, env!("CARGO_PKG_VERSION"), &bytes)

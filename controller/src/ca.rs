@@ -139,7 +139,7 @@ impl Authority {
         let cert = params.self_signed(&key).map_err(crypto("signing the root"))?;
         let cert_pem = cert.pem();
         std::fs::create_dir_all(dir).map_err(io("creating the CA directory", dir))?;
-        write_private(&key_path, &key.serialize_pem())?;
+        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(io("writing", &key_path))?;
         std::fs::write(&cert_path, &cert_pem).map_err(io("writing", &cert_path))?;
         tracing::info!(dir = %dir.display(), "generated the mesh root CA");
         Ok(Self {
@@ -229,7 +229,7 @@ impl Authority {
         params.not_before = (now - Duration::from_secs(60)).into();
         params.not_after = not_after.into();
         let serial = random_serial()?;
-        let serial_hex = serial.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let serial_hex = crate::hex(serial.as_ref());
         params.serial_number = Some(serial);
         csr.params = params;
         let cert = csr.signed_by(&self.issuer).map_err(crypto("signing the certificate"))?;
@@ -263,18 +263,19 @@ fn read(path: &Path) -> Result<String, CaError> {
     std::fs::read_to_string(path).map_err(io("reading", path))
 }
 
-/// Writes a private key readable by its owner only.
-fn write_private(path: &Path, text: &str) -> Result<(), CaError> {
+/// Writes a secret readable by its owner only, atomically (a temporary file renamed over).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    let temp = path.with_extension("tmp");
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .map_err(io("creating", path))?;
-    file.write_all(text.as_bytes()).map_err(io("writing", path))
+        .open(&temp)?;
+    file.write_all(bytes)?;
+    std::fs::rename(&temp, path)
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CaError {

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use weft_api::pb;
 
-use crate::ca::{Authority, CaError, Identity};
+use crate::ca::{Authority, CaError, Identity, write_private};
 use crate::server::Published;
 
 /// Metadata key naming the workload a bootstrap token was issued for.
@@ -62,7 +62,7 @@ impl Bootstrap {
     /// The token of workload `namespace/name` (64 hex digits).
     pub fn token(&self, namespace: &str, name: &str) -> String {
         let tag = ring::hmac::sign(&self.key, format!("{namespace}/{name}").as_bytes());
-        tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex(tag.as_ref())
     }
 
     /// Whether `token` is the token of `namespace/name` (constant-time comparison).
@@ -97,20 +97,6 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)?;
-    file.write_all(bytes)?;
-    std::fs::rename(&temp, path)
 }
 
 /// The Certificates service.

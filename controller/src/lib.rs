@@ -7,6 +7,8 @@
 //! - [`resolve`]: module urls pinned to digests (the only I/O before compiling);
 //! - [`compile`]: the pure function from the store to per-workload snapshots;
 //! - [`server`]: the config stream per sidecar (ACK/NACK) and the status service;
+//! - [`ca`] and [`certs`]: the certificate authority and the service sidecars get their
+//!   SPIFFE certificates from;
 //! - [`Controller`]: all of it bound to sockets, with the embedded registry.
 
 mod app;
@@ -21,3 +23,12 @@ pub mod source;
 pub mod store;
 
 pub use app::{Controller, ControllerConfig};
+
+/// Lowercase hex of `bytes` (digests, serials, tokens).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}

@@ -97,7 +97,7 @@ pub fn snapshot_version(snapshot: &weft_api::Snapshot) -> String {
         hasher.update(&json);
     }
     let digest = hasher.finalize();
-    digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&digest[..6])
 }
 
 /// The Discovery and Status services over one shared state.

@@ -40,13 +40,15 @@ async fn request_certificate(
         .map(tonic::Response::into_inner)
 }
 
-fn token(dir: &std::path::Path, workload: &str) -> String {
+/// The workload's bootstrap token, once the controller has written it (a task does so after
+/// each compile, so poll briefly without blocking the runtime).
+async fn token(dir: &std::path::Path, workload: &str) -> String {
     let path = dir.join(format!("data/bootstrap/default/{workload}.token"));
     for _ in 0..100 {
         if let Ok(token) = std::fs::read_to_string(&path) {
             return token;
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("no bootstrap token at {}", path.display());
 }
@@ -73,7 +75,7 @@ fn verify(chain: &[String], bundle: &str) {
 async fn a_workload_gets_its_spiffe_certificate_and_keeps_its_key() {
     let dir = setup("certs");
     let controller = start(&dir).await;
-    let token = token(&dir, "productpage");
+    let token = token(&dir, "productpage").await;
     let (key, csr_pem) = csr();
     let request = pb::CreateCertificateRequest {
         csr_pem,
@@ -113,13 +115,13 @@ async fn a_workload_gets_its_spiffe_certificate_and_keeps_its_key() {
 async fn bad_credentials_and_unknown_workloads_are_refused() {
     let dir = setup("certs-refused");
     let controller = start(&dir).await;
-    let productpage = token(&dir, "productpage");
+    let productpage = token(&dir, "productpage").await;
     let request = || pb::CreateCertificateRequest {
         csr_pem: csr().1,
         validity_seconds: 0,
     };
     // Another workload's token.
-    let reviews = token(&dir, "reviews-v1");
+    let reviews = token(&dir, "reviews-v1").await;
     let status = request_certificate(&controller, "default/productpage", &reviews, request())
         .await
         .expect_err("wrong token");
@@ -158,7 +160,7 @@ async fn the_ca_survives_a_controller_restart() {
     let dir = setup("certs-restart");
     let first = {
         let controller = start(&dir).await;
-        let token = token(&dir, "productpage");
+        let token = token(&dir, "productpage").await;
         let request = pb::CreateCertificateRequest {
             csr_pem: csr().1,
             validity_seconds: 0,
@@ -169,7 +171,7 @@ async fn the_ca_survives_a_controller_restart() {
         response.trust_bundle_pem
     };
     let controller = start(&dir).await;
-    let token = token(&dir, "productpage");
+    let token = token(&dir, "productpage").await;
     let response = request_certificate(
         &controller,
         "default/productpage",

@@ -9,7 +9,8 @@
 //! Start reading at [`Proxy::start`] (threads, listeners, snapshot updates), then
 //! `http.rs` (one request's path through the proxy), `cluster.rs` (endpoint choice) and
 //! `pool.rs` (upstream connections). The request path as a chart lives in
-//! `docs/request-path.md`.
+//! `docs/request-path.md`. Snapshots come from a file or from the controller's config stream
+//! ([`control`]); the workload certificate from the controller's CA ([`identity`]).
 
 mod admin;
 mod body;

@@ -326,7 +326,7 @@ fn proxy(options: &Options) -> anyhow::Result<()> {
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .unwrap_or_else(|| "?".to_owned()),
         steal_percent: None,
-        commit: git_commit(&root),
+        commit: git_commit(&root, &["proxy-core", "api", "Cargo.lock"]),
         versions,
         clk_tck,
         h2load_rps: tools.h2load_rps,
@@ -788,8 +788,9 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Short commit of the workspace, `-dirty` when the proxy's sources have local changes.
-fn git_commit(root: &Path) -> String {
+/// Short commit of the workspace, `-dirty` when any of `sources` (paths under `root`, the
+/// sources a benchmark measures) has local changes.
+pub(crate) fn git_commit(root: &Path, sources: &[&str]) -> String {
     let commit = tools::capture(
         Command::new("git")
             .arg("-C")
@@ -800,14 +801,13 @@ fn git_commit(root: &Path) -> String {
     if commit.is_empty() || commit.contains(' ') {
         return "unknown".to_owned();
     }
-    let dirty = tools::capture(Command::new("git").arg("-C").arg(root).args([
-        "status",
-        "--porcelain",
-        "--",
-        "proxy-core",
-        "api",
-        "Cargo.lock",
-    ]));
+    let dirty = tools::capture(
+        Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(["status", "--porcelain", "--"])
+            .args(sources),
+    );
     if dirty.trim().is_empty() {
         commit.to_owned()
     } else {

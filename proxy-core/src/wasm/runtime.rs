@@ -27,7 +27,7 @@ pub struct WasmSettings {
     /// Where compiled modules are kept across restarts. Default: none.
     pub cache_dir: Option<PathBuf>,
     /// Where modules named by a `url` are found, as `<sha256>.wasm` (see
-    /// [`fetch_modules`](crate::fetch_modules), which puts them there). Default: none, and a
+    /// [`fetch_modules`](crate::control::fetch_modules), which puts them there). Default: none, and a
     /// snapshot with a `url` module is refused.
     pub module_dir: Option<PathBuf>,
 }

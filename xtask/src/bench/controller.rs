@@ -348,7 +348,7 @@ fn run(options: &Options) -> anyhow::Result<()> {
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .unwrap_or_else(|| "?".to_owned()),
         priority: super::priority(),
-        commit: git_commit(&root),
+        commit: super::git_commit(&root, &["controller", "api", "registry", "Cargo.lock"]),
         versions: vec![
             super::first_line(&tools::capture(Command::new(&controller).arg("--version"))),
             super::first_line(&tools::capture(Command::new("rustc").arg("--version"))),
@@ -518,35 +518,6 @@ fn build_filters(root: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(target.join("wasm32-wasip1").join("release"))
-}
-
-/// Short commit of the workspace, `-dirty` when the controller's or the protocol's sources
-/// have local changes.
-fn git_commit(root: &Path) -> String {
-    let commit = tools::capture(
-        Command::new("git")
-            .arg("-C")
-            .arg(root)
-            .args(["rev-parse", "--short", "HEAD"]),
-    );
-    let commit = commit.trim();
-    if commit.is_empty() || commit.contains(' ') {
-        return "unknown".to_owned();
-    }
-    let dirty = tools::capture(Command::new("git").arg("-C").arg(root).args([
-        "status",
-        "--porcelain",
-        "--",
-        "controller",
-        "api",
-        "registry",
-        "Cargo.lock",
-    ]));
-    if dirty.trim().is_empty() {
-        commit.to_owned()
-    } else {
-        format!("{commit}-dirty")
-    }
 }
 
 /// Waits out other processes' CPU use before a measurement, within a time budget.
