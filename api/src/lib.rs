@@ -17,6 +17,7 @@ pub use duration::{format_duration, parse_duration};
 pub use pb::InvalidSnapshot;
 pub use snapshot::{
     CircuitBreakers, Cluster, DirectResponse, Endpoint, FailurePolicy, FilterConfig, Forward, HashOn, HeaderMatch,
-    HealthCheck, LbPolicy, Limits, Listener, ListenerKind, ListenerProtocol, LoadError, OutlierDetection, PathMatch,
-    Route, RouteMatch, RouteTable, Snapshot, UpstreamProtocol, ValidationError, VirtualHost, WasmModule,
+    HealthCheck, LbPolicy, Limits, Listener, ListenerKind, ListenerMtls, ListenerProtocol, LoadError, MtlsMode,
+    OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, Snapshot, UpstreamProtocol, UpstreamTls,
+    UpstreamTlsMode, ValidationError, VirtualHost, WasmModule,
 };

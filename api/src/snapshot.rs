@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::{serde_duration, serde_opt_duration};
 
+mod tls;
 mod validate;
+
+pub use tls::{ListenerMtls, MtlsMode, Security, UpstreamTls, UpstreamTlsMode};
 
 pub use validate::{LoadError, ValidationError};
 
@@ -34,6 +37,9 @@ pub struct Snapshot {
     /// Limits on downstream requests, shared by every listener.
     #[serde(default)]
     pub limits: Limits,
+    /// Trust bundle and revocations for mesh mutual TLS.
+    #[serde(default, skip_serializing_if = "Security::is_empty")]
+    pub security: Security,
 }
 
 /// Where and how traffic is accepted.
@@ -55,6 +61,9 @@ pub struct Listener {
     /// HTTP filters run on every request, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<FilterConfig>,
+    /// Mesh mutual TLS on this listener. Default: none (plaintext only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<ListenerMtls>,
 }
 
 /// Which traffic a listener takes.
@@ -306,6 +315,9 @@ pub struct Cluster {
     /// Passive ejection of failing endpoints. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS to the endpoints. Default: none (plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
 }
 
 pub(crate) fn default_connect_timeout() -> Duration {
@@ -335,6 +347,10 @@ pub struct Endpoint {
     /// Relative share of traffic, at least 1. Default: 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// The endpoint is a mesh sidecar that accepts mutual TLS (see
+    /// [`UpstreamTls::mesh_endpoints_only`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh: bool,
 }
 
 pub(crate) fn default_weight() -> u32 {

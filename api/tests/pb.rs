@@ -8,9 +8,9 @@ use std::time::Duration;
 use prost::Message;
 use weft_api::{
     CircuitBreakers, Cluster, DirectResponse, Endpoint, FailurePolicy, FilterConfig, Forward, HashOn, HeaderMatch,
-    HealthCheck, InvalidSnapshot, LbPolicy, Limits, Listener, ListenerKind, ListenerProtocol, LoadError,
-    OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Snapshot, UpstreamProtocol, VirtualHost, WasmModule,
-    pb,
+    HealthCheck, InvalidSnapshot, LbPolicy, Limits, Listener, ListenerKind, ListenerMtls, ListenerProtocol, LoadError,
+    MtlsMode, OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, Snapshot, UpstreamProtocol,
+    UpstreamTls, UpstreamTlsMode, VirtualHost, WasmModule, pb,
 };
 
 /// Domain → wire → bytes → wire → domain.
@@ -37,6 +37,7 @@ fn endpoint(address: &str, version: &str, weight: u32) -> Endpoint {
         address: address.to_owned(),
         labels: labels(&[("version", version), ("zone", "a")]),
         weight,
+        mesh: version == "v1",
     }
 }
 
@@ -58,6 +59,7 @@ fn cluster(name: &str, lb_policy: LbPolicy, hash_on: Option<HashOn>, port: u16) 
         },
         health_check: None,
         outlier_detection: None,
+        tls: None,
     }
 }
 
@@ -155,6 +157,7 @@ fn full_snapshot() -> Snapshot {
             protocol: ListenerProtocol::Auto,
             route_table: "main".to_owned(),
             filters,
+            mtls: None,
         },
         Listener {
             name: "inbound".to_owned(),
@@ -163,6 +166,10 @@ fn full_snapshot() -> Snapshot {
             protocol: ListenerProtocol::Http1,
             route_table: "main".to_owned(),
             filters: vec![],
+            mtls: Some(ListenerMtls {
+                mode: MtlsMode::Strict,
+                ports: BTreeMap::from([(9080, MtlsMode::Permissive), (9090, MtlsMode::Disable)]),
+            }),
         },
         Listener {
             name: "gateway".to_owned(),
@@ -171,6 +178,7 @@ fn full_snapshot() -> Snapshot {
             protocol: ListenerProtocol::Http2,
             route_table: "edge".to_owned(),
             filters: vec![],
+            mtls: Some(ListenerMtls::default()),
         },
     ];
 
@@ -328,8 +336,26 @@ fn full_snapshot() -> Snapshot {
         clusters: vec![
             reviews,
             cluster("ratings", LbPolicy::LeastRequest, None, 9110),
-            cluster("random", LbPolicy::Random, None, 9120),
-            cluster("plain", LbPolicy::RoundRobin, None, 9130),
+            Cluster {
+                tls: Some(UpstreamTls {
+                    mode: UpstreamTlsMode::IstioMutual,
+                    sni: None,
+                    subject_alt_names: vec!["spiffe://cluster.local/ns/default/sa/random".to_owned()],
+                    ca_certificates: None,
+                    mesh_endpoints_only: true,
+                }),
+                ..cluster("random", LbPolicy::Random, None, 9120)
+            },
+            Cluster {
+                tls: Some(UpstreamTls {
+                    mode: UpstreamTlsMode::Simple,
+                    sni: Some("plain.example.com".to_owned()),
+                    subject_alt_names: vec![],
+                    ca_certificates: Some("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n".to_owned()),
+                    mesh_endpoints_only: false,
+                }),
+                ..cluster("plain", LbPolicy::RoundRobin, None, 9130)
+            },
             sticky,
             by_client,
         ],
@@ -339,6 +365,11 @@ fn full_snapshot() -> Snapshot {
             max_request_body_bytes: Some(5_000_000_000),
             max_buffered_body_bytes: 64 * 1024,
             http2_max_concurrent_streams: 7,
+        },
+        security: Security {
+            trust_bundle: vec!["-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n".to_owned()],
+            revoked_serials: vec!["7f01".to_owned()],
+            revoked_identities: vec!["spiffe://cluster.local/ns/default/sa/old".to_owned()],
         },
     }
 }
@@ -498,6 +529,7 @@ limits: {}
             },
         ],
         limits: None,
+        security: None,
     };
     assert_eq!(
         Snapshot::try_from(wire.clone()).expect("valid wire snapshot"),

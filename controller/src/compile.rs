@@ -627,6 +627,7 @@ fn inbound_cluster(name: String, ip: IpAddr, port: u16, http2: bool) -> Cluster 
             address: SocketAddr::new(ip, port).to_string(),
             labels: BTreeMap::new(),
             weight: 1,
+            mesh: false,
         }],
         lb_policy: weft_api::LbPolicy::RoundRobin,
         hash_on: None,
@@ -638,6 +639,7 @@ fn inbound_cluster(name: String, ip: IpAddr, port: u16, http2: bool) -> Cluster 
         },
         health_check: None,
         outlier_detection: None,
+        tls: None,
     }
 }
 
@@ -679,6 +681,7 @@ fn add_listener(
         protocol: ListenerProtocol::Auto,
         route_table: name.to_owned(),
         filters,
+        mtls: None,
     });
     snapshot.route_tables.push(table);
     true

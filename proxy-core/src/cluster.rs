@@ -29,6 +29,8 @@ pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) weight: u32,
+    /// A mesh sidecar (gets TLS from clusters with `mesh_endpoints_only`).
+    pub(crate) mesh: bool,
     /// Result of active health checking (true when the cluster has none).
     pub(crate) healthy: AtomicBool,
     pub(crate) hc_streak: AtomicU32,
@@ -40,11 +42,12 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: SocketAddr, labels: BTreeMap<String, String>, weight: u32) -> Self {
+    fn new(addr: SocketAddr, labels: BTreeMap<String, String>, weight: u32, mesh: bool) -> Self {
         Self {
             addr,
             labels,
             weight,
+            mesh,
             healthy: AtomicBool::new(true),
             hc_streak: AtomicU32::new(0),
             consecutive_5xx: AtomicU32::new(0),
@@ -83,6 +86,8 @@ pub(crate) struct Cluster {
     /// Shared by every snapshot generation that has a cluster of this name, so limits hold
     /// across a snapshot swap.
     pub(crate) load: Arc<ClusterLoad>,
+    /// TLS to the endpoints, with the settings it was made from.
+    pub(crate) tls: Option<(weft_api::UpstreamTls, Arc<crate::tls::UpstreamConnector>)>,
 }
 
 /// Live load of a cluster, for circuit breaking.
@@ -103,6 +108,17 @@ pub(crate) enum Outcome {
 }
 
 impl Cluster {
+    /// The TLS connector for `endpoint`, if its connections are TLS.
+    pub(crate) fn tls_for(&self, endpoint: &Endpoint) -> Option<&crate::tls::UpstreamConnector> {
+        let (_, connector) = self.tls.as_ref()?;
+        (!connector.mesh_endpoints_only || endpoint.mesh).then_some(connector.as_ref())
+    }
+
+    /// Whether the mesh has issued this proxy its certificate (mutual TLS needs it).
+    pub(crate) fn mesh_tls_ready(&self) -> bool {
+        self.tls.as_ref().is_some_and(|(_, c)| c.has_certificate())
+    }
+
     /// The load-balancing set for a route's subset (the whole cluster when empty).
     pub(crate) fn subset(&self, labels: &BTreeMap<String, String>) -> Arc<LbSet> {
         if labels.is_empty() {
@@ -188,7 +204,13 @@ pub(crate) struct ClusterSet {
 impl ClusterSet {
     /// Builds the clusters of `snapshot`, reusing live endpoint state from `previous` for
     /// endpoints whose cluster, address, labels and weight are unchanged.
-    pub(crate) fn build(snapshot: &weft_api::Snapshot, previous: Option<&ClusterSet>, stats: &Stats) -> Self {
+    /// A cluster whose TLS settings cannot be used fails the build with its name.
+    pub(crate) fn build(
+        snapshot: &weft_api::Snapshot,
+        previous: Option<&ClusterSet>,
+        stats: &Stats,
+        tls: &Arc<crate::tls::MeshTls>,
+    ) -> Result<Self, (String, crate::tls::TlsError)> {
         let mut subsets_wanted: HashMap<&str, Vec<&BTreeMap<String, String>>> = HashMap::new();
         for table in &snapshot.route_tables {
             for vhost in &table.virtual_hosts {
@@ -208,18 +230,36 @@ impl ClusterSet {
                 .filter_map(|e| {
                     let addr: SocketAddr = e.address.parse().ok()?;
                     let reused = old.and_then(|o| {
-                        o.endpoints
-                            .iter()
-                            .find(|x| x.addr == addr && x.labels == e.labels && x.weight == e.weight)
+                        o.endpoints.iter().find(|x| {
+                            x.addr == addr && x.labels == e.labels && x.weight == e.weight && x.mesh == e.mesh
+                        })
                     });
                     Some(
                         reused
                             .cloned()
-                            .unwrap_or_else(|| Arc::new(Endpoint::new(addr, e.labels.clone(), e.weight))),
+                            .unwrap_or_else(|| Arc::new(Endpoint::new(addr, e.labels.clone(), e.weight, e.mesh))),
                     )
                 })
                 .collect();
+            let connector = match (&config.tls, old) {
+                (None, _) => None,
+                // Same settings: keep the connector (and its TLS session cache).
+                (Some(wanted), Some(old))
+                    if old
+                        .tls
+                        .as_ref()
+                        .is_some_and(|(c, _)| c == wanted && old.protocol == config.protocol) =>
+                {
+                    old.tls.clone()
+                }
+                (Some(wanted), _) => Some((
+                    wanted.clone(),
+                    tls.connector(wanted, config.protocol, &config.name)
+                        .map_err(|e| (config.name.clone(), e))?,
+                )),
+            };
             let mut cluster = Cluster {
+                tls: connector,
                 name: Arc::from(config.name.as_str()),
                 protocol: config.protocol,
                 connect_timeout: config.connect_timeout,
@@ -241,7 +281,7 @@ impl ClusterSet {
             }
             by_name.insert(config.name.clone(), Arc::new(cluster));
         }
-        Self { by_name }
+        Ok(Self { by_name })
     }
 
     pub(crate) fn gauges(&self) -> BTreeMap<String, ClusterGauges> {

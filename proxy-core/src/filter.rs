@@ -173,6 +173,8 @@ pub struct FilterContext {
     pub route: Option<Arc<str>>,
     /// Whether the downstream connection is mutual TLS.
     pub mtls: bool,
+    /// The downstream peer's SPIFFE ID (mutual TLS), `source.principal` to filters.
+    pub peer_principal: Option<Arc<str>>,
     pub(crate) callouts: Option<Arc<crate::callout::Callouts>>,
     pub(crate) worker_context: Option<Arc<crate::http::WorkerContext>>,
     /// Properties filters set on this request, shared along the chain.

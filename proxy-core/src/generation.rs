@@ -11,12 +11,15 @@ use crate::filter::{FilterChain, FilterError};
 use crate::listener::ListenerSockets;
 use crate::routes::{CompileError, RouteTable};
 use crate::stats::{ListenerStats, Stats};
+use crate::tls::MeshTls;
 
 /// A compiled snapshot.
 pub(crate) struct Generation {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) listeners: HashMap<String, Listener>,
     pub(crate) clusters: ClusterSet,
+    /// Mesh TLS material (shared by every generation).
+    pub(crate) tls: Arc<MeshTls>,
 }
 
 /// A listener as the request path sees it.
@@ -27,6 +30,8 @@ pub(crate) struct Listener {
     pub(crate) limits: Limits,
     pub(crate) stats: Arc<ListenerStats>,
     pub(crate) sockets: Arc<ListenerSockets>,
+    /// Mesh mutual TLS: how connections are accepted. `None`: plaintext only.
+    pub(crate) mtls: Option<weft_api::ListenerMtls>,
 }
 
 /// Why a snapshot could not be compiled.
@@ -40,6 +45,14 @@ pub(crate) enum BuildError {
         #[source]
         source: FilterError,
     },
+    #[error("cluster {cluster:?} tls")]
+    Tls {
+        cluster: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
+    #[error("security")]
+    Security(#[source] crate::tls::TlsError),
 }
 
 impl Generation {
@@ -51,8 +64,11 @@ impl Generation {
         stats: &Stats,
         wasm: &crate::wasm::WasmHost,
         workers: usize,
+        tls: &Arc<MeshTls>,
     ) -> Result<Self, BuildError> {
-        let clusters = ClusterSet::build(&snapshot, previous.map(|p| &p.clusters), stats);
+        tls.check(&snapshot.security).map_err(BuildError::Security)?;
+        let clusters = ClusterSet::build(&snapshot, previous.map(|p| &p.clusters), stats, tls)
+            .map_err(|(cluster, source)| BuildError::Tls { cluster, source })?;
         let mut tables = HashMap::new();
         for table in &snapshot.route_tables {
             tables.insert(table.name.as_str(), Arc::new(RouteTable::compile(table, &clusters)?));
@@ -76,6 +92,7 @@ impl Generation {
                     limits: snapshot.limits,
                     stats: stats.listener(&config.name),
                     sockets: sockets.clone(),
+                    mtls: config.mtls.clone(),
                 },
             );
         }
@@ -83,6 +100,7 @@ impl Generation {
             snapshot,
             listeners,
             clusters,
+            tls: tls.clone(),
         })
     }
 }

@@ -277,6 +277,14 @@ impl HarnessBuilder {
         self
     }
 
+    /// The downstream peer's SPIFFE ID (`source.principal`); implies mutual TLS. Default:
+    /// none.
+    pub fn peer_principal(mut self, principal: &str) -> Self {
+        self.context.mtls = true;
+        self.context.peer_principal = Some(Arc::from(principal));
+        self
+    }
+
     /// Where responses come from (`cluster_name`, `upstream.address` in the response
     /// phases). Default: cluster `upstream`, endpoint `127.0.0.1:8080`. A cluster the filter
     /// chose with `set_upstream` replaces this one.
@@ -466,6 +474,7 @@ impl FilterHarness {
                 listener: Arc::from("harness"),
                 route: None,
                 mtls: false,
+                peer_principal: None,
                 callouts: None,
                 worker_context: None,
                 properties: None,

@@ -55,11 +55,16 @@ pub(crate) struct Connection {
     pub(crate) peer_ip: HeaderValue,
     pub(crate) local: SocketAddr,
     pub(crate) worker: Arc<WorkerContext>,
+    /// Whether the connection is mutual TLS.
+    pub(crate) mtls: bool,
+    /// The peer's SPIFFE ID, from its certificate (mutual TLS).
+    pub(crate) principal: Option<Arc<str>>,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -180,6 +185,18 @@ impl Exchange<'_> {
             },
         };
         self.record.authority.clone_from(&authority);
+        if !self.conn.mtls
+            && let Some(mtls) = &self.listener.mtls
+            && !mtls.ports.is_empty()
+        {
+            let port = authority
+                .parse::<http::uri::Authority>()
+                .ok()
+                .and_then(|a| a.port_u16());
+            if mtls.mode_for(port) == weft_api::MtlsMode::Strict {
+                return Err(Local(Reason::MtlsRequired).into());
+            }
+        }
 
         // 2. Header hygiene.
         let upgrade = wants_upgrade(&parts);
@@ -207,7 +224,8 @@ impl Exchange<'_> {
                 destination: self.conn.local,
                 listener: self.conn.listener.clone(),
                 route: route.as_ref().map(|r| r.name.clone()),
-                mtls: false,
+                mtls: self.conn.mtls,
+                peer_principal: self.conn.principal.clone(),
                 worker_context: Some(self.conn.worker.clone()),
                 properties: self.listener.chain.shares_properties().then(Default::default),
                 callouts: self.listener.chain.wants_callouts().then(|| {
@@ -468,6 +486,19 @@ impl Exchange<'_> {
         }
         if !headers.contains_key(&X_REQUEST_ID) {
             headers.insert(&X_REQUEST_ID, request_id());
+        }
+        // The application learns its mesh peer from the sidecar only: a client cannot forge
+        // it, and a mutual TLS peer is named by its SPIFFE ID (Envoy's format).
+        if self.listener.kind == ListenerKind::Inbound {
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+            if let Some(value) = self
+                .conn
+                .principal
+                .as_ref()
+                .and_then(|principal| HeaderValue::from_str(&format!("URI={principal}")).ok())
+            {
+                headers.insert(&X_FORWARDED_CLIENT_CERT, value);
+            }
         }
     }
 

@@ -29,9 +29,11 @@ mod proxy;
 mod reply;
 mod routes;
 mod stats;
+mod tls;
 mod wasm;
 mod worker;
 
 pub use proxy::{Proxy, ProxyConfig, ProxyError};
 pub use reply::{REASON_HEADER, Reason};
+pub use tls::TlsError;
 pub use wasm::WasmSettings;

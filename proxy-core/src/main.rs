@@ -239,7 +239,12 @@ fn main() -> anyhow::Result<()> {
             let stream = weft_proxy::control::run(&proxy, control, &wasm);
             let identity = async {
                 match &identity {
-                    Some(config) => weft_proxy::identity::run(config, |id| proxy.set_identity(id)).await,
+                    Some(config) => weft_proxy::identity::run(config, |id| {
+                        if let Err(error) = proxy.set_identity(id) {
+                            tracing::error!(%error, "the issued certificate cannot be used; keeping the previous one");
+                        }
+                    })
+                    .await,
                     None => std::future::pending().await,
                 }
             };

@@ -19,6 +19,7 @@ use weft_api::UpstreamProtocol;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::cluster::{Cluster, Endpoint};
+use crate::tls::Stream;
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
@@ -37,7 +38,10 @@ pub(crate) enum UpstreamError {
     Reset(#[source] hyper::Error),
 }
 
-type Key = (SocketAddr, UpstreamProtocol);
+/// An endpoint, the protocol spoken to it and the TLS settings of the connection (the
+/// connector's id; 0: plaintext), so changed TLS settings never reuse a connection made
+/// under the old ones.
+type Key = (SocketAddr, UpstreamProtocol, u64);
 
 #[derive(Default)]
 struct EndpointPool {
@@ -79,7 +83,11 @@ impl Pools {
         mut request: Request<ProxyBody>,
         upgrade: bool,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let key = (endpoint.addr, UpstreamProtocol::Http1);
+        let key = (
+            endpoint.addr,
+            UpstreamProtocol::Http1,
+            cluster.tls_for(endpoint).map_or(0, |t| t.id),
+        );
         loop {
             let idle = if upgrade {
                 None
@@ -118,7 +126,11 @@ impl Pools {
         endpoint: &Endpoint,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let key = (endpoint.addr, UpstreamProtocol::Http2);
+        let key = (
+            endpoint.addr,
+            UpstreamProtocol::Http2,
+            cluster.tls_for(endpoint).map_or(0, |t| t.id),
+        );
         let shared = self.with(key, |p| p.h2.clone().filter(|s| !s.is_closed()));
         let mut sender = match shared {
             Some(sender) => sender,
@@ -173,7 +185,7 @@ impl Drop for PendingGuard {
     }
 }
 
-async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<TcpStream>, ConnectionGuard), UpstreamError> {
+async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<Stream>, ConnectionGuard), UpstreamError> {
     let load = &cluster.load;
     if load.pending.fetch_add(1, Relaxed) >= cluster.breakers.max_pending_requests {
         load.pending.fetch_sub(1, Relaxed);
@@ -208,7 +220,39 @@ async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<TcpStre
     };
     let _ = stream.set_nodelay(true);
     cluster.stats.cx_total.fetch_add(1, Relaxed);
-    Ok((TokioIo::new(stream), guard))
+    let Some(tls) = cluster.tls_for(endpoint) else {
+        return Ok((TokioIo::new(Stream::Plain(stream)), guard));
+    };
+    if tls.mutual && !cluster.mesh_tls_ready() {
+        cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
+        return Err(UpstreamError::Connect(
+            "mutual TLS to the mesh needs a workload certificate, and none was issued yet".into(),
+        ));
+    }
+    let handshake = tls.connector.connect(tls.server_name(endpoint.addr.ip()), stream);
+    match tokio::time::timeout(cluster.connect_timeout, handshake).await {
+        Ok(Ok(stream)) => {
+            cluster.stats.tls_handshakes.fetch_add(1, Relaxed);
+            Ok((
+                TokioIo::new(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(stream)))),
+                guard,
+            ))
+        }
+        Ok(Err(e)) => {
+            cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
+            cluster.stats.tls_handshake_errors.fetch_add(1, Relaxed);
+            Err(UpstreamError::Connect(
+                format!("TLS handshake with {} failed: {e}", endpoint.addr).into(),
+            ))
+        }
+        Err(_) => {
+            cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
+            cluster.stats.tls_handshake_errors.fetch_add(1, Relaxed);
+            Err(UpstreamError::Connect(
+                format!("TLS handshake with {} timed out", endpoint.addr).into(),
+            ))
+        }
+    }
 }
 
 async fn connect_h1(cluster: &Cluster, endpoint: &Endpoint) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {

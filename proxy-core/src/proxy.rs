@@ -14,6 +14,7 @@ use weft_api::{LoadError, Snapshot};
 use crate::generation::Generation;
 use crate::listener::ListenerSockets;
 use crate::stats::Stats;
+use crate::tls::MeshTls;
 
 /// How the proxy process runs (as opposed to what it routes, which is the [`Snapshot`]).
 #[derive(Debug, Clone)]
@@ -88,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) generation: watch::Receiver<Arc<Generation>>,
     /// The workload certificate, once the sidecar has one.
     pub(crate) identity: watch::Sender<Option<Arc<crate::identity::WorkloadIdentity>>>,
+    /// Mesh TLS material, read at every handshake.
+    pub(crate) tls: Arc<MeshTls>,
 }
 
 /// A running proxy. Dropping it shuts it down without draining; call [`Proxy::shutdown`] to
@@ -115,8 +118,11 @@ impl Proxy {
             labels: config.node_labels.clone(),
         };
         let wasm = crate::wasm::WasmHost::new(config.wasm.clone(), node);
+        let tls = MeshTls::new();
         let sockets = bind_listeners(&snapshot, None, workers)?;
-        let first = Generation::build(Arc::new(snapshot), None, &sockets, &stats, &wasm, workers)
+        let first = Generation::build(Arc::new(snapshot), None, &sockets, &stats, &wasm, workers, &tls)
+            .map_err(|e| ProxyError::Build(Box::new(e)))?;
+        tls.set_security(&first.snapshot.security)
             .map_err(|e| ProxyError::Build(Box::new(e)))?;
         let (generation_tx, generation_rx) = watch::channel(Arc::new(first));
         let (shutdown_tx, shutdown_rx) = watch::channel(None);
@@ -126,6 +132,7 @@ impl Proxy {
             draining: AtomicBool::new(false),
             generation: generation_rx.clone(),
             identity: watch::Sender::new(None),
+            tls,
         });
 
         let admin = match config.admin_address {
@@ -201,9 +208,13 @@ impl Proxy {
     }
 
     /// Installs the workload certificate (and replaces the previous one): new handshakes use
-    /// it, established connections are left alone.
-    pub fn set_identity(&self, identity: crate::identity::WorkloadIdentity) {
-        self.shared.identity.send_replace(Some(Arc::new(identity)));
+    /// it, established connections are left alone. A certificate that does not match its key
+    /// or does not parse is refused and the previous one stays.
+    pub fn set_identity(&self, identity: crate::identity::WorkloadIdentity) -> Result<(), crate::TlsError> {
+        let identity = Arc::new(identity);
+        self.shared.tls.set_identity(identity.clone())?;
+        self.shared.identity.send_replace(Some(identity));
+        Ok(())
     }
 
     /// Applies a new snapshot atomically: new requests use it, in-flight requests finish on
@@ -220,8 +231,13 @@ impl Proxy {
             &self.shared.stats,
             &self.shared.wasm,
             self.config.workers,
+            &self.shared.tls,
         )
         .map_err(|e| ProxyError::Build(Box::new(e)))?;
+        self.shared
+            .tls
+            .set_security(&next.snapshot.security)
+            .map_err(|e| ProxyError::Build(Box::new(e)))?;
         tracing::info!(version = %next.snapshot.version, "snapshot applied");
         self.shared.wasm.retain_modules(&next.snapshot);
         self.generation.send_replace(Arc::new(next));

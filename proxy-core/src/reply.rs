@@ -37,6 +37,8 @@ pub enum Reason {
     DirectResponse,
     /// The proxy is shutting down or has no configuration (503).
     Unavailable,
+    /// A plaintext request for a port that takes mutual TLS only (403).
+    MtlsRequired,
 }
 
 impl Reason {
@@ -56,6 +58,7 @@ impl Reason {
             Reason::Filter => "filter",
             Reason::DirectResponse => "direct_response",
             Reason::Unavailable => "unavailable",
+            Reason::MtlsRequired => "mtls_required",
         }
     }
 
@@ -72,7 +75,7 @@ impl Reason {
             }
             Reason::UpstreamConnectFailure | Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::Filter => StatusCode::FORBIDDEN,
+            Reason::Filter | Reason::MtlsRequired => StatusCode::FORBIDDEN,
             Reason::DirectResponse => StatusCode::OK,
         }
     }
@@ -100,6 +103,7 @@ impl Reason {
             Reason::Filter => "denied by filter\n",
             Reason::DirectResponse => "",
             Reason::Unavailable => "unavailable\n",
+            Reason::MtlsRequired => "mutual TLS required\n",
         }
     }
 }

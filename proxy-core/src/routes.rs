@@ -290,7 +290,8 @@ mod tests {
             "route_tables:\n  - name: t\n    virtual_hosts:\n{yaml_vhosts}\nclusters:\n  - name: c\n    endpoints: [{{address: 127.0.0.1:1}}]\n"
         );
         let snapshot = weft_api::Snapshot::from_yaml(&yaml).expect("valid");
-        let clusters = ClusterSet::build(&snapshot, None, &Stats::default());
+        let clusters =
+            ClusterSet::build(&snapshot, None, &Stats::default(), &crate::tls::MeshTls::new()).unwrap_or_default();
         RouteTable::compile(&snapshot.route_tables[0], &clusters).expect("compiles")
     }
 

@@ -4,6 +4,10 @@
 //! - `weft_listener_downstream_rq_total{listener,code_class}`: responses sent, by status class.
 //! - `weft_listener_downstream_cx_total{listener}`, `weft_listener_downstream_cx_active{listener}`.
 //! - `weft_listener_local_replies_total{listener,reason}`: local replies by `x-weft-reason`.
+//! - `weft_listener_downstream_cx_mtls_total{listener}`: connections accepted with mutual TLS;
+//!   `weft_listener_downstream_cx_plaintext_total{listener}` (on listeners with mTLS settings);
+//!   `weft_listener_downstream_cx_refused_total{listener}`: closed before HTTP (plaintext on a
+//!   STRICT listener, a failed handshake: untrusted, expired or revoked peer).
 //! - `weft_cluster_upstream_rq_total{cluster,code_class}`: upstream responses by class.
 //! - `weft_cluster_upstream_rq_active{cluster}`, `weft_cluster_upstream_cx_active{cluster}`,
 //!   `weft_cluster_upstream_cx_total{cluster}`, `weft_cluster_upstream_cx_connect_fail_total{cluster}`.
@@ -13,6 +17,8 @@
 //! - `weft_cluster_health_check_failures_total{cluster}`, `weft_cluster_membership_healthy{cluster}`,
 //!   `weft_cluster_membership_total{cluster}`.
 //! - `weft_cluster_upstream_rq_time_ms{cluster}`: histogram of time to response headers.
+//! - `weft_cluster_upstream_cx_tls_total{cluster}`, `weft_cluster_upstream_cx_tls_fail_total{cluster}`:
+//!   TLS handshakes to the cluster's endpoints that succeeded, failed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,6 +32,9 @@ pub(crate) struct ListenerStats {
     pub(crate) rq_by_class: [AtomicU64; 5],
     pub(crate) cx_total: AtomicU64,
     pub(crate) cx_active: AtomicI64,
+    pub(crate) cx_mtls: AtomicU64,
+    pub(crate) cx_plaintext: AtomicU64,
+    pub(crate) cx_refused: AtomicU64,
     pub(crate) local_replies: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -56,6 +65,8 @@ pub(crate) struct ClusterStats {
     pub(crate) overflow: AtomicU64,
     pub(crate) ejections: AtomicU64,
     pub(crate) hc_failures: AtomicU64,
+    pub(crate) tls_handshakes: AtomicU64,
+    pub(crate) tls_handshake_errors: AtomicU64,
     pub(crate) rq_time: Histogram,
 }
 
@@ -161,6 +172,33 @@ impl Stats {
             &listeners,
             |s| s.cx_active.load(Relaxed),
         );
+        simple(
+            &mut out,
+            "weft_listener_downstream_cx_mtls_total",
+            "counter",
+            "Downstream connections accepted with mutual TLS.",
+            "listener",
+            &listeners,
+            |s| s.cx_mtls.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_listener_downstream_cx_plaintext_total",
+            "counter",
+            "Downstream plaintext connections on a listener with mutual TLS settings.",
+            "listener",
+            &listeners,
+            |s| s.cx_plaintext.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_listener_downstream_cx_refused_total",
+            "counter",
+            "Downstream connections closed before HTTP: refused plaintext or TLS, failed handshakes.",
+            "listener",
+            &listeners,
+            |s| s.cx_refused.load(Relaxed) as i64,
+        );
         header(
             &mut out,
             "weft_listener_local_replies_total",
@@ -231,6 +269,24 @@ impl Stats {
             "cluster",
             c,
             |s| s.cx_connect_fail.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_cx_tls_total",
+            "counter",
+            "TLS handshakes to the cluster's endpoints that succeeded.",
+            "cluster",
+            c,
+            |s| s.tls_handshakes.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_cx_tls_fail_total",
+            "counter",
+            "TLS handshakes to the cluster's endpoints that failed.",
+            "cluster",
+            c,
+            |s| s.tls_handshake_errors.load(Relaxed) as i64,
         );
         simple(
             &mut out,

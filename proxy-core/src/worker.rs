@@ -174,59 +174,115 @@ async fn accept_loop(
         let Some(listener) = generation.listeners.get(&name) else {
             continue;
         };
-        let limits = listener.limits;
         let stats = listener.stats.clone();
         stats.cx_total.fetch_add(1, Relaxed);
         stats.cx_active.fetch_add(1, Relaxed);
         let local = stream.local_addr().unwrap_or(listener.sockets.addr);
-        let peer_ip =
-            HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        let connection = Arc::new(Connection {
-            peer_ip,
-            listener: listener_name.clone(),
-            peer,
-            local,
-            worker: context.clone(),
-        });
-        let service = hyper::service::service_fn(move |request| crate::http::serve(connection.clone(), request));
-        let io = TokioIo::new(stream);
         let guard = tracker.enter();
-        let shutdown = shutdown.clone();
-        let header_bytes = (limits.max_request_headers_bytes as usize).max(8192);
-        match protocol {
-            ListenerProtocol::Http1 => {
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .max_headers(limits.max_request_headers_count as usize)
-                    .max_header_size(header_bytes)
-                    .max_buf_size(header_bytes.max(64 * 1024))
-                    .serve_connection(io, service)
-                    .with_upgrades();
-                tokio::spawn(drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats));
-            }
-            ListenerProtocol::Http2 => {
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(limits.http2_max_concurrent_streams)
-                    .max_header_list_size(limits.max_request_headers_bytes)
-                    .serve_connection(io, service);
-                tokio::spawn(drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats));
-            }
-            ListenerProtocol::Auto => {
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .max_headers(limits.max_request_headers_count as usize)
-                    .max_buf_size(header_bytes);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(limits.http2_max_concurrent_streams)
-                    .max_header_list_size(limits.max_request_headers_bytes);
-                let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-                tokio::spawn(drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats));
-            }
+        let limits = listener.limits;
+        let mut shutdown = shutdown.clone();
+        let listener_name = listener_name.clone();
+        let context = context.clone();
+        let mtls = listener
+            .mtls
+            .clone()
+            .map(|m| (m, generation.tls.server_config(protocol)));
+        tokio::spawn(async move {
+            let accepted = match mtls {
+                None => crate::tls::Accepted {
+                    stream: crate::tls::Stream::Plain(stream),
+                    mtls: false,
+                    principal: None,
+                },
+                Some((mtls, config)) => {
+                    let accepted = tokio::select! {
+                        accepted = crate::tls::accept(stream, &mtls, config) => accepted,
+                        _ = shutdown.wait_for(Option::is_some) => {
+                            stats.cx_active.fetch_sub(1, Relaxed);
+                            return;
+                        }
+                    };
+                    match accepted {
+                        Ok(accepted) => {
+                            let counter = if accepted.mtls {
+                                &stats.cx_mtls
+                            } else {
+                                &stats.cx_plaintext
+                            };
+                            counter.fetch_add(1, Relaxed);
+                            accepted
+                        }
+                        Err(error) => {
+                            tracing::debug!(listener = %listener_name, %peer, %error, "connection refused");
+                            stats.cx_refused.fetch_add(1, Relaxed);
+                            stats.cx_active.fetch_sub(1, Relaxed);
+                            return;
+                        }
+                    }
+                }
+            };
+            let peer_ip =
+                HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            let connection = Arc::new(Connection {
+                peer_ip,
+                listener: listener_name,
+                peer,
+                local,
+                worker: context,
+                mtls: accepted.mtls,
+                principal: accepted.principal,
+            });
+            serve_connection(accepted.stream, connection, protocol, limits, shutdown, guard, stats).await;
+        });
+    }
+}
+
+/// Serves HTTP on one accepted connection until it closes.
+async fn serve_connection(
+    stream: crate::tls::Stream,
+    connection: Arc<Connection>,
+    protocol: ListenerProtocol,
+    limits: weft_api::Limits,
+    shutdown: watch::Receiver<Option<Duration>>,
+    guard: TrackerGuard,
+    stats: Arc<ListenerStats>,
+) {
+    let service = hyper::service::service_fn(move |request| crate::http::serve(connection.clone(), request));
+    let io = TokioIo::new(stream);
+    let header_bytes = (limits.max_request_headers_bytes as usize).max(8192);
+    match protocol {
+        ListenerProtocol::Http1 => {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .max_headers(limits.max_request_headers_count as usize)
+                .max_header_size(header_bytes)
+                .max_buf_size(header_bytes.max(64 * 1024))
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats).await;
+        }
+        ListenerProtocol::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.http2_max_concurrent_streams)
+                .max_header_list_size(limits.max_request_headers_bytes)
+                .serve_connection(io, service);
+            drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats).await;
+        }
+        ListenerProtocol::Auto => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .max_headers(limits.max_request_headers_count as usize)
+                .max_buf_size(header_bytes);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.http2_max_concurrent_streams)
+                .max_header_list_size(limits.max_request_headers_bytes);
+            let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
+            drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats).await;
         }
     }
 }

@@ -101,6 +101,11 @@ impl From<&domain::Snapshot> for pb::Snapshot {
             route_tables: snapshot.route_tables.iter().map(route_table_to_pb).collect(),
             clusters: snapshot.clusters.iter().map(cluster_to_pb).collect(),
             limits: Some(limits_to_pb(&snapshot.limits)),
+            security: (!snapshot.security.is_empty()).then(|| pb::Security {
+                trust_bundle: snapshot.security.trust_bundle.clone(),
+                revoked_serials: snapshot.security.revoked_serials.clone(),
+                revoked_identities: snapshot.security.revoked_identities.clone(),
+            }),
         }
     }
 }
@@ -113,6 +118,14 @@ fn listener_to_pb(listener: &domain::Listener) -> pb::Listener {
         protocol: pb::ListenerProtocol::from(listener.protocol).into(),
         route_table: listener.route_table.clone(),
         filters: listener.filters.iter().map(filter_to_pb).collect(),
+        mtls: listener.mtls.as_ref().map(|mtls| pb::ListenerMtls {
+            mode: pb::MtlsMode::from(mtls.mode).into(),
+            ports: mtls
+                .ports
+                .iter()
+                .map(|(port, mode)| (u32::from(*port), pb::MtlsMode::from(*mode).into()))
+                .collect(),
+        }),
     }
 }
 
@@ -198,6 +211,7 @@ fn cluster_to_pb(cluster: &domain::Cluster) -> pb::Cluster {
                 address: endpoint.address.clone(),
                 labels: endpoint.labels.clone(),
                 weight: Some(endpoint.weight),
+                mesh: endpoint.mesh,
             })
             .collect(),
         lb_policy: pb::LbPolicy::from(cluster.lb_policy).into(),
@@ -224,6 +238,17 @@ fn cluster_to_pb(cluster: &domain::Cluster) -> pb::Cluster {
             consecutive_gateway_errors: outlier.consecutive_gateway_errors,
             base_ejection_time_ns: Some(nanos(outlier.base_ejection_time)),
             max_ejection_percent: Some(outlier.max_ejection_percent),
+        }),
+        tls: cluster.tls.as_ref().map(|tls| pb::UpstreamTls {
+            mode: match tls.mode {
+                domain::UpstreamTlsMode::IstioMutual => pb::UpstreamTlsMode::IstioMutual,
+                domain::UpstreamTlsMode::Simple => pb::UpstreamTlsMode::Simple,
+            }
+            .into(),
+            sni: tls.sni.clone(),
+            subject_alt_names: tls.subject_alt_names.clone(),
+            ca_certificates: tls.ca_certificates.clone(),
+            mesh_endpoints_only: tls.mesh_endpoints_only,
         }),
     }
 }
@@ -306,6 +331,14 @@ impl TryFrom<pb::Snapshot> for domain::Snapshot {
             route_tables: collect(wire.route_tables, &root, "route_tables", route_table_from_pb)?,
             clusters: collect(wire.clusters, &root, "clusters", cluster_from_pb)?,
             limits: wire.limits.map(limits_from_pb).unwrap_or_default(),
+            security: wire
+                .security
+                .map(|security| domain::Security {
+                    trust_bundle: security.trust_bundle,
+                    revoked_serials: security.revoked_serials,
+                    revoked_identities: security.revoked_identities,
+                })
+                .unwrap_or_default(),
         };
         snapshot.validate().map_err(InvalidSnapshot::Validation)?;
         Ok(snapshot)
@@ -334,6 +367,26 @@ fn listener_from_pb(wire: pb::Listener, path: Path<'_>) -> Result<domain::Listen
         protocol: enum_from_pb::<pb::ListenerProtocol>(wire.protocol, path.field("protocol"))?.into(),
         route_table: wire.route_table,
         filters: collect(wire.filters, &path, "filters", filter_from_pb)?,
+        mtls: match wire.mtls {
+            Some(mtls) => Some(listener_mtls_from_pb(mtls, path.field("mtls"))?),
+            None => None,
+        },
+    })
+}
+
+fn listener_mtls_from_pb(wire: pb::ListenerMtls, path: Path<'_>) -> Result<domain::ListenerMtls, InvalidSnapshot> {
+    let mut ports = std::collections::BTreeMap::new();
+    for (port, mode) in wire.ports {
+        let port_path = path.field("ports");
+        let number = u16::try_from(port).map_err(|_| InvalidSnapshot::OutOfRange {
+            path: port_path.to_string(),
+            value: port.into(),
+        })?;
+        ports.insert(number, enum_from_pb::<pb::MtlsMode>(mode, port_path)?.into());
+    }
+    Ok(domain::ListenerMtls {
+        mode: enum_from_pb::<pb::MtlsMode>(wire.mode, path.field("mode"))?.into(),
+        ports,
     })
 }
 
@@ -427,6 +480,7 @@ fn cluster_from_pb(wire: pb::Cluster, path: Path<'_>) -> Result<domain::Cluster,
                 address: endpoint.address,
                 labels: endpoint.labels,
                 weight: endpoint.weight.unwrap_or(domain::default_weight()),
+                mesh: endpoint.mesh,
             })
             .collect(),
         lb_policy: enum_from_pb::<pb::LbPolicy>(wire.lb_policy, path.field("lb_policy"))?.into(),
@@ -462,6 +516,30 @@ fn cluster_from_pb(wire: pb::Cluster, path: Path<'_>) -> Result<domain::Cluster,
                 .max_ejection_percent
                 .unwrap_or(domain::default_max_ejection_percent()),
         }),
+        tls: match wire.tls {
+            Some(tls) => Some(upstream_tls_from_pb(tls, path.field("tls"))?),
+            None => None,
+        },
+    })
+}
+
+fn upstream_tls_from_pb(wire: pb::UpstreamTls, path: Path<'_>) -> Result<domain::UpstreamTls, InvalidSnapshot> {
+    let mode = match enum_from_pb::<pb::UpstreamTlsMode>(wire.mode, path.field("mode"))? {
+        pb::UpstreamTlsMode::IstioMutual => domain::UpstreamTlsMode::IstioMutual,
+        pb::UpstreamTlsMode::Simple => domain::UpstreamTlsMode::Simple,
+        pb::UpstreamTlsMode::Unspecified => {
+            return Err(InvalidSnapshot::UnknownEnumValue {
+                path: path.field("mode").to_string(),
+                value: wire.mode,
+            });
+        }
+    };
+    Ok(domain::UpstreamTls {
+        mode,
+        sni: wire.sni,
+        subject_alt_names: wire.subject_alt_names,
+        ca_certificates: wire.ca_certificates,
+        mesh_endpoints_only: wire.mesh_endpoints_only,
     })
 }
 
@@ -542,6 +620,11 @@ enum_conversions!(FailurePolicy {
     Reload
 });
 enum_conversions!(UpstreamProtocol { Http1, Http2 });
+enum_conversions!(MtlsMode {
+    Strict,
+    Permissive,
+    Disable
+});
 enum_conversions!(LbPolicy {
     RoundRobin,
     LeastRequest,

@@ -340,6 +340,33 @@ pub struct Snapshot {
     /// default.
     #[prost(message, optional, tag = "5")]
     pub limits: ::core::option::Option<Limits>,
+    /// Trust bundle and revocations for mesh mutual TLS. Unset: none.
+    #[prost(message, optional, tag = "6")]
+    pub security: ::core::option::Option<Security>,
+}
+/// Mesh-wide security settings of one sidecar.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Security {
+    /// Roots trusted for mesh peers, PEM certificates, in addition to the roots that came with
+    /// the sidecar's own certificate.
+    #[prost(string, repeated, tag = "1")]
+    pub trust_bundle: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Revoked workload certificates by serial number (lowercase hex).
+    #[prost(string, repeated, tag = "2")]
+    pub revoked_serials: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Revoked identities (SPIFFE IDs).
+    #[prost(string, repeated, tag = "3")]
+    pub revoked_identities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+/// A listener's mutual TLS.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListenerMtls {
+    /// The mode for every port not listed in `ports`.
+    #[prost(enumeration = "MtlsMode", tag = "1")]
+    pub mode: i32,
+    /// Modes by the port a request is for.
+    #[prost(btree_map = "uint32, enumeration(MtlsMode)", tag = "2")]
+    pub ports: ::prost::alloc::collections::BTreeMap<u32, i32>,
 }
 /// Where and how traffic is accepted.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -362,6 +389,9 @@ pub struct Listener {
     /// HTTP filters run on every request, in order.
     #[prost(message, repeated, tag = "6")]
     pub filters: ::prost::alloc::vec::Vec<FilterConfig>,
+    /// Mesh mutual TLS on this listener. Unset: plaintext only.
+    #[prost(message, optional, tag = "7")]
+    pub mtls: ::core::option::Option<ListenerMtls>,
 }
 /// An HTTP filter in a listener's chain. Exactly one of `native` and `wasm` is set.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -568,6 +598,28 @@ pub struct Cluster {
     /// Passive ejection of failing endpoints. Unset: none.
     #[prost(message, optional, tag = "9")]
     pub outlier_detection: ::core::option::Option<OutlierDetection>,
+    /// TLS to the endpoints. Unset: plaintext.
+    #[prost(message, optional, tag = "10")]
+    pub tls: ::core::option::Option<UpstreamTls>,
+}
+/// TLS towards a cluster's endpoints.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpstreamTls {
+    /// Mutual (mesh) or one-way TLS.
+    #[prost(enumeration = "UpstreamTlsMode", tag = "1")]
+    pub mode: i32,
+    /// Server name sent (SNI) and, for `simple`, verified.
+    #[prost(string, optional, tag = "2")]
+    pub sni: ::core::option::Option<::prost::alloc::string::String>,
+    /// Identities the server may present (SPIFFE IDs, or DNS names for `simple`).
+    #[prost(string, repeated, tag = "3")]
+    pub subject_alt_names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Roots for `simple`, PEM. Unset: the system's roots.
+    #[prost(string, optional, tag = "4")]
+    pub ca_certificates: ::core::option::Option<::prost::alloc::string::String>,
+    /// Only endpoints marked `mesh` get TLS (auto mTLS).
+    #[prost(bool, tag = "5")]
+    pub mesh_endpoints_only: bool,
 }
 /// One upstream endpoint.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -584,6 +636,9 @@ pub struct Endpoint {
     /// Relative share of traffic, at least 1. Unset: 1.
     #[prost(uint32, optional, tag = "3")]
     pub weight: ::core::option::Option<u32>,
+    /// The endpoint is a mesh sidecar that accepts mutual TLS.
+    #[prost(bool, tag = "4")]
+    pub mesh: bool,
 }
 /// What `ring_hash` hashes; exactly one field is set.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -669,6 +724,43 @@ pub struct Limits {
     /// Concurrent streams per downstream HTTP/2 connection. Unset: 100.
     #[prost(uint32, optional, tag = "5")]
     pub http2_max_concurrent_streams: ::core::option::Option<u32>,
+}
+/// How a listener accepts mesh mutual TLS (Istio's PeerAuthentication modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum MtlsMode {
+    /// The default: permissive.
+    Unspecified = 0,
+    /// Mutual TLS only.
+    Strict = 1,
+    /// Mutual TLS or plaintext.
+    Permissive = 2,
+    /// Plaintext only.
+    Disable = 3,
+}
+impl MtlsMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "MTLS_MODE_UNSPECIFIED",
+            Self::Strict => "MTLS_MODE_STRICT",
+            Self::Permissive => "MTLS_MODE_PERMISSIVE",
+            Self::Disable => "MTLS_MODE_DISABLE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "MTLS_MODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "MTLS_MODE_STRICT" => Some(Self::Strict),
+            "MTLS_MODE_PERMISSIVE" => Some(Self::Permissive),
+            "MTLS_MODE_DISABLE" => Some(Self::Disable),
+            _ => None,
+        }
+    }
 }
 /// Which traffic a listener takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
@@ -778,6 +870,39 @@ impl FailurePolicy {
             "FAILURE_POLICY_FAIL_CLOSED" => Some(Self::FailClosed),
             "FAILURE_POLICY_FAIL_OPEN" => Some(Self::FailOpen),
             "FAILURE_POLICY_RELOAD" => Some(Self::Reload),
+            _ => None,
+        }
+    }
+}
+/// How TLS is originated to a cluster's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum UpstreamTlsMode {
+    /// Invalid: a set `UpstreamTls` names its mode.
+    Unspecified = 0,
+    /// Mesh mutual TLS with the workload certificate.
+    IstioMutual = 1,
+    /// One-way TLS (egress origination).
+    Simple = 2,
+}
+impl UpstreamTlsMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "UPSTREAM_TLS_MODE_UNSPECIFIED",
+            Self::IstioMutual => "UPSTREAM_TLS_MODE_ISTIO_MUTUAL",
+            Self::Simple => "UPSTREAM_TLS_MODE_SIMPLE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "UPSTREAM_TLS_MODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "UPSTREAM_TLS_MODE_ISTIO_MUTUAL" => Some(Self::IstioMutual),
+            "UPSTREAM_TLS_MODE_SIMPLE" => Some(Self::Simple),
             _ => None,
         }
     }

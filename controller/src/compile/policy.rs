@@ -257,6 +257,7 @@ fn cluster(name: String, protocol: UpstreamProtocol, endpoints: Vec<Endpoint>, p
         },
         health_check: None,
         outlier_detection: parts.outlier.clone(),
+        tls: None,
     }
 }
 

@@ -612,5 +612,6 @@ fn push_endpoint(
         address,
         labels: instance.labels.clone(),
         weight: instance.weight,
+        mesh: false,
     });
 }

@@ -237,7 +237,8 @@ mod tests {
             .collect();
         let yaml = format!("clusters:\n  - name: c\n    lb_policy: {policy}\n{extra}    endpoints:\n{endpoints}");
         let snapshot = weft_api::Snapshot::from_yaml(&yaml).expect("valid snapshot");
-        let set = ClusterSet::build(&snapshot, None, &Stats::default());
+        let set =
+            ClusterSet::build(&snapshot, None, &Stats::default(), &crate::tls::MeshTls::new()).unwrap_or_default();
         set.by_name.get("c").expect("cluster").clone()
     }
 

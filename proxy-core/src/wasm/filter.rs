@@ -255,7 +255,7 @@ impl FilterFactory for WasmFactory {
                 listener: context.listener.clone(),
                 route: context.route.clone(),
                 mtls: context.mtls,
-                peer_principal: None,
+                peer_principal: context.peer_principal.as_deref().map(str::to_owned),
                 worker: context.worker,
                 start: SystemTime::now(),
                 method: Method::GET,

@@ -18,6 +18,7 @@ mod filter_telemetry;
 mod grpc;
 mod identity;
 mod lifecycle;
+mod mtls;
 mod protocols;
 mod resilience;
 mod wasm;

@@ -1,0 +1,119 @@
+//! Mesh security in the snapshot: which peers a sidecar trusts, how its listeners accept
+//! mutual TLS (Istio's `PeerAuthentication`), how it originates TLS to a cluster (a
+//! `DestinationRule`'s `trafficPolicy.tls`), and which certificates are revoked.
+//!
+//! The sidecar's own certificate is not in the snapshot: it is issued to the sidecar by the
+//! controller's CA against a key that never leaves the sidecar (see `docs/identity.md`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Mesh-wide security settings of one sidecar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    /// Roots trusted for mesh peers, PEM certificates, in addition to the roots that came with
+    /// the sidecar's own certificate. During a root rotation the old and new roots are both
+    /// here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_bundle: Vec<String>,
+    /// Revoked workload certificates, by serial number (lowercase hex, no separators).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_serials: Vec<String>,
+    /// Revoked identities: any certificate naming one of these SPIFFE IDs is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_identities: Vec<String>,
+}
+
+impl Security {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.trust_bundle.is_empty() && self.revoked_serials.is_empty() && self.revoked_identities.is_empty()
+    }
+}
+
+/// How a listener accepts mesh mutual TLS (Istio's `PeerAuthentication` modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsMode {
+    /// Mutual TLS only: plaintext connections are closed.
+    Strict,
+    /// Mutual TLS or plaintext, told apart by the connection's first byte.
+    #[default]
+    Permissive,
+    /// Plaintext only.
+    Disable,
+}
+
+/// A listener's mutual TLS: a mode for the listener and, optionally, per application port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerMtls {
+    /// The mode for every port not listed in `ports`.
+    #[serde(default)]
+    pub mode: MtlsMode,
+    /// Modes by the port a request is for (the port of its authority, which picks the
+    /// inbound virtual host). A plaintext connection is accepted if any mode allows it; its
+    /// requests for a `strict` port are then refused with 403.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, MtlsMode>,
+}
+
+impl ListenerMtls {
+    /// The mode for requests to `port`.
+    pub fn mode_for(&self, port: Option<u16>) -> MtlsMode {
+        port.and_then(|p| self.ports.get(&p).copied()).unwrap_or(self.mode)
+    }
+
+    /// Whether a TLS connection is accepted (some mode is not `disable`).
+    pub fn accepts_tls(&self) -> bool {
+        std::iter::once(self.mode)
+            .chain(self.ports.values().copied())
+            .any(|m| m != MtlsMode::Disable)
+    }
+
+    /// Whether a plaintext connection is accepted (some mode is not `strict`).
+    pub fn accepts_plaintext(&self) -> bool {
+        std::iter::once(self.mode)
+            .chain(self.ports.values().copied())
+            .any(|m| m != MtlsMode::Strict)
+    }
+}
+
+/// How TLS is originated to a cluster's endpoints (a `DestinationRule`'s `tls.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamTlsMode {
+    /// Mesh mutual TLS: the sidecar's workload certificate, the peer verified against the
+    /// mesh trust bundle and (if listed) its SPIFFE ID.
+    IstioMutual,
+    /// One-way TLS (egress origination): the server verified against `ca_certificates`, or the
+    /// system's roots, and its name.
+    Simple,
+}
+
+/// TLS towards a cluster's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// Mutual (mesh) or one-way TLS.
+    pub mode: UpstreamTlsMode,
+    /// Server name sent (SNI) and, for `simple`, verified. Default: none for `istio_mutual`;
+    /// required for `simple` unless the endpoints are addressed by IP and the certificate
+    /// names the IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Identities the server may present: SPIFFE IDs for `istio_mutual`, DNS names for
+    /// `simple`. Empty: any identity the trust bundle vouches for (`istio_mutual`), or the
+    /// `sni` name (`simple`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// Roots for `simple`, PEM. Default: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<String>,
+    /// Only endpoints marked `mesh: true` get TLS; the others get plaintext (Istio's auto
+    /// mTLS: workloads with a sidecar get mutual TLS, the rest plaintext).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mesh_endpoints_only: bool,
+}
