@@ -8,6 +8,10 @@
 //! - `weftctl filter ls oci://HOST:PORT` lists a registry's repositories, tags and digests.
 //! - `weftctl status [--controller ADDR]` shows every sidecar's sync state and the intent's
 //!   problems.
+//! - `weftctl cert ls` lists the certificates the controller's CA issued; `weftctl cert revoke
+//!   --serial S | --identity spiffe://...` revokes one, or every one of an identity.
+//! - `weftctl bench URL [-n N | -d DURATION] [-c C] [--rate RPS] [--proxy HOST:PORT]` loads an
+//!   HTTP service (like `ab`) and reports throughput, latency percentiles and status codes.
 
 #![allow(clippy::print_stdout, reason = "a command line prints its results")]
 
@@ -18,8 +22,11 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use sha2::Digest;
 
+mod bench;
+mod cert;
 mod registry;
 mod status;
+mod table;
 
 /// Weft's command line.
 #[derive(Debug, Parser)]
@@ -41,6 +48,24 @@ enum Top {
         #[arg(long, default_value = "127.0.0.1:15010")]
         controller: String,
     },
+    /// The controller CA's certificates: list them, revoke one or an identity.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Load an HTTP service, like `ab -n 500 -c 10 URL`: throughput, latency percentiles
+    /// and histogram, status codes.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Every certificate issued and not expired, and every revocation.
+    Ls {
+        /// The controller's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        controller: String,
+    },
+    /// Revoke a certificate (`--serial`) or an identity (`--identity spiffe://...`).
+    Revoke(cert::RevokeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +114,9 @@ fn main() -> anyhow::Result<()> {
         Top::Filter(FilterCommand::Push(args)) => registry::push(&args)?,
         Top::Filter(FilterCommand::Ls(args)) => registry::ls(&args)?,
         Top::Status { controller } => status::run(&controller)?,
+        Top::Bench(args) => bench::run(&args)?,
+        Top::Cert(CertCommand::Ls { controller }) => cert::ls(&controller)?,
+        Top::Cert(CertCommand::Revoke(args)) => cert::revoke(&args)?,
     }
     Ok(())
 }

@@ -15,17 +15,7 @@ pub(crate) fn run(address: &str) -> anyhow::Result<()> {
 }
 
 async fn fetch(address: &str) -> anyhow::Result<(pb::ListProxiesResponse, pb::ListDiagnosticsResponse)> {
-    let address = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(address.clone())
-        .with_context(|| format!("bad controller address {address}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the controller at {address}"))?;
+    let channel = connect(address).await?;
     let mut client = pb::status_client::StatusClient::new(channel);
     let proxies = client
         .list_proxies(pb::ListProxiesRequest {})
@@ -38,6 +28,21 @@ async fn fetch(address: &str) -> anyhow::Result<(pb::ListProxiesResponse, pb::Li
         .context("listing diagnostics")?
         .into_inner();
     Ok((proxies, diagnostics))
+}
+
+/// A gRPC channel to the controller at `address` (`host:port`, or a URL).
+pub(crate) async fn connect(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let address = if address.contains("://") {
+        address.to_owned()
+    } else {
+        format!("http://{address}")
+    };
+    tonic::transport::Endpoint::from_shared(address.clone())
+        .with_context(|| format!("bad controller address {address}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the controller at {address}"))
 }
 
 /// The table `weftctl status` prints.
@@ -78,25 +83,7 @@ fn render(proxies: &pb::ListProxiesResponse, diagnostics: &pb::ListDiagnosticsRe
             or_dash(&proxy.last_error.replace('\n', " ")),
         ]);
     }
-    let mut widths = [0usize; 7];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<width$}  "));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = crate::table::render(&rows);
     out.push_str(&format!(
         "\nintent version {}: {} sidecar(s), {} problem(s)\n",
         proxies.intent_version,

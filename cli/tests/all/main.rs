@@ -1,3 +1,4 @@
 //! weftctl's integration tests: the built binary run against real services.
 
+mod bench;
 mod registry;
