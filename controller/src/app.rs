@@ -154,9 +154,23 @@ impl Controller {
                 }
             }
         });
-        let certificates = CertificateService::new(authority, bootstrap, intent_rx.clone(), config.workload_cert_ttl);
+        // Every sidecar trusts the CA's roots, plus any root kept in data_dir/ca/trust/*.pem
+        // (the old root while a new one is rolled out, see docs/identity.md).
+        let mut trust_bundle = vec![authority.trust_bundle().to_owned()];
+        trust_bundle.extend(extra_roots(&ca_dir.join("trust"))?);
+        let ledger = Arc::new(
+            crate::ledger::Ledger::load(&ca_dir.join("ledger.json"), trust_bundle)
+                .context("loading the certificate ledger")?,
+        );
+        let certificates = CertificateService::new(
+            authority,
+            bootstrap,
+            ledger.clone(),
+            intent_rx.clone(),
+            config.workload_cert_ttl,
+        );
 
-        let services = Services::new(intent_rx.clone());
+        let services = Services::new(intent_rx.clone(), ledger.security());
         let listener = tokio::net::TcpListener::bind(config.grpc_address)
             .await
             .with_context(|| format!("binding the gRPC services to {}", config.grpc_address))?;
@@ -222,6 +236,25 @@ impl Drop for Controller {
 struct Remembered {
     files: std::collections::HashMap<String, (Arc<str>, crate::resources::Parsed)>,
     logged: std::collections::HashSet<String>,
+}
+
+/// The PEM files in `dir` (sorted by name); none if it does not exist.
+fn extra_roots(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .collect()
 }
 
 /// Parses the documents, resolves module urls, compiles. Compilation runs off the async

@@ -104,21 +104,25 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 pub struct CertificateService {
     authority: Arc<Authority>,
     bootstrap: Arc<Bootstrap>,
+    ledger: Arc<crate::ledger::Ledger>,
     intent: watch::Receiver<Arc<Published>>,
     max_validity: Duration,
 }
 
 impl CertificateService {
-    /// A service signing with `authority` for the workloads of the current intent.
+    /// A service signing with `authority` for the workloads of the current intent, keeping
+    /// what it issues and revokes in `ledger`.
     pub fn new(
         authority: Arc<Authority>,
         bootstrap: Arc<Bootstrap>,
+        ledger: Arc<crate::ledger::Ledger>,
         intent: watch::Receiver<Arc<Published>>,
         max_validity: Duration,
     ) -> Self {
         Self {
             authority,
             bootstrap,
+            ledger,
             intent,
             max_validity,
         }
@@ -126,7 +130,7 @@ impl CertificateService {
 
     /// Who the request comes from: the workload named in its metadata, if its token matches
     /// and the intent knows it.
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<(Identity, String), Status> {
         let metadata = request.metadata();
         let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
         let workload = text(WORKLOAD_HEADER)
@@ -149,10 +153,13 @@ impl CertificateService {
             .iter()
             .find(|w| w.namespace == namespace && w.name == name)
             .ok_or_else(|| Status::permission_denied(format!("workload {workload} is not in the intent")))?;
-        Ok(Identity {
-            namespace: known.namespace.clone(),
-            service_account: known.service_account.clone(),
-        })
+        Ok((
+            Identity {
+                namespace: known.namespace.clone(),
+                service_account: known.service_account.clone(),
+            },
+            workload.to_owned(),
+        ))
     }
 }
 
@@ -162,7 +169,7 @@ impl pb::certificates_server::Certificates for CertificateService {
         &self,
         request: Request<pb::CreateCertificateRequest>,
     ) -> Result<Response<pb::CreateCertificateResponse>, Status> {
-        let identity = self.authenticate(&request)?;
+        let (identity, workload) = self.authenticate(&request)?;
         let request = request.into_inner();
         let validity = match request.validity_seconds {
             0 => self.max_validity,
@@ -172,6 +179,14 @@ impl pb::certificates_server::Certificates for CertificateService {
             .authority
             .sign_for(&request.csr_pem, &identity, SystemTime::now(), validity)
             .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        if self.ledger.is_revoked("", &issued.spiffe_id) {
+            return Err(Status::permission_denied(format!(
+                "the identity {} is revoked",
+                issued.spiffe_id
+            )));
+        }
+        self.ledger
+            .record(&issued.serial, &issued.spiffe_id, &workload, issued.not_after);
         tracing::info!(spiffe_id = %issued.spiffe_id, serial = %issued.serial, "certificate issued");
         Ok(Response::new(pb::CreateCertificateResponse {
             cert_chain_pem: split_pem(&issued.chain_pem),
@@ -183,6 +198,25 @@ impl pb::certificates_server::Certificates for CertificateService {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64),
         }))
+    }
+
+    async fn list_certificates(
+        &self,
+        _request: Request<pb::ListCertificatesRequest>,
+    ) -> Result<Response<pb::ListCertificatesResponse>, Status> {
+        Ok(Response::new(self.ledger.list()))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        let request = request.into_inner();
+        match self.ledger.revoke(&request.serial, &request.spiffe_id) {
+            Ok(certificates) => Ok(Response::new(pb::RevokeCertificateResponse { certificates })),
+            Err(error @ crate::ledger::RevokeError::Write { .. }) => Err(Status::internal(error.to_string())),
+            Err(error) => Err(Status::invalid_argument(error.to_string())),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod ca;
 pub mod certs;
 pub mod compile;
 pub mod diagnostics;
+pub mod ledger;
 pub mod resolve;
 pub mod resources;
 pub mod server;

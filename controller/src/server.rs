@@ -104,14 +104,17 @@ pub fn snapshot_version(snapshot: &weft_api::Snapshot) -> String {
 #[derive(Clone)]
 pub struct Services {
     intent: watch::Receiver<Arc<Published>>,
+    security: watch::Receiver<Arc<weft_api::Security>>,
     proxies: Arc<Proxies>,
 }
 
 impl Services {
-    /// Services reading intent from `intent`.
-    pub fn new(intent: watch::Receiver<Arc<Published>>) -> Self {
+    /// Services reading intent from `intent`; every snapshot carries `security` (the trust
+    /// bundle and revocations), and a change of either is pushed.
+    pub fn new(intent: watch::Receiver<Arc<Published>>, security: watch::Receiver<Arc<weft_api::Security>>) -> Self {
         Self {
             intent,
+            security,
             proxies: Arc::new(Proxies::default()),
         }
     }
@@ -159,6 +162,7 @@ impl pb::discovery_server::Discovery for Services {
             peer,
             running: hello.version_info.clone(),
             intent: self.intent.clone(),
+            security: self.security.clone(),
             proxies: self.proxies.clone(),
             tx,
         };
@@ -209,6 +213,7 @@ struct SidecarStream {
     /// The version the sidecar says it runs.
     running: String,
     intent: watch::Receiver<Arc<Published>>,
+    security: watch::Receiver<Arc<weft_api::Security>>,
     proxies: Arc<Proxies>,
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
 }
@@ -250,13 +255,20 @@ impl SidecarStream {
         self.intent.mark_changed();
         loop {
             tokio::select! {
-                changed = self.intent.changed() => {
+                changed = async {
+                    tokio::select! {
+                        changed = self.intent.changed() => changed,
+                        changed = self.security.changed() => changed,
+                    }
+                } => {
                     if changed.is_err() {
                         break;
                     }
                     let published = self.intent.borrow_and_update().clone();
+                    let security = self.security.borrow_and_update().clone();
                     let compiled = published.mesh.snapshot_for(&identity);
                     let mut snapshot = compiled.snapshot;
+                    snapshot.security = (*security).clone();
                     let version = snapshot_version(&snapshot);
                     let workload = compiled.workload.unwrap_or_else(|| "-".to_owned());
                     let current = sent.as_ref().map_or(self.running.as_str(), |s| s.version.as_str());

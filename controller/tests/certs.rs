@@ -3,6 +3,7 @@
 //! leaving it; bad credentials and unknown workloads are refused; the root survives a restart.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message as _;
 use rcgen::{CertificateParams, KeyPair};
@@ -13,7 +14,7 @@ use weft_api::pb;
 use weft_controller::Controller;
 
 mod support;
-use support::{channel, setup, start};
+use support::{Sidecar, channel, setup, start};
 
 /// A CSR from a fresh key; the key stays here.
 fn csr() -> (KeyPair, String) {
@@ -185,5 +186,102 @@ async fn the_ca_survives_a_controller_restart() {
     .expect("issued after restart");
     assert_eq!(response.trust_bundle_pem, first, "same root");
     verify(&response.cert_chain_pem, &first);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() {
+    let dir = setup("certs-revoke");
+    let serial = {
+        let controller = start(&dir).await;
+        let mut sidecar = Sidecar::open(&controller, "reviews-v1", &[("app", "reviews")], "").await;
+        let first = sidecar.next(Duration::from_secs(5)).await.expect("first snapshot");
+        let security = first.snapshot.and_then(|s| s.security).expect("security");
+        assert_eq!(security.trust_bundle.len(), 1, "the CA's root");
+        assert!(security.revoked_serials.is_empty());
+
+        let token = token(&dir, "productpage").await;
+        let request = pb::CreateCertificateRequest {
+            csr_pem: csr().1,
+            validity_seconds: 0,
+        };
+        let issued = request_certificate(&controller, "default/productpage", &token, request)
+            .await
+            .expect("issued");
+        let mut client = pb::certificates_client::CertificatesClient::new(channel(&controller).await);
+        let ledger = client
+            .list_certificates(pb::ListCertificatesRequest {})
+            .await
+            .expect("list")
+            .into_inner();
+        let listed = ledger
+            .certificates
+            .iter()
+            .find(|c| c.serial == issued.serial)
+            .expect("issued certificate listed");
+        assert_eq!(listed.workload, "default/productpage");
+        assert_eq!(listed.spiffe_id, issued.spiffe_id);
+        assert!(!listed.revoked);
+
+        // Bad requests are refused and change nothing.
+        for bad in [
+            pb::RevokeCertificateRequest::default(),
+            pb::RevokeCertificateRequest {
+                serial: "not hex".into(),
+                ..Default::default()
+            },
+            pb::RevokeCertificateRequest {
+                spiffe_id: "productpage".into(),
+                ..Default::default()
+            },
+        ] {
+            let status = client.revoke_certificate(bad).await.expect_err("refused");
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        }
+        assert!(
+            sidecar.next(Duration::from_millis(300)).await.is_none(),
+            "nothing changed"
+        );
+
+        let covered = client
+            .revoke_certificate(pb::RevokeCertificateRequest {
+                serial: issued.serial.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("revoke")
+            .into_inner();
+        assert_eq!(covered.certificates, 1);
+        let pushed = sidecar.next(Duration::from_secs(5)).await.expect("pushed");
+        let security = pushed.snapshot.and_then(|s| s.security).expect("security");
+        assert_eq!(security.revoked_serials, vec![issued.serial.clone()]);
+
+        // Revoking the identity also stops the CA from issuing to it.
+        client
+            .revoke_certificate(pb::RevokeCertificateRequest {
+                spiffe_id: issued.spiffe_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("revoke identity");
+        let pushed = sidecar.next(Duration::from_secs(5)).await.expect("pushed");
+        let security = pushed.snapshot.and_then(|s| s.security).expect("security");
+        assert_eq!(security.revoked_identities, vec![issued.spiffe_id.clone()]);
+        let request = pb::CreateCertificateRequest {
+            csr_pem: csr().1,
+            validity_seconds: 0,
+        };
+        let refused = request_certificate(&controller, "default/productpage", &token, request)
+            .await
+            .expect_err("a revoked identity gets no certificate");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        issued.serial
+    };
+    let controller = start(&dir).await;
+    let mut sidecar = Sidecar::open(&controller, "reviews-v1", &[("app", "reviews")], "").await;
+    let first = sidecar.next(Duration::from_secs(5)).await.expect("first snapshot");
+    let security = first.snapshot.and_then(|s| s.security).expect("security");
+    assert_eq!(security.revoked_serials, vec![serial]);
+    assert_eq!(security.revoked_identities.len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }

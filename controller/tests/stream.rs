@@ -3,62 +3,11 @@
 
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tonic::Streaming;
 use weft_api::pb;
 use weft_controller::Controller;
 
 mod support;
-use support::{channel, setup, start};
-
-/// One simulated sidecar stream.
-struct Sidecar {
-    tx: mpsc::Sender<pb::DiscoveryRequest>,
-    rx: Streaming<pb::DiscoveryResponse>,
-}
-
-impl Sidecar {
-    async fn open(controller: &Controller, id: &str, labels: &[(&str, &str)], running: &str) -> Self {
-        let (tx, requests) = mpsc::channel(4);
-        tx.send(pb::DiscoveryRequest {
-            node: Some(pb::Node {
-                id: id.into(),
-                namespace: "default".into(),
-                labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-                ..Default::default()
-            }),
-            version_info: running.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("send hello");
-        let rx = pb::discovery_client::DiscoveryClient::new(channel(controller).await)
-            .stream_snapshots(tokio_stream::wrappers::ReceiverStream::new(requests))
-            .await
-            .expect("stream opens")
-            .into_inner();
-        Self { tx, rx }
-    }
-
-    async fn next(&mut self, within: Duration) -> Option<pb::DiscoveryResponse> {
-        tokio::time::timeout(within, self.rx.message())
-            .await
-            .ok()
-            .and_then(|m| m.expect("stream ok"))
-    }
-
-    async fn answer(&self, response: &pb::DiscoveryResponse, error: &str) {
-        self.tx
-            .send(pb::DiscoveryRequest {
-                version_info: response.version_info.clone(),
-                response_nonce: response.nonce.clone(),
-                error_detail: error.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("send answer");
-    }
-}
+use support::{Sidecar, channel, setup, start};
 
 async fn status(controller: &Controller, id: &str) -> pb::ProxyStatus {
     let mut client = pb::status_client::StatusClient::new(channel(controller).await);
@@ -198,7 +147,7 @@ async fn streams_without_a_node_are_refused_and_bad_intent_is_reported() {
     .expect("write");
     let controller = start(&dir).await;
 
-    let (tx, requests) = mpsc::channel(1);
+    let (tx, requests) = tokio::sync::mpsc::channel(1);
     tx.send(pb::DiscoveryRequest::default()).await.expect("send");
     let refused = pb::discovery_client::DiscoveryClient::new(channel(&controller).await)
         .stream_snapshots(tokio_stream::wrappers::ReceiverStream::new(requests))

@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use weft_api::pb;
 use weft_controller::{Controller, ControllerConfig};
 
 /// A temporary directory with an intent dir and stand-in first-party modules (the
@@ -59,4 +62,53 @@ pub(crate) async fn channel(controller: &Controller) -> tonic::transport::Channe
         .connect()
         .await
         .expect("connects")
+}
+
+/// One simulated sidecar stream.
+pub(crate) struct Sidecar {
+    pub(crate) tx: tokio::sync::mpsc::Sender<pb::DiscoveryRequest>,
+    pub(crate) rx: tonic::Streaming<pb::DiscoveryResponse>,
+}
+
+impl Sidecar {
+    pub(crate) async fn open(controller: &Controller, id: &str, labels: &[(&str, &str)], running: &str) -> Self {
+        let (tx, requests) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::DiscoveryRequest {
+            node: Some(pb::Node {
+                id: id.into(),
+                namespace: "default".into(),
+                labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                ..Default::default()
+            }),
+            version_info: running.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("send hello");
+        let rx = pb::discovery_client::DiscoveryClient::new(channel(controller).await)
+            .stream_snapshots(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        Self { tx, rx }
+    }
+
+    pub(crate) async fn next(&mut self, within: Duration) -> Option<pb::DiscoveryResponse> {
+        tokio::time::timeout(within, self.rx.message())
+            .await
+            .ok()
+            .and_then(|m| m.expect("stream ok"))
+    }
+
+    pub(crate) async fn answer(&self, response: &pb::DiscoveryResponse, error: &str) {
+        self.tx
+            .send(pb::DiscoveryRequest {
+                version_info: response.version_info.clone(),
+                response_nonce: response.nonce.clone(),
+                error_detail: error.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("send answer");
+    }
 }
