@@ -144,6 +144,45 @@ pub async fn request_certificate(
     Ok((identity, request))
 }
 
+/// An identity from files, for a proxy without a controller (a gateway, a benchmark): the
+/// PEM certificate chain (workload certificate first), its PKCS#8 PEM private key and the
+/// PEM roots to verify peers with. Not rotated: replace the files and restart.
+///
+/// # Errors
+/// A file cannot be read or does not hold what it should.
+pub fn from_files(
+    chain: &std::path::Path,
+    key: &std::path::Path,
+    trust_bundle: &std::path::Path,
+) -> Result<WorkloadIdentity, IdentityError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| IdentityError::Invalid(format!("cannot read {}: {e}", path.display())))
+    };
+    let chain_text = read(chain)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_text.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| IdentityError::Invalid(format!("{}: {e}", chain.display())))?;
+    let first = certs
+        .first()
+        .ok_or_else(|| IdentityError::Invalid(format!("{}: no PEM certificate", chain.display())))?;
+    let key_der = PrivatePkcs8KeyDer::from_pem_slice(read(key)?.as_bytes())
+        .map_err(|e| IdentityError::Invalid(format!("{}: not a PKCS#8 PEM private key: {e}", key.display())))?;
+    let (spiffe_id, serial, not_after) = crate::tls::certificate_facts(first)
+        .ok_or_else(|| IdentityError::Invalid(format!("{}: the certificate does not parse", chain.display())))?;
+    Ok(WorkloadIdentity {
+        chain_pem: vec![chain_text],
+        key_der: Arc::new(key_der.secret_pkcs8_der().to_vec()),
+        spiffe_id: spiffe_id.unwrap_or_default(),
+        trust_bundle_pem: read(trust_bundle)?,
+        serial,
+        issued: SystemTime::now(),
+        not_after,
+    })
+}
+
 /// When to renew a certificate issued at `issued` and expiring at `not_after`.
 pub fn renewal_time(issued: SystemTime, not_after: SystemTime, rotate_at: f64) -> SystemTime {
     let lifetime = not_after.duration_since(issued).unwrap_or_default();

@@ -45,6 +45,22 @@ struct Args {
     /// on the admin API. Needs `--controller`.
     #[arg(long, value_name = "FILE", requires = "controller")]
     bootstrap_token: Option<PathBuf>,
+    /// A fixed workload certificate chain (PEM, the workload certificate first) instead of
+    /// one from the controller's CA: for a proxy without a controller. Needs `--private-key`
+    /// and `--trust-bundle`; not rotated (replace the files and restart).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires_all = ["private_key", "trust_bundle"],
+        conflicts_with = "bootstrap_token"
+    )]
+    cert_chain: Option<PathBuf>,
+    /// The PKCS#8 PEM private key of `--cert-chain`.
+    #[arg(long, value_name = "FILE", requires = "cert_chain")]
+    private_key: Option<PathBuf>,
+    /// The PEM roots peers are verified with, with `--cert-chain`.
+    #[arg(long, value_name = "FILE", requires = "cert_chain")]
+    trust_bundle: Option<PathBuf>,
     /// The workload the bootstrap token was issued for. Default: `<namespace>/<node id>`.
     #[arg(long, value_name = "NAMESPACE/NAME")]
     workload: Option<String>,
@@ -232,6 +248,11 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(admin) = proxy.admin_addr() {
         tracing::info!(%admin, "admin listening");
+    }
+    if let (Some(chain), Some(key), Some(bundle)) = (&args.cert_chain, &args.private_key, &args.trust_bundle) {
+        let identity = weft_proxy::identity::from_files(chain, key, bundle).context("loading --cert-chain")?;
+        tracing::info!(spiffe_id = %identity.spiffe_id, serial = %identity.serial, "workload certificate loaded");
+        proxy.set_identity(identity).context("installing --cert-chain")?;
     }
 
     runtime.block_on(async {

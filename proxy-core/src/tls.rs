@@ -374,6 +374,19 @@ pub(crate) fn peer_identity(cert: &CertificateDer<'_>) -> Option<(Option<String>
     Some((spiffe, serial))
 }
 
+/// The SPIFFE ID, serial and expiry of a DER certificate.
+pub(crate) fn certificate_facts(cert: &CertificateDer<'_>) -> Option<(Option<String>, String, std::time::SystemTime)> {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    let (spiffe, serial) = peer_identity(cert)?;
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let not_after = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
+    Some((
+        spiffe,
+        serial,
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(not_after),
+    ))
+}
+
 /// Refuses a peer certificate that is revoked by serial or identity.
 fn check_revocation(material: &Material, end_entity: &CertificateDer<'_>) -> Result<Option<String>, rustls::Error> {
     let Some((spiffe, serial)) = peer_identity(end_entity) else {

@@ -54,6 +54,20 @@ impl pb::certificates_server::Certificates for TestCa {
                 .as_millis() as i64,
         }))
     }
+
+    async fn list_certificates(
+        &self,
+        _request: tonic::Request<pb::ListCertificatesRequest>,
+    ) -> Result<tonic::Response<pb::ListCertificatesResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the sidecar never lists certificates"))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        _request: tonic::Request<pb::RevokeCertificateRequest>,
+    ) -> Result<tonic::Response<pb::RevokeCertificateResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("the sidecar never revokes"))
+    }
 }
 
 /// The DER inside a PEM block.

@@ -658,3 +658,42 @@ async fn the_authz_filter_allows_by_peer_principal() {
     assert_eq!(denied.body, "RBAC: access denied");
     assert_eq!(pair.app.hits(), 1);
 }
+
+#[tokio::test]
+async fn an_identity_loads_from_files() {
+    let ca = Ca::new("mesh");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(spiffe("reviews").try_into().expect("uri"))];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0xab, 0xcd]));
+    let cert = params.signed_by(&key, &ca.issuer).expect("sign");
+    let dir = std::env::temp_dir().join(format!("weft-identity-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (chain, private, roots) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("roots.pem"));
+    std::fs::write(&chain, cert.pem()).expect("write");
+    std::fs::write(&private, key.serialize_pem()).expect("write");
+    std::fs::write(&roots, &ca.pem).expect("write");
+    let identity = weft_proxy::identity::from_files(&chain, &private, &roots).expect("loads");
+    assert_eq!(identity.spiffe_id, spiffe("reviews"));
+    assert_eq!(identity.serial, "abcd");
+    assert!(identity.not_after > SystemTime::now());
+
+    let pair = Pair::start("{ mode: strict }", MUTUAL).await;
+    pair.server.set_identity(identity).expect("identity");
+    pair.client
+        .set_identity(ca.identity("productpage", 1))
+        .expect("identity");
+    assert_eq!(pair.call().await.status, StatusCode::OK);
+
+    // A key that is not PKCS#8 PEM, and a chain file without a certificate, are errors.
+    std::fs::write(&private, "not a key").expect("write");
+    let error = weft_proxy::identity::from_files(&chain, &private, &roots).expect_err("bad key");
+    assert!(error.to_string().contains("PKCS#8"), "{error}");
+    std::fs::write(&chain, "").expect("write");
+    assert!(weft_proxy::identity::from_files(&chain, &roots, &roots).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
