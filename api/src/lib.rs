@@ -18,6 +18,6 @@ pub use pb::InvalidSnapshot;
 pub use snapshot::{
     CircuitBreakers, Cluster, DirectResponse, Endpoint, FailurePolicy, FilterConfig, Forward, HashOn, HeaderMatch,
     HealthCheck, LbPolicy, Limits, Listener, ListenerKind, ListenerMtls, ListenerProtocol, LoadError, MtlsMode,
-    OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, Snapshot, UpstreamProtocol, UpstreamTls,
-    UpstreamTlsMode, ValidationError, VirtualHost, WasmModule,
+    OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, ServerTls, ServerTlsMode, Snapshot,
+    TlsCertificate, UpstreamProtocol, UpstreamTls, UpstreamTlsMode, ValidationError, VirtualHost, WasmModule,
 };

@@ -14,7 +14,9 @@ use crate::duration::{serde_duration, serde_opt_duration};
 mod tls;
 mod validate;
 
-pub use tls::{ListenerMtls, MtlsMode, Security, UpstreamTls, UpstreamTlsMode};
+pub use tls::{
+    ListenerMtls, MtlsMode, Security, ServerTls, ServerTlsMode, TlsCertificate, UpstreamTls, UpstreamTlsMode,
+};
 
 pub use validate::{LoadError, ValidationError};
 
@@ -64,6 +66,10 @@ pub struct Listener {
     /// Mesh mutual TLS on this listener. Default: none (plaintext only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<ListenerMtls>,
+    /// TLS termination with the listener's own certificates (gateways). Exclusive with
+    /// `mtls`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTls>,
 }
 
 /// Which traffic a listener takes.

@@ -9,8 +9,8 @@ use prost::Message;
 use weft_api::{
     CircuitBreakers, Cluster, DirectResponse, Endpoint, FailurePolicy, FilterConfig, Forward, HashOn, HeaderMatch,
     HealthCheck, InvalidSnapshot, LbPolicy, Limits, Listener, ListenerKind, ListenerMtls, ListenerProtocol, LoadError,
-    MtlsMode, OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, Snapshot, UpstreamProtocol,
-    UpstreamTls, UpstreamTlsMode, VirtualHost, WasmModule, pb,
+    MtlsMode, OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, ServerTls, ServerTlsMode, Snapshot,
+    TlsCertificate, UpstreamProtocol, UpstreamTls, UpstreamTlsMode, VirtualHost, WasmModule, pb,
 };
 
 /// Domain → wire → bytes → wire → domain.
@@ -157,7 +157,8 @@ fn full_snapshot() -> Snapshot {
             protocol: ListenerProtocol::Auto,
             route_table: "main".to_owned(),
             filters,
-            mtls: None,
+            mtls: Some(ListenerMtls::default()),
+            tls: None,
         },
         Listener {
             name: "inbound".to_owned(),
@@ -170,6 +171,7 @@ fn full_snapshot() -> Snapshot {
                 mode: MtlsMode::Strict,
                 ports: BTreeMap::from([(9080, MtlsMode::Permissive), (9090, MtlsMode::Disable)]),
             }),
+            tls: None,
         },
         Listener {
             name: "gateway".to_owned(),
@@ -178,7 +180,23 @@ fn full_snapshot() -> Snapshot {
             protocol: ListenerProtocol::Http2,
             route_table: "edge".to_owned(),
             filters: vec![],
-            mtls: Some(ListenerMtls::default()),
+            mtls: None,
+            tls: Some(ServerTls {
+                mode: ServerTlsMode::Mutual,
+                certificates: vec![
+                    TlsCertificate {
+                        cert_chain: "chain-a".to_owned(),
+                        private_key: "key-a".to_owned(),
+                        server_names: vec!["bookinfo.example.com".to_owned(), "*.example.org".to_owned()],
+                    },
+                    TlsCertificate {
+                        cert_chain: "chain-b".to_owned(),
+                        private_key: "key-b".to_owned(),
+                        server_names: vec![],
+                    },
+                ],
+                client_ca: Some("ca".to_owned()),
+            }),
         },
     ];
 

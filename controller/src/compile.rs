@@ -682,6 +682,7 @@ fn add_listener(
         route_table: name.to_owned(),
         filters,
         mtls: None,
+        tls: None,
     });
     snapshot.route_tables.push(table);
     true

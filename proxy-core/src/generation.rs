@@ -32,6 +32,8 @@ pub(crate) struct Listener {
     pub(crate) sockets: Arc<ListenerSockets>,
     /// Mesh mutual TLS: how connections are accepted. `None`: plaintext only.
     pub(crate) mtls: Option<weft_api::ListenerMtls>,
+    /// TLS termination with the listener's own certificates (gateways).
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Why a snapshot could not be compiled.
@@ -51,7 +53,7 @@ pub(crate) enum BuildError {
         #[source]
         source: crate::tls::TlsError,
     },
-    #[error("security")]
+    #[error("tls")]
     Security(#[source] crate::tls::TlsError),
 }
 
@@ -79,6 +81,12 @@ impl Generation {
             else {
                 continue; // refused by validation or binding before we get here
             };
+            let tls = match &config.tls {
+                Some(tls) => Some(
+                    crate::tls::listener_config(tls, config.protocol, &config.name).map_err(BuildError::Security)?,
+                ),
+                None => None,
+            };
             let chain = FilterChain::build(&config.filters, wasm, workers).map_err(|source| BuildError::Filter {
                 listener: config.name.clone(),
                 source,
@@ -93,6 +101,7 @@ impl Generation {
                     stats: stats.listener(&config.name),
                     sockets: sockets.clone(),
                     mtls: config.mtls.clone(),
+                    tls,
                 },
             );
         }

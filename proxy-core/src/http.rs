@@ -59,6 +59,8 @@ pub(crate) struct Connection {
     pub(crate) mtls: bool,
     /// The peer's SPIFFE ID, from its certificate (mutual TLS).
     pub(crate) principal: Option<Arc<str>>,
+    /// Whether the connection is TLS (mesh or the listener's own).
+    pub(crate) tls: bool,
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -482,7 +484,12 @@ impl Exchange<'_> {
             headers.insert(&X_FORWARDED_FOR, value);
         }
         if self.listener.kind == ListenerKind::Gateway || !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            let proto = if self.conn.tls && self.listener.kind == ListenerKind::Gateway {
+                "https"
+            } else {
+                "http"
+            };
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if !headers.contains_key(&X_REQUEST_ID) {
             headers.insert(&X_REQUEST_ID, request_id());

@@ -5,6 +5,7 @@
 //! - `weft_listener_downstream_cx_total{listener}`, `weft_listener_downstream_cx_active{listener}`.
 //! - `weft_listener_local_replies_total{listener,reason}`: local replies by `x-weft-reason`.
 //! - `weft_listener_downstream_cx_mtls_total{listener}`: connections accepted with mutual TLS;
+//!   `weft_listener_downstream_cx_tls_total{listener}`: one-way TLS (a gateway's own certificates);
 //!   `weft_listener_downstream_cx_plaintext_total{listener}` (on listeners with mTLS settings);
 //!   `weft_listener_downstream_cx_refused_total{listener}`: closed before HTTP (plaintext on a
 //!   STRICT listener, a failed handshake: untrusted, expired or revoked peer).
@@ -33,6 +34,7 @@ pub(crate) struct ListenerStats {
     pub(crate) cx_total: AtomicU64,
     pub(crate) cx_active: AtomicI64,
     pub(crate) cx_mtls: AtomicU64,
+    pub(crate) cx_tls: AtomicU64,
     pub(crate) cx_plaintext: AtomicU64,
     pub(crate) cx_refused: AtomicU64,
     pub(crate) local_replies: Mutex<BTreeMap<&'static str, u64>>,
@@ -180,6 +182,15 @@ impl Stats {
             "listener",
             &listeners,
             |s| s.cx_mtls.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_listener_downstream_cx_tls_total",
+            "counter",
+            "Downstream connections accepted with one-way TLS.",
+            "listener",
+            &listeners,
+            |s| s.cx_tls.load(Relaxed) as i64,
         );
         simple(
             &mut out,

@@ -643,6 +643,8 @@ pub(crate) struct Accepted {
     pub(crate) mtls: bool,
     /// The peer's SPIFFE ID (mutual TLS).
     pub(crate) principal: Option<Arc<str>>,
+    /// Whether it is TLS at all.
+    pub(crate) tls: bool,
 }
 
 /// Why an accepted connection is closed before HTTP.
@@ -686,6 +688,7 @@ pub(crate) async fn accept(
             stream: Stream::Plain(tcp),
             mtls: false,
             principal: None,
+            tls: false,
         });
     }
     if !mtls.accepts_tls() {
@@ -708,5 +711,120 @@ pub(crate) async fn accept(
         stream: Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
         mtls: true,
         principal,
+        tls: true,
+    })
+}
+
+/// The rustls configuration of a listener that terminates TLS with its own certificates
+/// (a gateway): certificates chosen by SNI, client certificates required with `mutual`.
+pub(crate) fn listener_config(
+    tls: &weft_api::ServerTls,
+    protocol: ListenerProtocol,
+    listener: &str,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let mut certificates = Vec::with_capacity(tls.certificates.len());
+    for (i, certificate) in tls.certificates.iter().enumerate() {
+        let what = format!("listener {listener:?} tls.certificates[{i}]");
+        let chain = parse_certs(&certificate.cert_chain, &what)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(certificate.private_key.as_bytes()).map_err(|e| TlsError::Verifier {
+                what: format!("{what}.private_key"),
+                message: e.to_string(),
+            })?;
+        let certified =
+            CertifiedKey::from_der(chain, key, &provider).map_err(|source| TlsError::Rustls { what, source })?;
+        let names = certificate
+            .server_names
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        certificates.push((names, Arc::new(certified)));
+    }
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Rustls {
+            what: format!("listener {listener:?}"),
+            source,
+        })?;
+    let builder = match (&tls.mode, &tls.client_ca) {
+        (weft_api::ServerTlsMode::Mutual, Some(ca)) => {
+            let what = format!("listener {listener:?} tls.client_ca");
+            let mut roots = RootCertStore::empty();
+            for cert in parse_certs(ca, &what)? {
+                roots.add(cert).map_err(|source| TlsError::Rustls {
+                    what: what.clone(),
+                    source,
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Verifier {
+                    what,
+                    message: e.to_string(),
+                })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certificates }));
+    config.alpn_protocols = match protocol {
+        ListenerProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        ListenerProtocol::Http2 => vec![b"h2".to_vec()],
+        ListenerProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
+    Ok(Arc::new(config))
+}
+
+/// Picks a listener's certificate by the client's SNI: the first whose names match (exactly,
+/// or `*.suffix` one label deep), else the first.
+#[derive(Debug)]
+struct SniResolver {
+    certificates: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
+
+impl SniResolver {
+    fn matches(pattern: &str, name: &str) -> bool {
+        match pattern.strip_prefix("*.") {
+            Some(suffix) => name
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => pattern == name,
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().map(str::to_ascii_lowercase);
+        let chosen = name.and_then(|name| {
+            self.certificates
+                .iter()
+                .find(|(names, _)| names.iter().any(|p| Self::matches(p, &name)))
+        });
+        chosen.or(self.certificates.first()).map(|(_, key)| key.clone())
+    }
+}
+
+/// Completes a TLS handshake with a listener's own certificates (plaintext is refused).
+pub(crate) async fn accept_terminated(
+    tcp: tokio::net::TcpStream,
+    config: Arc<ServerConfig>,
+) -> Result<Accepted, AcceptError> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| AcceptError::Timeout)?
+        .map_err(AcceptError::Handshake)?;
+    let peer = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first());
+    let principal = peer
+        .and_then(peer_identity)
+        .and_then(|(spiffe, _)| spiffe)
+        .map(Arc::from);
+    Ok(Accepted {
+        mtls: peer.is_some(),
+        stream: Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
+        principal,
+        tls: true,
     })
 }

@@ -183,20 +183,29 @@ async fn accept_loop(
         let mut shutdown = shutdown.clone();
         let listener_name = listener_name.clone();
         let context = context.clone();
-        let mtls = listener
-            .mtls
-            .clone()
-            .map(|m| (m, generation.tls.server_config(protocol)));
+        let handshake = match (&listener.tls, &listener.mtls) {
+            (Some(own), _) => Handshake::Terminate(own.clone()),
+            (None, Some(mtls)) => Handshake::Mesh(mtls.clone(), generation.tls.server_config(protocol)),
+            (None, None) => Handshake::None,
+        };
         tokio::spawn(async move {
-            let accepted = match mtls {
-                None => crate::tls::Accepted {
+            let accepted = match handshake {
+                Handshake::None => crate::tls::Accepted {
                     stream: crate::tls::Stream::Plain(stream),
                     mtls: false,
                     principal: None,
+                    tls: false,
                 },
-                Some((mtls, config)) => {
+                handshake => {
+                    let accept = async {
+                        match handshake {
+                            Handshake::Mesh(mtls, config) => crate::tls::accept(stream, &mtls, config).await,
+                            Handshake::Terminate(config) => crate::tls::accept_terminated(stream, config).await,
+                            Handshake::None => Err(crate::tls::AcceptError::TlsRefused),
+                        }
+                    };
                     let accepted = tokio::select! {
-                        accepted = crate::tls::accept(stream, &mtls, config) => accepted,
+                        accepted = accept => accepted,
                         _ = shutdown.wait_for(Option::is_some) => {
                             stats.cx_active.fetch_sub(1, Relaxed);
                             return;
@@ -206,6 +215,8 @@ async fn accept_loop(
                         Ok(accepted) => {
                             let counter = if accepted.mtls {
                                 &stats.cx_mtls
+                            } else if accepted.tls {
+                                &stats.cx_tls
                             } else {
                                 &stats.cx_plaintext
                             };
@@ -231,10 +242,21 @@ async fn accept_loop(
                 worker: context,
                 mtls: accepted.mtls,
                 principal: accepted.principal,
+                tls: accepted.tls,
             });
             serve_connection(accepted.stream, connection, protocol, limits, shutdown, guard, stats).await;
         });
     }
+}
+
+/// What an accepted connection goes through before HTTP.
+enum Handshake {
+    /// Nothing: plaintext.
+    None,
+    /// Mesh mutual TLS (or plaintext, as the listener's modes allow).
+    Mesh(weft_api::ListenerMtls, Arc<rustls::ServerConfig>),
+    /// TLS with the listener's own certificates.
+    Terminate(Arc<rustls::ServerConfig>),
 }
 
 /// Serves HTTP on one accepted connection until it closes.

@@ -126,6 +126,19 @@ fn listener_to_pb(listener: &domain::Listener) -> pb::Listener {
                 .map(|(port, mode)| (u32::from(*port), pb::MtlsMode::from(*mode).into()))
                 .collect(),
         }),
+        tls: listener.tls.as_ref().map(|tls| pb::ServerTls {
+            mode: pb::ServerTlsMode::from(tls.mode).into(),
+            certificates: tls
+                .certificates
+                .iter()
+                .map(|c| pb::TlsCertificate {
+                    cert_chain: c.cert_chain.clone(),
+                    private_key: c.private_key.clone(),
+                    server_names: c.server_names.clone(),
+                })
+                .collect(),
+            client_ca: tls.client_ca.clone(),
+        }),
     }
 }
 
@@ -369,6 +382,22 @@ fn listener_from_pb(wire: pb::Listener, path: Path<'_>) -> Result<domain::Listen
         filters: collect(wire.filters, &path, "filters", filter_from_pb)?,
         mtls: match wire.mtls {
             Some(mtls) => Some(listener_mtls_from_pb(mtls, path.field("mtls"))?),
+            None => None,
+        },
+        tls: match wire.tls {
+            Some(tls) => Some(domain::ServerTls {
+                mode: enum_from_pb::<pb::ServerTlsMode>(tls.mode, path.field("tls").field("mode"))?.into(),
+                certificates: tls
+                    .certificates
+                    .into_iter()
+                    .map(|c| domain::TlsCertificate {
+                        cert_chain: c.cert_chain,
+                        private_key: c.private_key,
+                        server_names: c.server_names,
+                    })
+                    .collect(),
+                client_ca: tls.client_ca,
+            }),
             None => None,
         },
     })
@@ -620,6 +649,7 @@ enum_conversions!(FailurePolicy {
     Reload
 });
 enum_conversions!(UpstreamProtocol { Http1, Http2 });
+enum_conversions!(ServerTlsMode { Simple, Mutual });
 enum_conversions!(MtlsMode {
     Strict,
     Permissive,

@@ -607,6 +607,35 @@ pub struct Listener {
     /// Mesh mutual TLS on this listener. Unset: plaintext only.
     #[prost(message, optional, tag = "7")]
     pub mtls: ::core::option::Option<ListenerMtls>,
+    /// TLS termination with the listener's own certificates (gateways). Unset: none.
+    #[prost(message, optional, tag = "8")]
+    pub tls: ::core::option::Option<ServerTls>,
+}
+/// TLS termination on a listener, certificates chosen by SNI.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ServerTls {
+    /// One-way or mutual.
+    #[prost(enumeration = "ServerTlsMode", tag = "1")]
+    pub mode: i32,
+    /// Certificates; the first whose server names match the SNI is presented, else the first.
+    #[prost(message, repeated, tag = "2")]
+    pub certificates: ::prost::alloc::vec::Vec<TlsCertificate>,
+    /// Roots client certificates are verified with, PEM. Required with mutual.
+    #[prost(string, optional, tag = "3")]
+    pub client_ca: ::core::option::Option<::prost::alloc::string::String>,
+}
+/// A certificate a listener presents.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TlsCertificate {
+    /// The certificate chain, PEM, leaf first.
+    #[prost(string, tag = "1")]
+    pub cert_chain: ::prost::alloc::string::String,
+    /// Its private key, PEM.
+    #[prost(string, tag = "2")]
+    pub private_key: ::prost::alloc::string::String,
+    /// Server names (SNI) it is presented for; empty: any.
+    #[prost(string, repeated, tag = "3")]
+    pub server_names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// An HTTP filter in a listener's chain. Exactly one of `native` and `wasm` is set.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -973,6 +1002,39 @@ impl MtlsMode {
             "MTLS_MODE_STRICT" => Some(Self::Strict),
             "MTLS_MODE_PERMISSIVE" => Some(Self::Permissive),
             "MTLS_MODE_DISABLE" => Some(Self::Disable),
+            _ => None,
+        }
+    }
+}
+/// A listener's TLS mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ServerTlsMode {
+    /// The default: simple.
+    Unspecified = 0,
+    /// Server authentication only.
+    Simple = 1,
+    /// Clients present a certificate too.
+    Mutual = 2,
+}
+impl ServerTlsMode {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "SERVER_TLS_MODE_UNSPECIFIED",
+            Self::Simple => "SERVER_TLS_MODE_SIMPLE",
+            Self::Mutual => "SERVER_TLS_MODE_MUTUAL",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "SERVER_TLS_MODE_UNSPECIFIED" => Some(Self::Unspecified),
+            "SERVER_TLS_MODE_SIMPLE" => Some(Self::Simple),
+            "SERVER_TLS_MODE_MUTUAL" => Some(Self::Mutual),
             _ => None,
         }
     }

@@ -117,3 +117,52 @@ pub struct UpstreamTls {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mesh_endpoints_only: bool,
 }
+
+/// TLS termination on a listener (a gateway's `tls.mode` SIMPLE or MUTUAL), with certificates
+/// chosen by SNI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// One-way, or mutual (clients present a certificate signed by `client_ca`).
+    #[serde(default)]
+    pub mode: ServerTlsMode,
+    /// Certificates; the first whose `server_names` match the client's SNI is presented,
+    /// else the first.
+    pub certificates: Vec<TlsCertificate>,
+    /// Roots client certificates are verified with, PEM. Required with `mutual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<String>,
+}
+
+/// A listener's TLS mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerTlsMode {
+    /// Server authentication only.
+    #[default]
+    Simple,
+    /// Clients must present a certificate `client_ca` vouches for.
+    Mutual,
+}
+
+/// A certificate a listener presents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// The certificate chain, PEM, leaf first.
+    pub cert_chain: String,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
+    /// Server names (SNI) it is presented for: exact, or `*.example.com`. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_names: Vec<String>,
+}
+
+impl std::fmt::Display for ServerTlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerTlsMode::Simple => "simple",
+            ServerTlsMode::Mutual => "mutual",
+        })
+    }
+}

@@ -83,6 +83,20 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
                 format!("{:?} is not an ip:port socket address", listener.address),
             ),
         }
+        if listener.mtls.is_some() && listener.tls.is_some() {
+            errors.push(format!("{path}.tls"), "set only one of mtls and tls");
+        }
+        if let Some(tls) = &listener.tls {
+            if tls.certificates.is_empty() {
+                errors.push(
+                    format!("{path}.tls.certificates"),
+                    "at least one certificate is required",
+                );
+            }
+            if tls.mode == crate::ServerTlsMode::Mutual && tls.client_ca.is_none() {
+                errors.push(format!("{path}.tls.client_ca"), "required with mode mutual");
+            }
+        }
         if !tables.contains(listener.route_table.as_str()) {
             errors.push(
                 format!("{path}.route_table"),

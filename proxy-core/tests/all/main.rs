@@ -15,6 +15,7 @@ mod filter_ratelimit;
 mod filter_retry;
 mod filter_router;
 mod filter_telemetry;
+mod gateway_tls;
 mod grpc;
 mod identity;
 mod lifecycle;
