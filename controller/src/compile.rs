@@ -28,6 +28,7 @@ mod policy;
 mod registry;
 mod router_config;
 mod routing;
+mod security;
 mod virtual_service;
 
 use extensions::{Extensions, ListenerClass};
@@ -154,6 +155,8 @@ pub struct Mesh {
     outbound: BTreeMap<String, OnceLock<Arc<ListenerRouting>>>,
     /// Outbound routing of every other namespace: it is the same for all of them.
     outbound_elsewhere: OnceLock<Arc<ListenerRouting>>,
+    /// PeerAuthentications: how each sidecar's inbound listener takes mutual TLS.
+    peer: security::PeerAuthentications,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -174,8 +177,27 @@ impl std::fmt::Debug for Mesh {
 pub fn compile(store: &Store, options: &CompileOptions) -> Mesh {
     let mut diagnostics = Vec::new();
     let registry = Registry::build(store, &mut diagnostics);
+    let peer = security::PeerAuthentications::build(store, &mut diagnostics);
+    let trust_domain = if options.trust_domain.is_empty() {
+        "cluster.local"
+    } else {
+        options.trust_domain.as_str()
+    };
+    // Sidecars that accept mutual TLS (PeerAuthentication not DISABLE), by the address
+    // peers send to: their inbound listener.
+    let mut mesh_endpoints = policy::MeshEndpoints::default();
+    for instance in &registry.instances {
+        if let Some(sidecar) = instance.sidecar
+            && peer.mode(&instance.namespace, &instance.labels) != weft_api::MtlsMode::Disable
+        {
+            mesh_endpoints.identities.insert(
+                SocketAddr::new(instance.ip, sidecar.inbound).to_string(),
+                security::spiffe_id(trust_domain, &instance.namespace, &instance.service_account),
+            );
+        }
+    }
     let mut clusters = BTreeMap::new();
-    let policies = policy::build(store, &registry, &mut clusters, &mut diagnostics);
+    let policies = policy::build(store, &registry, &mesh_endpoints, &mut clusters, &mut diagnostics);
     let vss = virtual_service::compile_all(store, &registry, &policies, &mut clusters, &mut diagnostics);
 
     // Mesh routing: which VirtualService routes each host on sidecars.
@@ -291,6 +313,7 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Mesh {
         workload_index,
         outbound: namespaces.into_iter().map(|ns| (ns, OnceLock::new())).collect(),
         outbound_elsewhere: OnceLock::new(),
+        peer,
     }
 }
 
@@ -358,7 +381,8 @@ impl Mesh {
                 user,
             );
             let address = SocketAddr::new(workload.ip, sidecar.inbound);
-            let (routing, clusters) = self.inbound(&workload);
+            let (routing, clusters, aliases) = self.inbound(&workload);
+            let mtls = self.peer.listener(&workload.namespace, &workload.labels, &aliases);
             let user = self
                 .extensions
                 .filters_for(&workload.namespace, &workload.labels, ListenerClass::Inbound);
@@ -371,6 +395,9 @@ impl Mesh {
                 &routing,
                 user,
             ) {
+                if let Some(listener) = snapshot.listeners.last_mut() {
+                    listener.mtls = Some(mtls);
+                }
                 snapshot.clusters.extend(clusters);
             }
         }
@@ -531,7 +558,8 @@ impl Mesh {
     /// The inbound route table and clusters: a virtual host per application port (by the
     /// authority's port, which is the port a Service targets or a port a Service maps to it),
     /// and a default virtual host for the first port.
-    fn inbound(&self, workload: &NodeWorkload) -> (ListenerRouting, Vec<Cluster>) {
+    /// Also returns the Service ports mapping to each application port.
+    fn inbound(&self, workload: &NodeWorkload) -> (ListenerRouting, Vec<Cluster>, BTreeMap<u16, Vec<u16>>) {
         let services = self.registry.services_selecting(&workload.namespace, &workload.labels);
         let mut aliases: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
         let mut http2: BTreeSet<u16> = BTreeSet::new();
@@ -585,6 +613,7 @@ impl Mesh {
                 filters: Vec::new(),
             },
             clusters,
+            aliases,
         )
     }
 }

@@ -18,17 +18,19 @@ mod extensions;
 mod istio;
 mod kube;
 pub(crate) mod schema;
+mod security;
 mod weft;
 
 pub use extensions::{PluginSelector, TrafficSelector, WasmPluginSpec};
 pub use istio::{
-    Abort, ConnectionPool, ConsistentHash, Delay, Destination, DestinationRuleSpec, DirectResponse, DirectResponseBody,
-    Fault, GatewayPort, GatewayServer, GatewaySpec, HeaderOperations, Headers, HttpConnectionPool, HttpCookie,
-    HttpMatch, HttpRoute, HttpRouteDestination, LoadBalancer, OutlierDetection, Percent, PortSelector,
+    Abort, ClientTls, ConnectionPool, ConsistentHash, Delay, Destination, DestinationRuleSpec, DirectResponse,
+    DirectResponseBody, Fault, GatewayPort, GatewayServer, GatewaySpec, HeaderOperations, Headers, HttpConnectionPool,
+    HttpCookie, HttpMatch, HttpRoute, HttpRouteDestination, LoadBalancer, OutlierDetection, Percent, PortSelector,
     PortTrafficPolicy, Redirect, RegexRewrite, Retry, Rewrite, ServiceEntryPort, ServiceEntrySpec, StringMatch, Subset,
     TcpConnectionPool, TrafficPolicy, VirtualServiceSpec, WorkloadEntrySpec, WorkloadSelector,
 };
 pub use kube::{IntOrString, ServicePort, ServiceSpec};
+pub use security::{MatchLabels, PeerAuthenticationSpec, PeerMtls};
 pub use weft::{ChainFilter, Direction, FilterChainSpec, LabelSelector, SidecarPorts, WasmFilterSpec, WorkloadSpec};
 
 /// The kinds Weft compiles.
@@ -54,6 +56,8 @@ pub enum Kind {
     WasmFilter,
     /// `weft.dev FilterChain`.
     FilterChain,
+    /// `security.istio.io PeerAuthentication`.
+    PeerAuthentication,
 }
 
 const ISTIO_NETWORKING: &[&str] = &[
@@ -64,7 +68,7 @@ const ISTIO_NETWORKING: &[&str] = &[
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Service,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -75,6 +79,7 @@ impl Kind {
         Kind::Workload,
         Kind::WasmFilter,
         Kind::FilterChain,
+        Kind::PeerAuthentication,
     ];
 
     /// The kind's name, as in `kind:`.
@@ -90,6 +95,7 @@ impl Kind {
             Kind::Workload => "Workload",
             Kind::WasmFilter => "WasmFilter",
             Kind::FilterChain => "FilterChain",
+            Kind::PeerAuthentication => "PeerAuthentication",
         }
     }
 
@@ -102,6 +108,7 @@ impl Kind {
             }
             Kind::WasmPlugin => &["extensions.istio.io/v1alpha1"],
             Kind::Workload | Kind::WasmFilter | Kind::FilterChain => &["weft.dev/v1alpha1"],
+            Kind::PeerAuthentication => &["security.istio.io/v1", "security.istio.io/v1beta1"],
         }
     }
 
@@ -121,6 +128,7 @@ impl Kind {
             Kind::Workload => &weft::WORKLOAD_SPEC,
             Kind::WasmFilter => &weft::WASM_FILTER_SPEC,
             Kind::FilterChain => &weft::FILTER_CHAIN_SPEC,
+            Kind::PeerAuthentication => &security::PEER_AUTHENTICATION_SPEC,
         }
     }
 }
@@ -187,6 +195,8 @@ pub enum Spec {
     WasmFilter(WasmFilterSpec),
     /// A FilterChain.
     FilterChain(FilterChainSpec),
+    /// A PeerAuthentication.
+    PeerAuthentication(PeerAuthenticationSpec),
 }
 
 impl Resource {
@@ -218,6 +228,7 @@ impl Resource {
             Spec::Workload(_) => Kind::Workload,
             Spec::WasmFilter(_) => Kind::WasmFilter,
             Spec::FilterChain(_) => Kind::FilterChain,
+            Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
         }
     }
 }
@@ -243,11 +254,11 @@ spec_from!(
     Workload(WorkloadSpec),
     WasmFilter(WasmFilterSpec),
     FilterChain(FilterChainSpec),
+    PeerAuthentication(PeerAuthenticationSpec),
 );
 
 /// Kinds Istio (or Kubernetes) defines that Weft does not compile yet, reported as such.
 const KNOWN_UNSUPPORTED: &[&str] = &[
-    "PeerAuthentication",
     "AuthorizationPolicy",
     "RequestAuthentication",
     "Sidecar",
@@ -425,6 +436,7 @@ fn parse_object(origin: &str, document: usize, mut map: serde_yaml::Mapping, par
         Kind::Workload => typed(spec).map(Spec::Workload),
         Kind::WasmFilter => typed(spec).map(Spec::WasmFilter),
         Kind::FilterChain => typed(spec).map(Spec::FilterChain),
+        Kind::PeerAuthentication => typed(spec).map(Spec::PeerAuthentication),
     };
     match spec {
         Ok(spec) => parsed.resources.push(Resource { metadata, spec }),
@@ -505,6 +517,25 @@ pub(crate) mod de {
     /// A list of strings, or nothing.
     pub(crate) fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
+    }
+
+    /// A map keyed by port number (written as a number or a numeric string), or nothing.
+    pub(crate) fn port_map<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<BTreeMap<u16, T>, D::Error> {
+        let map = Option::<serde_yaml::Mapping>::deserialize(d)?.unwrap_or_default();
+        map.into_iter()
+            .map(|(key, value)| {
+                let value = T::deserialize(value).map_err(serde::de::Error::custom)?;
+                let port = match &key {
+                    Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                    Value::String(s) => s.parse().ok(),
+                    _ => None,
+                };
+                match port {
+                    Some(port) if port != 0 => Ok((port, value)),
+                    _ => Err(serde::de::Error::custom(format!("{key:?} is not a port number"))),
+                }
+            })
+            .collect()
     }
 
     /// A list, or nothing.

@@ -248,12 +248,6 @@ fn expected_diagnostics(manifest: &str) -> Vec<String> {
     }
 }
 
-/// Diagnostics about `trafficPolicy.tls`: mesh mTLS is being built; nothing is asserted about
-/// them.
-fn about_tls(diagnostic: &Diagnostic) -> bool {
-    diagnostic.field.split('.').any(|part| part == "tls")
-}
-
 // ---------------------------------------------------------------------------------------------
 
 #[test]
@@ -261,11 +255,7 @@ fn every_manifest_compiles_without_diagnostics() {
     for manifest in MANIFESTS {
         let store = applied(manifest);
         let (mesh, diagnostics) = compiled(&store);
-        let diagnostics: Vec<String> = diagnostics
-            .iter()
-            .filter(|d| !about_tls(d))
-            .map(ToString::to_string)
-            .collect();
+        let diagnostics: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
         assert_eq!(diagnostics, expected_diagnostics(manifest), "{manifest}");
         // Every sidecar and the gateway get a valid snapshot.
         for workload in mesh.workloads() {
@@ -330,6 +320,31 @@ fn destination_rule_all_makes_a_cluster_per_subset() {
         assert_eq!(
             addresses(&s, &format!("outbound|9080||{REVIEWS}")),
             ["127.0.1.13:15006", "127.0.1.14:15006", "127.0.1.15:15006"]
+        );
+        // Every hop is mutual TLS: by the rule's ISTIO_MUTUAL, or Istio's auto mTLS without
+        // it (every endpoint is a sidecar); the peer must be a reviews workload.
+        for name in [
+            format!("outbound|9080||{REVIEWS}"),
+            format!("outbound|9080|v2|{REVIEWS}"),
+        ] {
+            let tls = s.cluster(&name).unwrap().tls.as_ref().expect("mutual TLS");
+            assert_eq!(tls.mode, weft_api::UpstreamTlsMode::IstioMutual, "{manifest}: {name}");
+            assert_eq!(
+                tls.mesh_endpoints_only,
+                manifest == "destination-rule-all.yaml",
+                "auto mTLS only without the rule's tls"
+            );
+            assert_eq!(
+                tls.subject_alt_names,
+                ["spiffe://cluster.local/ns/default/sa/bookinfo-reviews"]
+            );
+        }
+        assert!(
+            s.cluster(&format!("outbound|9080||{REVIEWS}"))
+                .unwrap()
+                .endpoints
+                .iter()
+                .all(|e| e.mesh)
         );
         assert_eq!(filter_names(&s, "outbound"), ["weft.retry"]);
         let reviews = outbound_vhost(&s, REVIEWS);

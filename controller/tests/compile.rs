@@ -622,7 +622,6 @@ spec:
     for field in [
         "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
         "spec.trafficPolicy.outlierDetection.interval",
-        "spec.trafficPolicy.tls",
     ] {
         assert!(
             has(&diagnostics, Severity::Warning, &format!("{field}: not supported yet")),
@@ -663,6 +662,21 @@ spec:
     assert_eq!(v1.hash_on, None);
     assert_eq!(v1.outlier_detection, base.outlier_detection, "the rule's, not replaced");
     assert_eq!(addresses(v1), ["127.0.0.21:15006"]);
+    // ISTIO_MUTUAL: every endpoint, verified as the endpoints' service accounts.
+    for c in [base, v1] {
+        let tls = c.tls.as_ref().expect("tls");
+        assert_eq!(tls.mode, weft_api::UpstreamTlsMode::IstioMutual);
+        assert!(!tls.mesh_endpoints_only);
+        assert!(
+            !tls.subject_alt_names.is_empty()
+                && tls
+                    .subject_alt_names
+                    .iter()
+                    .all(|id| id.starts_with("spiffe://cluster.local/ns/default/sa/")),
+            "{:?}",
+            tls.subject_alt_names
+        );
+    }
     let v2 = cluster(&s, &format!("outbound|9080|v2|{REVIEWS}"));
     assert_eq!(
         v2.lb_policy,

@@ -8,7 +8,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use weft_api::{CircuitBreakers, Cluster, Endpoint, HashOn, LbPolicy, OutlierDetection, UpstreamProtocol};
+use weft_api::{
+    CircuitBreakers, Cluster, Endpoint, HashOn, LbPolicy, OutlierDetection, UpstreamProtocol, UpstreamTls,
+    UpstreamTlsMode,
+};
 
 use super::names;
 use super::registry::{Registry, labels_match};
@@ -34,6 +37,31 @@ struct Parts {
     lb: Option<(LbPolicy, Option<HashOn>)>,
     pool: Option<Pool>,
     outlier: Option<OutlierDetection>,
+    tls: Option<ClientTls>,
+}
+
+/// A rule's TLS setting.
+#[derive(Debug, Clone, PartialEq)]
+enum ClientTls {
+    /// Plaintext, even to mesh sidecars.
+    Disable,
+    /// Mesh mutual TLS; identities to accept (empty: the endpoints' own).
+    IstioMutual { sni: Option<String>, sans: Vec<String> },
+    /// One-way TLS (egress origination).
+    Simple {
+        sni: Option<String>,
+        sans: Vec<String>,
+        ca: Option<String>,
+    },
+}
+
+/// What clusters need to know about mesh identity: which endpoints are sidecars that
+/// accept mutual TLS, and the SPIFFE ID of each.
+#[derive(Debug, Default)]
+pub(crate) struct MeshEndpoints {
+    /// By endpoint address (`ip:port`): the SPIFFE ID, for sidecars whose PeerAuthentication
+    /// is not DISABLE.
+    pub(crate) identities: HashMap<String, String>,
 }
 
 impl Parts {
@@ -43,6 +71,7 @@ impl Parts {
             lb: over.lb.clone().or_else(|| self.lb.clone()),
             pool: over.pool.clone().or_else(|| self.pool.clone()),
             outlier: over.outlier.clone().or_else(|| self.outlier.clone()),
+            tls: over.tls.clone().or_else(|| self.tls.clone()),
         }
     }
 }
@@ -98,6 +127,7 @@ impl Policies {
 pub(crate) fn build(
     store: &Store,
     registry: &Registry,
+    mesh: &MeshEndpoints,
     clusters: &mut BTreeMap<String, Cluster>,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Policies {
@@ -213,20 +243,27 @@ pub(crate) fn build(
         for port in &host.ports {
             let base = rule.map(|r| r.policy.at_port(port.number)).unwrap_or_default();
             let name = names::outbound_cluster(Some(port.number), "", &host.fqdn);
+            let endpoints: Vec<Endpoint> = port
+                .endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    mesh: mesh.identities.contains_key(&e.address),
+                    ..e.clone()
+                })
+                .collect();
             clusters.insert(
                 name.clone(),
-                cluster(name, port.protocol, port.endpoints.clone(), &base),
+                cluster(name, port.protocol, endpoints.clone(), &base, mesh),
             );
             for (subset, (labels, subset_policy)) in rule.map(|r| &r.subsets).into_iter().flatten() {
                 let parts = base.overlay(&subset_policy.at_port(port.number));
-                let endpoints: Vec<Endpoint> = port
-                    .endpoints
+                let endpoints: Vec<Endpoint> = endpoints
                     .iter()
                     .filter(|e| labels_match(labels, &e.labels))
                     .cloned()
                     .collect();
                 let name = names::outbound_cluster(Some(port.number), subset, &host.fqdn);
-                clusters.insert(name.clone(), cluster(name, port.protocol, endpoints, &parts));
+                clusters.insert(name.clone(), cluster(name, port.protocol, endpoints, &parts, mesh));
             }
         }
     }
@@ -236,10 +273,63 @@ pub(crate) fn build(
 /// A cluster with no endpoints (requests to it get 503 `no_healthy_upstream`): what a
 /// dangling destination compiles to.
 pub(crate) fn empty_cluster(name: String) -> Cluster {
-    cluster(name, UpstreamProtocol::Http1, Vec::new(), &Parts::default())
+    cluster(
+        name,
+        UpstreamProtocol::Http1,
+        Vec::new(),
+        &Parts::default(),
+        &MeshEndpoints::default(),
+    )
 }
 
-fn cluster(name: String, protocol: UpstreamProtocol, endpoints: Vec<Endpoint>, parts: &Parts) -> Cluster {
+/// TLS to a cluster's endpoints: as the rule says, else Istio's auto mTLS (mutual TLS to
+/// the endpoints that are mesh sidecars, plaintext to the others). Mesh TLS accepts the
+/// identities of the cluster's own endpoints unless the rule names others.
+fn upstream_tls(parts: &Parts, endpoints: &[Endpoint], mesh: &MeshEndpoints) -> Option<UpstreamTls> {
+    let identities = || {
+        let mut ids: Vec<String> = endpoints
+            .iter()
+            .filter_map(|e| mesh.identities.get(&e.address).cloned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    match &parts.tls {
+        Some(ClientTls::Disable) => None,
+        Some(ClientTls::IstioMutual { sni, sans }) => Some(UpstreamTls {
+            mode: UpstreamTlsMode::IstioMutual,
+            sni: sni.clone(),
+            subject_alt_names: if sans.is_empty() { identities() } else { sans.clone() },
+            ca_certificates: None,
+            mesh_endpoints_only: false,
+        }),
+        Some(ClientTls::Simple { sni, sans, ca }) => Some(UpstreamTls {
+            mode: UpstreamTlsMode::Simple,
+            sni: sni.clone(),
+            subject_alt_names: sans.clone(),
+            ca_certificates: ca.clone(),
+            mesh_endpoints_only: false,
+        }),
+        None if endpoints.iter().any(|e| e.mesh) => Some(UpstreamTls {
+            mode: UpstreamTlsMode::IstioMutual,
+            sni: None,
+            subject_alt_names: identities(),
+            ca_certificates: None,
+            mesh_endpoints_only: true,
+        }),
+        None => None,
+    }
+}
+
+fn cluster(
+    name: String,
+    protocol: UpstreamProtocol,
+    endpoints: Vec<Endpoint>,
+    parts: &Parts,
+    mesh: &MeshEndpoints,
+) -> Cluster {
+    let tls = upstream_tls(parts, &endpoints, mesh);
     let (lb_policy, hash_on) = parts.lb.clone().unwrap_or((LbPolicy::LeastRequest, None));
     let pool = parts.pool.clone().unwrap_or_default();
     Cluster {
@@ -257,7 +347,7 @@ fn cluster(name: String, protocol: UpstreamProtocol, endpoints: Vec<Endpoint>, p
         },
         health_check: None,
         outlier_detection: parts.outlier.clone(),
-        tls: None,
+        tls,
     }
 }
 
@@ -266,6 +356,7 @@ fn policy(tp: &TrafficPolicy, field: &str, at: &ResourceRef<'_>, diagnostics: &m
         tp.load_balancer.as_ref(),
         tp.connection_pool.as_ref(),
         tp.outlier_detection.as_ref(),
+        tp.tls.as_ref(),
         field,
         at,
         diagnostics,
@@ -285,6 +376,7 @@ fn policy(tp: &TrafficPolicy, field: &str, at: &ResourceRef<'_>, diagnostics: &m
             port_policy.load_balancer.as_ref(),
             port_policy.connection_pool.as_ref(),
             port_policy.outlier_detection.as_ref(),
+            port_policy.tls.as_ref(),
             &field,
             at,
             diagnostics,
@@ -304,6 +396,7 @@ fn parts(
     lb: Option<&resources::LoadBalancer>,
     pool: Option<&resources::ConnectionPool>,
     outlier: Option<&resources::OutlierDetection>,
+    tls: Option<&resources::ClientTls>,
     field: &str,
     at: &ResourceRef<'_>,
     diagnostics: &mut Vec<Diagnostic>,
@@ -312,6 +405,72 @@ fn parts(
         lb: lb.and_then(|lb| load_balancer(lb, &format!("{field}.loadBalancer"), at, diagnostics)),
         pool: pool.map(|pool| connection_pool(pool, &format!("{field}.connectionPool"), at, diagnostics)),
         outlier: outlier.map(|od| outlier_detection(od, &format!("{field}.outlierDetection"), at, diagnostics)),
+        tls: tls.and_then(|tls| client_tls(tls, &format!("{field}.tls"), at, diagnostics)),
+    }
+}
+
+/// A rule's `tls`; `None` (with a diagnostic) when it cannot be honoured.
+fn client_tls(
+    tls: &resources::ClientTls,
+    field: &str,
+    at: &ResourceRef<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<ClientTls> {
+    let sni = tls.sni.clone().filter(|s| !s.is_empty());
+    let sans = tls.subject_alt_names.clone();
+    match tls.mode.as_deref().unwrap_or("DISABLE") {
+        "DISABLE" => Some(ClientTls::Disable),
+        "ISTIO_MUTUAL" => {
+            if tls.ca_certificates.is_some() {
+                diagnostics.push(Diagnostic::warning(
+                    at,
+                    format!("{field}.caCertificates"),
+                    "ISTIO_MUTUAL verifies with the mesh's trust bundle; ignored",
+                ));
+            }
+            Some(ClientTls::IstioMutual { sni, sans })
+        }
+        "SIMPLE" => {
+            let ca = match &tls.ca_certificates {
+                None => None,
+                Some(path) => match std::fs::read_to_string(path) {
+                    Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => Some(pem),
+                    Ok(_) => {
+                        diagnostics.push(Diagnostic::error(
+                            at,
+                            format!("{field}.caCertificates"),
+                            format!("{path} holds no PEM certificate; the system's roots are used"),
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        diagnostics.push(Diagnostic::error(
+                            at,
+                            format!("{field}.caCertificates"),
+                            format!("cannot read {path}: {e}; the system's roots are used"),
+                        ));
+                        None
+                    }
+                },
+            };
+            Some(ClientTls::Simple { sni, sans, ca })
+        }
+        "MUTUAL" => {
+            diagnostics.push(Diagnostic::warning(
+                at,
+                format!("{field}.mode"),
+                "MUTUAL (client certificates from files) is not supported yet; the setting is ignored",
+            ));
+            None
+        }
+        other => {
+            diagnostics.push(Diagnostic::error(
+                at,
+                format!("{field}.mode"),
+                format!("unknown mode {other:?} (DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL); the setting is ignored"),
+            ));
+            None
+        }
     }
 }
 

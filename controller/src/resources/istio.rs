@@ -499,6 +499,27 @@ pub struct TrafficPolicy {
     /// Per-port overrides.
     #[serde(default, deserialize_with = "de::list")]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    /// TLS towards the host.
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+}
+
+/// Istio's `ClientTLSSettings`: how a sidecar originates TLS to a host.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTls {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The server name sent (SNI).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Identities the server may present.
+    #[serde(default, deserialize_with = "de::strings")]
+    pub subject_alt_names: Vec<String>,
+    /// A PEM file of roots to verify the server with (`SIMPLE`).
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
 }
 
 /// A per-port traffic policy.
@@ -517,6 +538,9 @@ pub struct PortTrafficPolicy {
     /// Passive ejection.
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
+    /// TLS towards the host on this port.
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
 }
 
 /// Istio's `LoadBalancerSettings`.
@@ -608,7 +632,6 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i64>,
 }
 
-const NO_TLS: &str = "TLS to upstreams lands with mesh identity";
 static CONSISTENT_HASH_COOKIE: Node = Node::Object(&[
     ("name", Field::Known(&SCALAR)),
     ("path", Field::Unsupported("the cookie is hashed, never generated")),
@@ -704,14 +727,37 @@ static PORT_TRAFFIC_POLICY: Node = Node::Object(&[
     ("loadBalancer", Field::Known(&LOAD_BALANCER)),
     ("connectionPool", Field::Known(&CONNECTION_POOL)),
     ("outlierDetection", Field::Known(&OUTLIER_DETECTION)),
-    ("tls", Field::Unsupported(NO_TLS)),
+    ("tls", Field::Known(&CLIENT_TLS)),
+]);
+static CLIENT_TLS: Node = Node::Object(&[
+    ("mode", Field::Known(&SCALAR)),
+    ("sni", Field::Known(&SCALAR)),
+    ("subjectAltNames", Field::Known(&SCALARS)),
+    ("caCertificates", Field::Known(&SCALAR)),
+    (
+        "clientCertificate",
+        Field::Unsupported("client certificates from files (MUTUAL) are not built yet"),
+    ),
+    (
+        "privateKey",
+        Field::Unsupported("client certificates from files (MUTUAL) are not built yet"),
+    ),
+    (
+        "credentialName",
+        Field::Unsupported("no secret references for clients yet"),
+    ),
+    ("insecureSkipVerify", Field::Unsupported("servers are always verified")),
+    (
+        "caCrl",
+        Field::Unsupported("no CRL files; revocation travels in the snapshot"),
+    ),
 ]);
 static TRAFFIC_POLICY: Node = Node::Object(&[
     ("loadBalancer", Field::Known(&LOAD_BALANCER)),
     ("connectionPool", Field::Known(&CONNECTION_POOL)),
     ("outlierDetection", Field::Known(&OUTLIER_DETECTION)),
     ("portLevelSettings", Field::Known(&Node::ListOf(&PORT_TRAFFIC_POLICY))),
-    ("tls", Field::Unsupported(NO_TLS)),
+    ("tls", Field::Known(&CLIENT_TLS)),
     ("tunnel", Field::Unsupported("no tunnels")),
     ("proxyProtocol", Field::Unsupported("no PROXY protocol")),
     ("retryBudget", Field::Unsupported("the retry filter has its own budget")),
