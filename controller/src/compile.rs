@@ -409,6 +409,18 @@ impl Mesh {
         }
         for (number, servers) in ports {
             let mut plans = Vec::new();
+            // The port's TLS: the first gateway's settings, with the certificates of every
+            // gateway on the port that terminates TLS the same way.
+            let mut tls: Option<weft_api::ServerTls> = None;
+            for (gateway, p) in &servers {
+                match (&mut tls, &gateway.ports[*p].tls) {
+                    (None, Some(theirs)) => tls = Some(theirs.clone()),
+                    (Some(ours), Some(theirs)) if ours.mode == theirs.mode => {
+                        ours.certificates.extend(theirs.certificates.iter().cloned());
+                    }
+                    _ => {}
+                }
+            }
             for (gateway, p) in servers {
                 for (domain, v) in &gateway.ports[p].hosts {
                     let vs = &self.vss[*v];
@@ -428,7 +440,7 @@ impl Mesh {
             let user = self
                 .extensions
                 .filters_for(&workload.namespace, &workload.labels, ListenerClass::Gateway);
-            add_listener(
+            if add_listener(
                 &mut snapshot,
                 &mut addresses,
                 &name,
@@ -436,7 +448,10 @@ impl Mesh {
                 ListenerKind::Gateway,
                 &routing,
                 user,
-            );
+            ) && let Some(listener) = snapshot.listeners.last_mut()
+            {
+                listener.tls = tls;
+            }
         }
         Compiled {
             snapshot,

@@ -26,10 +26,10 @@ pub use istio::{
     Abort, ClientTls, ConnectionPool, ConsistentHash, Delay, Destination, DestinationRuleSpec, DirectResponse,
     DirectResponseBody, Fault, GatewayPort, GatewayServer, GatewaySpec, HeaderOperations, Headers, HttpConnectionPool,
     HttpCookie, HttpMatch, HttpRoute, HttpRouteDestination, LoadBalancer, OutlierDetection, Percent, PortSelector,
-    PortTrafficPolicy, Redirect, RegexRewrite, Retry, Rewrite, ServiceEntryPort, ServiceEntrySpec, StringMatch, Subset,
-    TcpConnectionPool, TrafficPolicy, VirtualServiceSpec, WorkloadEntrySpec, WorkloadSelector,
+    PortTrafficPolicy, Redirect, RegexRewrite, Retry, Rewrite, ServerTlsSettings, ServiceEntryPort, ServiceEntrySpec,
+    StringMatch, Subset, TcpConnectionPool, TrafficPolicy, VirtualServiceSpec, WorkloadEntrySpec, WorkloadSelector,
 };
-pub use kube::{IntOrString, ServicePort, ServiceSpec};
+pub use kube::{IntOrString, SecretSpec, ServicePort, ServiceSpec};
 pub use security::{MatchLabels, PeerAuthenticationSpec, PeerMtls};
 pub use weft::{ChainFilter, Direction, FilterChainSpec, LabelSelector, SidecarPorts, WasmFilterSpec, WorkloadSpec};
 
@@ -58,6 +58,8 @@ pub enum Kind {
     FilterChain,
     /// `security.istio.io PeerAuthentication`.
     PeerAuthentication,
+    /// `v1 Secret` (gateway certificates).
+    Secret,
 }
 
 const ISTIO_NETWORKING: &[&str] = &[
@@ -68,7 +70,7 @@ const ISTIO_NETWORKING: &[&str] = &[
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Service,
         Kind::VirtualService,
         Kind::DestinationRule,
@@ -80,6 +82,7 @@ impl Kind {
         Kind::WasmFilter,
         Kind::FilterChain,
         Kind::PeerAuthentication,
+        Kind::Secret,
     ];
 
     /// The kind's name, as in `kind:`.
@@ -96,13 +99,14 @@ impl Kind {
             Kind::WasmFilter => "WasmFilter",
             Kind::FilterChain => "FilterChain",
             Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::Secret => "Secret",
         }
     }
 
     /// The `apiVersion`s accepted for the kind.
     pub fn api_versions(self) -> &'static [&'static str] {
         match self {
-            Kind::Service => &["v1"],
+            Kind::Service | Kind::Secret => &["v1"],
             Kind::VirtualService | Kind::DestinationRule | Kind::Gateway | Kind::ServiceEntry | Kind::WorkloadEntry => {
                 ISTIO_NETWORKING
             }
@@ -129,6 +133,7 @@ impl Kind {
             Kind::WasmFilter => &weft::WASM_FILTER_SPEC,
             Kind::FilterChain => &weft::FILTER_CHAIN_SPEC,
             Kind::PeerAuthentication => &security::PEER_AUTHENTICATION_SPEC,
+            Kind::Secret => &kube::SECRET_SPEC,
         }
     }
 }
@@ -197,6 +202,8 @@ pub enum Spec {
     FilterChain(FilterChainSpec),
     /// A PeerAuthentication.
     PeerAuthentication(PeerAuthenticationSpec),
+    /// A Secret.
+    Secret(SecretSpec),
 }
 
 impl Resource {
@@ -229,6 +236,7 @@ impl Resource {
             Spec::WasmFilter(_) => Kind::WasmFilter,
             Spec::FilterChain(_) => Kind::FilterChain,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Spec::Secret(_) => Kind::Secret,
         }
     }
 }
@@ -255,6 +263,7 @@ spec_from!(
     WasmFilter(WasmFilterSpec),
     FilterChain(FilterChainSpec),
     PeerAuthentication(PeerAuthenticationSpec),
+    Secret(SecretSpec),
 );
 
 /// Kinds Istio (or Kubernetes) defines that Weft does not compile yet, reported as such.
@@ -382,6 +391,16 @@ fn parse_object(origin: &str, document: usize, mut map: serde_yaml::Mapping, par
         return;
     }
 
+    // A Secret has no spec: its top-level fields are read as one.
+    if kind == Kind::Secret {
+        let mut spec = serde_yaml::Mapping::new();
+        for key in ["type", "data", "stringData", "immutable"] {
+            if let Some(value) = map.remove(key) {
+                spec.insert(Value::from(key), value);
+            }
+        }
+        map.insert(Value::from("spec"), Value::Mapping(spec));
+    }
     for (key, _) in &map {
         match key.as_str() {
             Some("apiVersion" | "kind" | "spec" | "status") => {}
@@ -437,6 +456,7 @@ fn parse_object(origin: &str, document: usize, mut map: serde_yaml::Mapping, par
         Kind::WasmFilter => typed(spec).map(Spec::WasmFilter),
         Kind::FilterChain => typed(spec).map(Spec::FilterChain),
         Kind::PeerAuthentication => typed(spec).map(Spec::PeerAuthentication),
+        Kind::Secret => typed(spec).map(Spec::Secret),
     };
     match spec {
         Ok(spec) => parsed.resources.push(Resource { metadata, spec }),

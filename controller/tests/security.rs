@@ -235,3 +235,78 @@ fn bad_settings_are_reported_and_the_rest_compiles() {
         "system roots"
     );
 }
+
+/// A Gateway on the ingress gateway with `servers` (YAML list items, indented 4), and a
+/// VirtualService for `bookinfo.example.com` bound to it.
+fn gateway(servers: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{ name: gw, namespace: istio-system }}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{ name: bookinfo, namespace: default }}\nspec:\n  hosts: [\"*\"]\n  gateways: [istio-system/gw]\n  http:\n  - route:\n    - destination: {{host: productpage, port: {{number: 9080}}}}\n---\n"
+    )
+}
+
+/// A `kubernetes.io/tls` Secret in istio-system (base64 `data`), optionally with `ca.crt` as
+/// `stringData`.
+fn secret(name: &str, ca: bool) -> String {
+    let ca = if ca {
+        "stringData:\n  ca.crt: \"-----BEGIN CERTIFICATE-----\\nCA\\n-----END CERTIFICATE-----\\n\"\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: {name}, namespace: istio-system }}\ntype: kubernetes.io/tls\ndata:\n  tls.crt: LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCkNFUlQKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo=\n  tls.key: LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCktFWQotLS0tLUVORCBQUklWQVRFIEtFWS0tLS0tCg==\n{ca}---\n"
+    )
+}
+
+fn gateway_listener(mesh: &Mesh, port: u16) -> weft_api::Listener {
+    sidecar(mesh, "istio-ingressgateway")
+        .listeners
+        .into_iter()
+        .find(|l| l.name == format!("gateway-{port}"))
+        .unwrap_or_else(|| panic!("no gateway-{port} listener"))
+}
+
+#[test]
+fn gateway_https_servers_terminate_tls_with_their_secrets_by_sni() {
+    let servers = "  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [bookinfo.example.com]\n    tls: {mode: SIMPLE, credentialName: bookinfo-cert}\n  - port: {number: 8443, name: https-shop, protocol: HTTPS}\n    hosts: [\"default/*.shop.example.com\"]\n    tls: {mode: SIMPLE, credentialName: shop-cert}\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"*\"]";
+    let (mesh, diagnostics) = compiled(&format!(
+        "{}{}{}",
+        gateway(servers),
+        secret("bookinfo-cert", false),
+        secret("shop-cert", false)
+    ));
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let tls = gateway_listener(&mesh, 8443).tls.expect("tls");
+    assert_eq!(tls.mode, weft_api::ServerTlsMode::Simple);
+    let names: Vec<_> = tls.certificates.iter().map(|c| c.server_names.clone()).collect();
+    assert_eq!(names, [vec!["bookinfo.example.com"], vec!["*.shop.example.com"]]);
+    assert!(tls.certificates[0].cert_chain.contains("CERT"));
+    assert!(tls.certificates[0].private_key.contains("KEY"));
+    assert!(gateway_listener(&mesh, 8080).tls.is_none());
+
+    // MUTUAL takes the client CA from the Secret's ca.crt.
+    let mutual = "  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [\"*\"]\n    tls: {mode: MUTUAL, credentialName: bookinfo-cert}";
+    let (mesh, diagnostics) = compiled(&format!("{}{}", gateway(mutual), secret("bookinfo-cert", true)));
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let tls = gateway_listener(&mesh, 8443).tls.expect("tls");
+    assert_eq!(tls.mode, weft_api::ServerTlsMode::Mutual);
+    assert!(tls.client_ca.unwrap().contains("CA"));
+    assert!(tls.certificates[0].server_names.is_empty(), "`*` serves any name");
+}
+
+#[test]
+fn gateway_tls_problems_are_reported_and_the_server_left_out() {
+    let servers = "  - port: {number: 8443, name: a, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: missing}\n  - port: {number: 9443, name: b, protocol: HTTPS}\n    hosts: [b.example.com]\n    tls: {mode: MUTUAL, credentialName: bookinfo-cert}\n  - port: {number: 7443, name: c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 8080, name: d, protocol: HTTP}\n    hosts: [\"*\"]\n    tls: {httpsRedirect: true}";
+    let (mesh, diagnostics) = compiled(&format!("{}{}", gateway(servers), secret("bookinfo-cert", false)));
+    let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| text.iter().any(|d| d.contains(needle));
+    assert!(
+        has("no Secret istio-system/missing; the server is ignored"),
+        "{text:#?}"
+    );
+    assert!(has("MUTUAL needs a client CA"), "{text:#?}");
+    assert!(has("PASSTHROUGH is not supported yet"), "{text:#?}");
+    assert!(has("httpsRedirect: not supported yet"), "{text:#?}");
+    let gateway = sidecar(&mesh, "istio-ingressgateway");
+    let ports: Vec<&str> = gateway.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(ports, ["gateway-8080"], "only the plaintext server runs");
+}

@@ -36,6 +36,8 @@ impl GatewayInfo {
 #[derive(Debug)]
 pub(crate) struct GatewayPort {
     pub(crate) number: u16,
+    /// TLS termination (HTTPS servers): their certificates, by server hosts.
+    pub(crate) tls: Option<weft_api::ServerTls>,
     /// (domain, VirtualService index): hosts routed on this port, first VirtualService first.
     pub(crate) hosts: Vec<(String, usize)>,
 }
@@ -64,16 +66,33 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
             ));
         }
         let mut servers: BTreeMap<u16, Vec<ServerHost>> = BTreeMap::new();
+        let mut port_tls: BTreeMap<u16, Option<weft_api::ServerTls>> = BTreeMap::new();
         for (i, server) in spec.servers.iter().enumerate() {
             let field = format!("spec.servers[{i}]");
             let protocol = server.port.protocol.to_ascii_uppercase();
-            match protocol.as_str() {
-                "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => {}
-                "HTTPS" | "TLS" => {
+            let tls = match protocol.as_str() {
+                "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => {
+                    let terminates = server.tls.as_ref().is_some_and(|t| {
+                        t.mode.is_some() || t.credential_name.is_some() || t.server_certificate.is_some()
+                    });
+                    if terminates {
+                        diagnostics.push(Diagnostic::warning(
+                            &at,
+                            format!("{field}.tls"),
+                            format!("a {protocol} server does not terminate TLS; ignored"),
+                        ));
+                    }
+                    None
+                }
+                "HTTPS" => match server_tls(store, stored.namespace(), server, &field, &at, diagnostics) {
+                    Some(tls) => Some(tls),
+                    None => continue,
+                },
+                "TLS" => {
                     diagnostics.push(Diagnostic::warning(
                         &at,
                         format!("{field}.port.protocol"),
-                        format!("{protocol} servers are not supported yet (TLS lands with mesh identity); the server is ignored"),
+                        "TLS (passthrough) servers are not supported yet; the server is ignored",
                     ));
                     continue;
                 }
@@ -81,11 +100,11 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                     diagnostics.push(Diagnostic::warning(
                         &at,
                         format!("{field}.port.protocol"),
-                        format!("{other} servers are not supported (HTTP only); the server is ignored"),
+                        format!("{other} servers are not supported (HTTP and HTTPS only); the server is ignored"),
                     ));
                     continue;
                 }
-            }
+            };
             if server.port.number == 0 {
                 diagnostics.push(Diagnostic::error(
                     &at,
@@ -94,6 +113,31 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                 ));
                 continue;
             }
+            // One port terminates TLS for all its servers, or for none.
+            let merged = match (port_tls.get(&server.port.number), tls) {
+                (None, tls) => tls,
+                (Some(None), None) => None,
+                (Some(Some(existing)), Some(tls)) if existing.mode == tls.mode => {
+                    let mut merged = existing.clone();
+                    merged.certificates.extend(tls.certificates);
+                    if merged.client_ca.is_none() {
+                        merged.client_ca = tls.client_ca;
+                    }
+                    Some(merged)
+                }
+                (Some(_), _) => {
+                    diagnostics.push(Diagnostic::error(
+                        &at,
+                        format!("{field}.tls"),
+                        format!(
+                            "port {} already has servers with other TLS settings (plaintext or another mode); the server is ignored",
+                            server.port.number
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            port_tls.insert(server.port.number, merged);
             let hosts = servers.entry(server.port.number).or_default();
             for (j, host) in server.hosts.iter().enumerate() {
                 let (namespace, name) = match host.split_once('/') {
@@ -120,6 +164,7 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
             .keys()
             .map(|&number| GatewayPort {
                 number,
+                tls: port_tls.get(&number).cloned().flatten(),
                 hosts: Vec::new(),
             })
             .collect();
@@ -196,4 +241,143 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
         });
     }
     gateways
+}
+
+/// An HTTPS server's TLS: its certificate (from `credentialName`, a Secret in the Gateway's
+/// namespace, or from `serverCertificate`/`privateKey` files), for the server's hosts; `None`
+/// (with a diagnostic) when it cannot be served.
+fn server_tls(
+    store: &Store,
+    namespace: &str,
+    server: &crate::resources::GatewayServer,
+    field: &str,
+    at: &ResourceRef<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<weft_api::ServerTls> {
+    let error = |diagnostics: &mut Vec<Diagnostic>, path: &str, message: String| {
+        diagnostics.push(Diagnostic::error(
+            at,
+            format!("{field}.tls{path}"),
+            format!("{message}; the server is ignored"),
+        ));
+    };
+    let Some(tls) = &server.tls else {
+        error(diagnostics, "", "an HTTPS server needs tls settings".to_owned());
+        return None;
+    };
+    let mode = match tls.mode.as_deref().unwrap_or("SIMPLE") {
+        "SIMPLE" => weft_api::ServerTlsMode::Simple,
+        "MUTUAL" => weft_api::ServerTlsMode::Mutual,
+        other @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL") => {
+            diagnostics.push(Diagnostic::warning(
+                at,
+                format!("{field}.tls.mode"),
+                format!("{other} is not supported yet (SIMPLE and MUTUAL are); the server is ignored"),
+            ));
+            return None;
+        }
+        other => {
+            error(diagnostics, ".mode", format!("unknown mode {other:?}"));
+            return None;
+        }
+    };
+    let read = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"));
+    let (cert_chain, private_key, mut client_ca) =
+        match (&tls.credential_name, &tls.server_certificate, &tls.private_key) {
+            (Some(name), _, _) => {
+                let secret = |name: &str| match store.get(Kind::Secret, namespace, name).map(|s| &s.resource.spec) {
+                    Some(Spec::Secret(secret)) => Some(secret.clone()),
+                    _ => None,
+                };
+                let Some(found) = secret(name) else {
+                    error(diagnostics, ".credentialName", format!("no Secret {namespace}/{name}"));
+                    return None;
+                };
+                let value = |key: &str| found.value(key).transpose();
+                match (value("tls.crt"), value("tls.key")) {
+                    (Ok(Some(cert)), Ok(Some(key))) => {
+                        let ca = match value("ca.crt") {
+                            Ok(Some(ca)) => Some(ca),
+                            _ => secret(&format!("{name}-cacert")).and_then(|s| s.value("ca.crt").and_then(Result::ok)),
+                        };
+                        (cert, key, ca)
+                    }
+                    (Err(why), _) | (_, Err(why)) => {
+                        error(
+                            diagnostics,
+                            ".credentialName",
+                            format!("Secret {namespace}/{name}: {why}"),
+                        );
+                        return None;
+                    }
+                    _ => {
+                        error(
+                            diagnostics,
+                            ".credentialName",
+                            format!("Secret {namespace}/{name} needs tls.crt and tls.key"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (None, Some(cert), Some(key)) => match (read(cert), read(key)) {
+                (Ok(cert), Ok(key)) => (cert, key, None),
+                (Err(why), _) | (_, Err(why)) => {
+                    error(diagnostics, "", why);
+                    return None;
+                }
+            },
+            _ => {
+                error(
+                    diagnostics,
+                    "",
+                    "name a credentialName, or serverCertificate and privateKey".to_owned(),
+                );
+                return None;
+            }
+        };
+    if let Some(path) = &tls.ca_certificates {
+        match read(path) {
+            Ok(ca) => client_ca = Some(ca),
+            Err(why) => {
+                error(diagnostics, ".caCertificates", why);
+                return None;
+            }
+        }
+    }
+    if mode == weft_api::ServerTlsMode::Mutual && client_ca.is_none() {
+        error(
+            diagnostics,
+            ".mode",
+            "MUTUAL needs a client CA (ca.crt, a <credentialName>-cacert Secret, or caCertificates)".to_owned(),
+        );
+        return None;
+    }
+    if !cert_chain.contains("-----BEGIN CERTIFICATE-----") || !private_key.contains("PRIVATE KEY-----") {
+        error(diagnostics, "", "the certificate or key is not PEM".to_owned());
+        return None;
+    }
+    let server_names = server
+        .hosts
+        .iter()
+        .map(|h| {
+            h.rsplit_once('/')
+                .map_or(h.as_str(), |(_, host)| host)
+                .to_ascii_lowercase()
+        })
+        .filter(|h| h != "*")
+        .collect();
+    Some(weft_api::ServerTls {
+        mode,
+        certificates: vec![weft_api::TlsCertificate {
+            cert_chain,
+            private_key,
+            server_names,
+        }],
+        client_ca: if mode == weft_api::ServerTlsMode::Mutual {
+            client_ca
+        } else {
+            None
+        },
+    })
 }

@@ -804,6 +804,31 @@ pub struct GatewayServer {
     /// Name, for logs.
     #[serde(default)]
     pub name: Option<String>,
+    /// TLS termination (HTTPS servers).
+    #[serde(default)]
+    pub tls: Option<ServerTlsSettings>,
+}
+
+/// Istio's `ServerTLSSettings`: how a gateway server terminates TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    /// `SIMPLE`, `MUTUAL` (others are reported).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// A Secret in the Gateway's namespace with `tls.crt`, `tls.key` (and `ca.crt`, or a
+    /// `<name>-cacert` Secret, for MUTUAL).
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    /// The certificate chain file (PEM), when there is no `credentialName`.
+    #[serde(default)]
+    pub server_certificate: Option<String>,
+    /// Its private key file (PEM).
+    #[serde(default)]
+    pub private_key: Option<String>,
+    /// The client CA file (PEM), for MUTUAL.
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
 }
 
 /// A gateway server's port.
@@ -832,12 +857,42 @@ static GATEWAY_SERVER: Node = Node::Object(&[
     ("port", Field::Known(&GATEWAY_PORT)),
     ("hosts", Field::Known(&SCALARS)),
     ("name", Field::Known(&SCALAR)),
-    ("tls", Field::Unsupported("TLS servers land with mesh identity")),
+    ("tls", Field::Known(&SERVER_TLS)),
     (
         "bind",
         Field::Unsupported("the gateway listens on its workload's address"),
     ),
     ("defaultEndpoint", Field::Unsupported("no default endpoint")),
+]);
+
+static SERVER_TLS: Node = Node::Object(&[
+    ("mode", Field::Known(&SCALAR)),
+    ("credentialName", Field::Known(&SCALAR)),
+    ("serverCertificate", Field::Known(&SCALAR)),
+    ("privateKey", Field::Known(&SCALAR)),
+    ("caCertificates", Field::Known(&SCALAR)),
+    ("httpsRedirect", Field::Unsupported("no redirect to HTTPS yet")),
+    ("credentialNames", Field::Unsupported("one credential per server")),
+    ("tlsCertificates", Field::Unsupported("one credential per server")),
+    (
+        "subjectAltNames",
+        Field::Unsupported("client certificates are checked against the CA only"),
+    ),
+    (
+        "verifyCertificateSpki",
+        Field::Unsupported("client certificates are checked against the CA only"),
+    ),
+    (
+        "verifyCertificateHash",
+        Field::Unsupported("client certificates are checked against the CA only"),
+    ),
+    ("minProtocolVersion", Field::Unsupported("TLS 1.2 and 1.3 are offered")),
+    ("maxProtocolVersion", Field::Unsupported("TLS 1.2 and 1.3 are offered")),
+    (
+        "cipherSuites",
+        Field::Unsupported("the TLS library's safe defaults are used"),
+    ),
+    ("caCrl", Field::Unsupported("no CRL files")),
 ]);
 
 pub(super) static GATEWAY_SPEC: Node = Node::Object(&[
