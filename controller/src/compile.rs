@@ -91,6 +91,33 @@ pub struct Compiled {
     pub workload: Option<String>,
 }
 
+/// One node's snapshot as the config stream sends it (see [`Mesh::encoded_for`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    /// The encoded `weft.v1.Snapshot`, version included.
+    pub bytes: Vec<u8>,
+    /// Its version.
+    pub version: String,
+    /// The node's Workload as `namespace/name`, when it has one.
+    pub workload: Option<String>,
+}
+
+/// The encoded part of a snapshot shared by the nodes of a namespace.
+struct SharedPart {
+    bytes: Vec<u8>,
+    digest: [u8; 32],
+}
+
+/// A node's own parts of its snapshot.
+struct NodeParts {
+    /// Listeners, route tables (not the outbound one), the node's clusters.
+    snapshot: Snapshot,
+    /// Whether it has an outbound listener (whose route table is shared).
+    outbound: bool,
+    namespace: String,
+    workload: Option<String>,
+}
+
 /// A Workload resource, as known to the mesh.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownWorkload {
@@ -157,6 +184,8 @@ pub struct Mesh {
     outbound_elsewhere: OnceLock<Arc<ListenerRouting>>,
     /// PeerAuthentications: how each sidecar's inbound listener takes mutual TLS.
     peer: security::PeerAuthentications,
+    /// Encoded shared parts by (namespace, with the outbound route table).
+    shared: std::sync::Mutex<HashMap<(String, bool), Arc<SharedPart>>>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -314,6 +343,7 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Mesh {
         outbound: namespaces.into_iter().map(|ns| (ns, OnceLock::new())).collect(),
         outbound_elsewhere: OnceLock::new(),
         peer,
+        shared: Default::default(),
     }
 }
 
@@ -348,6 +378,102 @@ impl Mesh {
     /// `gateway` listener per server port (and sidecar listeners only when its Workload
     /// declares a sidecar).
     pub fn snapshot_for(&self, node: &NodeIdentity) -> Compiled {
+        let parts = self.node_parts(node);
+        let mut route_tables = Vec::with_capacity(parts.snapshot.route_tables.len() + 1);
+        if parts.outbound {
+            route_tables.push(self.outbound_table(&parts.namespace));
+        }
+        route_tables.extend(parts.snapshot.route_tables);
+        let mut clusters = self.clusters.clone();
+        clusters.extend(parts.snapshot.clusters);
+        Compiled {
+            snapshot: Snapshot {
+                listeners: parts.snapshot.listeners,
+                route_tables,
+                clusters,
+                ..Snapshot::default()
+            },
+            workload: parts.workload,
+        }
+    }
+
+    /// One node's snapshot encoded for the config stream, with `security`, and its version.
+    ///
+    /// The encoding is the concatenation of three protobuf parts, which decode as one
+    /// `weft.v1.Snapshot` (protobuf merges concatenated messages: repeated fields append): the
+    /// version; the node's own listeners, route tables, clusters and `security`; and the part
+    /// shared by every node of the namespace (every outbound cluster and the outbound route
+    /// table), encoded once per compiled intent. The version is a digest of the content, so
+    /// equal snapshots get equal versions across controller restarts.
+    pub fn encoded_for(&self, node: &NodeIdentity, security: &weft_api::Security) -> Encoded {
+        use prost::Message as _;
+        use sha2::Digest as _;
+        let parts = self.node_parts(node);
+        let mut own = parts.snapshot;
+        own.security = security.clone();
+        let own = weft_api::pb::Snapshot::from(&own).encode_to_vec();
+        let shared = self.shared_part(&parts.namespace, parts.outbound);
+        let mut digest = sha2::Sha256::new();
+        digest.update(&own);
+        digest.update(shared.digest);
+        let version = crate::hex(&digest.finalize()[..6]);
+        let head = weft_api::pb::Snapshot {
+            version: version.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut bytes = Vec::with_capacity(head.len() + own.len() + shared.bytes.len());
+        bytes.extend_from_slice(&head);
+        bytes.extend_from_slice(&own);
+        bytes.extend_from_slice(&shared.bytes);
+        Encoded {
+            bytes,
+            version,
+            workload: parts.workload,
+        }
+    }
+
+    /// The outbound route table of `namespace`'s sidecars.
+    fn outbound_table(&self, namespace: &str) -> weft_api::RouteTable {
+        let mut table = self.outbound_routing(namespace).table.clone();
+        table.name = "outbound".to_owned();
+        table
+    }
+
+    /// The encoded part every node of `namespace` shares: every outbound cluster, and (for
+    /// sidecars) the outbound route table. Built once per namespace and compiled intent.
+    fn shared_part(&self, namespace: &str, outbound: bool) -> Arc<SharedPart> {
+        use prost::Message as _;
+        use sha2::Digest as _;
+        let key = (namespace.to_owned(), outbound);
+        if let Some(part) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return part.clone();
+        }
+        let snapshot = Snapshot {
+            clusters: self.clusters.clone(),
+            route_tables: if outbound {
+                vec![self.outbound_table(namespace)]
+            } else {
+                Vec::new()
+            },
+            ..Snapshot::default()
+        };
+        let mut wire = weft_api::pb::Snapshot::from(&snapshot);
+        wire.limits = None;
+        let bytes = wire.encode_to_vec();
+        let digest = sha2::Sha256::digest(&bytes).into();
+        let part = Arc::new(SharedPart { bytes, digest });
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert(part)
+            .clone()
+    }
+
+    /// One node's own parts: its listeners, its route tables but the shared outbound one,
+    /// its inbound clusters.
+    fn node_parts(&self, node: &NodeIdentity) -> NodeParts {
         let workload = self.node_workload(node);
         let gateways: Vec<&GatewayInfo> = self
             .gateways
@@ -360,10 +486,7 @@ impl Mesh {
             (None, sidecar) => sidecar,
         };
 
-        let mut snapshot = Snapshot {
-            clusters: self.clusters.clone(),
-            ..Snapshot::default()
-        };
+        let mut snapshot = Snapshot::default();
         let mut addresses = BTreeSet::new();
         if let Some(sidecar) = sidecar {
             let routing = self.outbound_routing(&workload.namespace);
@@ -380,6 +503,8 @@ impl Mesh {
                 &routing,
                 user,
             );
+            // Its table is the namespace's shared one (see `shared_part`).
+            snapshot.route_tables.pop();
             let address = SocketAddr::new(workload.ip, sidecar.inbound);
             let (routing, clusters, aliases) = self.inbound(&workload);
             let mtls = self.peer.listener(&workload.namespace, &workload.labels, &aliases);
@@ -453,8 +578,10 @@ impl Mesh {
                 listener.tls = tls;
             }
         }
-        Compiled {
+        NodeParts {
             snapshot,
+            outbound: sidecar.is_some(),
+            namespace: workload.namespace,
             workload: workload.known,
         }
     }

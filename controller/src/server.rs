@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -86,18 +85,6 @@ fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The version of a snapshot: a digest of its content, so equal snapshots get equal
-/// versions across controller restarts and a sidecar already running it is not sent it again.
-pub fn snapshot_version(snapshot: &weft_api::Snapshot) -> String {
-    let mut hasher = sha2::Sha256::new();
-    // The domain types serialize deterministically (ordered maps, ordered lists).
-    if let Ok(json) = serde_json::to_vec(snapshot) {
-        hasher.update(&json);
-    }
-    let digest = hasher.finalize();
-    crate::hex(&digest[..6])
 }
 
 /// The Discovery and Status services over one shared state.
@@ -266,11 +253,9 @@ impl SidecarStream {
                     }
                     let published = self.intent.borrow_and_update().clone();
                     let security = self.security.borrow_and_update().clone();
-                    let compiled = published.mesh.snapshot_for(&identity);
-                    let mut snapshot = compiled.snapshot;
-                    snapshot.security = (*security).clone();
-                    let version = snapshot_version(&snapshot);
-                    let workload = compiled.workload.unwrap_or_else(|| "-".to_owned());
+                    let encoded = published.mesh.encoded_for(&identity, &security);
+                    let version = encoded.version;
+                    let workload = encoded.workload.unwrap_or_else(|| "-".to_owned());
                     let current = sent.as_ref().map_or(self.running.as_str(), |s| s.version.as_str());
                     if current == version {
                         // First contact with a sidecar that already runs this version.
@@ -285,12 +270,11 @@ impl SidecarStream {
                         }
                         continue;
                     }
-                    snapshot.version = version.clone();
                     nonce += 1;
                     let response = pb::DiscoveryResponse {
                         version_info: version.clone(),
                         nonce: nonce.to_string(),
-                        snapshot: Some(pb::Snapshot::from(&snapshot)),
+                        snapshot: encoded.bytes,
                     };
                     if self.tx.send(Ok(response)).await.is_err() {
                         break;

@@ -196,7 +196,7 @@ async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() 
         let controller = start(&dir).await;
         let mut sidecar = Sidecar::open(&controller, "reviews-v1", &[("app", "reviews")], "").await;
         let first = sidecar.next(Duration::from_secs(5)).await.expect("first snapshot");
-        let security = first.snapshot.and_then(|s| s.security).expect("security");
+        let security = support::decoded(&first).security.expect("security");
         assert_eq!(security.trust_bundle.len(), 1, "the CA's root");
         assert!(security.revoked_serials.is_empty());
 
@@ -253,7 +253,7 @@ async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() 
             .into_inner();
         assert_eq!(covered.certificates, 1);
         let pushed = sidecar.next(Duration::from_secs(5)).await.expect("pushed");
-        let security = pushed.snapshot.and_then(|s| s.security).expect("security");
+        let security = support::decoded(&pushed).security.expect("security");
         assert_eq!(security.revoked_serials, vec![issued.serial.clone()]);
 
         // Revoking the identity also stops the CA from issuing to it.
@@ -265,7 +265,7 @@ async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() 
             .await
             .expect("revoke identity");
         let pushed = sidecar.next(Duration::from_secs(5)).await.expect("pushed");
-        let security = pushed.snapshot.and_then(|s| s.security).expect("security");
+        let security = support::decoded(&pushed).security.expect("security");
         assert_eq!(security.revoked_identities, vec![issued.spiffe_id.clone()]);
         let request = pb::CreateCertificateRequest {
             csr_pem: csr().1,
@@ -280,7 +280,7 @@ async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() 
     let controller = start(&dir).await;
     let mut sidecar = Sidecar::open(&controller, "reviews-v1", &[("app", "reviews")], "").await;
     let first = sidecar.next(Duration::from_secs(5)).await.expect("first snapshot");
-    let security = first.snapshot.and_then(|s| s.security).expect("security");
+    let security = support::decoded(&first).security.expect("security");
     assert_eq!(security.revoked_serials, vec![serial]);
     assert_eq!(security.revoked_identities.len(), 1);
     let _ = std::fs::remove_dir_all(&dir);

@@ -39,7 +39,7 @@ async fn snapshots_are_versioned_acked_and_nacked() {
     let controller = start(&dir).await;
     let mut sidecar = Sidecar::open(&controller, "productpage", &[("app", "productpage")], "").await;
     let first = sidecar.next(Duration::from_secs(5)).await.expect("first snapshot");
-    let snapshot = weft_api::Snapshot::try_from(first.snapshot.clone().expect("snapshot")).expect("valid snapshot");
+    let snapshot = weft_api::Snapshot::try_from(support::decoded(&first)).expect("valid snapshot");
     assert_eq!(snapshot.version, first.version_info);
     assert!(
         snapshot.listeners.iter().any(|l| l.address == "127.0.0.1:19001"),
@@ -116,7 +116,7 @@ async fn unchanged_workloads_get_nothing() {
         .next(Duration::from_secs(5))
         .await
         .expect("productpage gets the change");
-    let snapshot = weft_api::Snapshot::try_from(update.snapshot.expect("snapshot")).expect("valid");
+    let snapshot = weft_api::Snapshot::try_from(support::decoded(&update)).expect("valid");
     assert!(
         snapshot
             .listeners

@@ -220,9 +220,13 @@ async fn apply(
     proxy: &Proxy,
     config: &ControlConfig,
     wasm: &WasmSettings,
-    snapshot: Option<pb::Snapshot>,
+    snapshot: Vec<u8>,
 ) -> Result<String, String> {
-    let snapshot = snapshot.ok_or_else(|| "the response carries no snapshot".to_owned())?;
+    use prost::Message as _;
+    if snapshot.is_empty() {
+        return Err("the response carries no snapshot".to_owned());
+    }
+    let snapshot = pb::Snapshot::decode(snapshot.as_slice()).map_err(|e| format!("cannot decode the snapshot: {e}"))?;
     let snapshot = Snapshot::try_from(snapshot).map_err(|e| format!("invalid snapshot: {}", error_chain(&e)))?;
     fetch_modules(&snapshot, wasm).await?;
     let version = snapshot.version.clone();

@@ -1303,7 +1303,7 @@ pub struct DiscoveryRequest {
     pub error_detail: ::prost::alloc::string::String,
 }
 /// From controller to sidecar: the snapshot to run.
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DiscoveryResponse {
     /// Version of the snapshot (also in snapshot.version).
     #[prost(string, tag = "1")]
@@ -1311,9 +1311,11 @@ pub struct DiscoveryResponse {
     /// Unique per response; the ACK or NACK names it.
     #[prost(string, tag = "2")]
     pub nonce: ::prost::alloc::string::String,
-    /// Everything the sidecar runs.
-    #[prost(message, optional, tag = "3")]
-    pub snapshot: ::core::option::Option<Snapshot>,
+    /// Everything the sidecar runs: an encoded weft.v1.Snapshot. The controller sends it as
+    /// the concatenation of encoded parts (the version, the node's own resources, the part its
+    /// namespace shares, encoded once), which protobuf decodes as one message.
+    #[prost(bytes = "vec", tag = "3")]
+    pub snapshot: ::prost::alloc::vec::Vec<u8>,
 }
 /// Request for ListProxies.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

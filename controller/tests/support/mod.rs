@@ -112,3 +112,9 @@ impl Sidecar {
             .expect("send answer");
     }
 }
+
+/// The snapshot a response carries, decoded.
+pub(crate) fn decoded(response: &pb::DiscoveryResponse) -> pb::Snapshot {
+    use prost::Message as _;
+    pb::Snapshot::decode(response.snapshot.as_slice()).expect("the snapshot decodes")
+}

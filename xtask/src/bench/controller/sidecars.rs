@@ -193,9 +193,8 @@ async fn sidecar_stream(fleet: &Fleet, index: usize, node: pb::Node, connect: Co
         let bytes = response.encoded_len();
         let nonce = response.nonce.clone();
         let checking = Instant::now();
-        let checked = response
-            .snapshot
-            .context("the response carries no snapshot")
+        let checked = weft_api::pb::Snapshot::decode(response.snapshot.as_slice())
+            .context("the snapshot does not decode")
             .and_then(|snapshot| weft_api::Snapshot::try_from(snapshot).context("invalid snapshot"));
         let validate = checking.elapsed();
         let answer = match &checked {
