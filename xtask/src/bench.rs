@@ -21,7 +21,8 @@
 //! stopped when the run ends, on success, on error and on panic.
 //!
 //! `--suite wasm` and `--suite filters` measure weft-proxy with filter chains instead (the
-//! Wasm host's and the first-party filters' costs), each into its own section: see
+//! Wasm host's and the first-party filters' costs), and `--suite mtls` a client sidecar →
+//! server sidecar pair with and without mesh mutual TLS, each into its own section: see
 //! [`suites`].
 //!
 //! `cargo xtask bench controller` (also `bench proxy --suite controller`) measures the
@@ -54,7 +55,7 @@ use self::suites::Suite;
 use self::tools::Tools;
 
 /// Usage of `bench`.
-const USAGE: &str = "usage: cargo xtask bench proxy [--suite proxy|wasm|filters|controller] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
+const USAGE: &str = "usage: cargo xtask bench proxy [--suite proxy|wasm|filters|mtls|controller] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
        cargo xtask bench controller [--services N] [--rounds N] [--connections N] [--compile-services N] [--no-criterion] [--no-pin] [--quick] [--no-docs] [--keep-disturbed]";
 
 /// The CPU the proxies and the origin run on.
@@ -70,6 +71,8 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
         Some((what, rest)) if what == "controller" => controller::main(rest),
         // Internal: the latency client, started by `proxy` under `taskset`.
         Some((what, rest)) if what == "latency-client" => latency::client_main(rest),
+        // Internal: the mTLS handshake client of `--suite mtls`, started the same way.
+        Some((what, rest)) if what == "handshake-client" => suites::handshake_client_main(rest),
         Some((what, _)) => bail!("unknown benchmark `{what}`\n{USAGE}"),
         None => bail!("{USAGE}"),
     }
@@ -347,17 +350,7 @@ fn proxy(options: &Options) -> anyhow::Result<()> {
     }
 
     let stats = run_targets(options, &tools, &weft, &context)?;
-    if let (Some(start), Some(end)) = (cpu_start, cpu_times()) {
-        let total: u64 = end.iter().zip(&start).map(|(e, s)| e.saturating_sub(*s)).sum();
-        let steal = end
-            .get(7)
-            .zip(start.get(7))
-            .map(|(e, s)| e.saturating_sub(*s))
-            .unwrap_or(0);
-        if total > 0 {
-            context.steal_percent = Some(steal as f64 * 100.0 / total as f64);
-        }
-    }
+    context.steal_percent = steal_since(cpu_start);
 
     let markdown = report::render(&context, &stats);
     {
@@ -520,8 +513,17 @@ fn run_targets(
             let target = &running[index];
             children.check_all()?;
             let pid = children.get(target.child)?.pid();
-            measure(tools, dir, context, target, pid, origin_pid, stub, &mut stats[index].1)
-                .with_context(|| format!("measuring {}", target.target.name()))?;
+            measure(
+                tools,
+                dir,
+                context,
+                target,
+                &[pid],
+                origin_pid,
+                stub,
+                &mut stats[index].1,
+            )
+            .with_context(|| format!("measuring {}", target.target.name()))?;
             thread::sleep(Duration::from_millis(500));
         }
     }
@@ -530,13 +532,51 @@ fn run_targets(
 }
 
 /// One round of one target: wrk with CPU accounting, then the latency runs, then memory.
-#[allow(clippy::too_many_arguments)]
+/// `pids` are the processes measured (each with its descendants): the proxy, or the origin
+/// for `direct`.
+#[allow(clippy::too_many_arguments, reason = "the phases' inputs, passed through")]
 fn measure(
     tools: &Tools,
     dir: &Path,
     context: &Context,
     target: &Running,
-    pid: u32,
+    pids: &[u32],
+    origin_pid: u32,
+    stub: Option<SocketAddr>,
+    stats: &mut Stats,
+) -> anyhow::Result<()> {
+    measure_throughput(tools, dir, context, target, pids, origin_pid, stub, stats)?;
+    measure_fixed_rate(tools, dir, context, target, stats, || Ok(()))?;
+    if tools.h2load_rps {
+        let name = target.target.name();
+        let h2 = quietly(context, name, "h2load", stats, || {
+            load::h2load(tools, dir, target.addr, context.options.duration, &target.headers)
+        })?;
+        stats.h2load_ns.extend(h2.samples_ns);
+        stats.h2load_errors += h2.errors;
+    }
+    measure_memory(pids, stats)
+}
+
+/// The CPU ticks of `pids` and their descendants, summed.
+fn cpu_ticks(pids: &[u32]) -> anyhow::Result<CpuTicks> {
+    let mut total = CpuTicks::default();
+    for &pid in pids {
+        total.add(procs::tree_cpu_ticks(pid)?);
+    }
+    Ok(total)
+}
+
+/// The throughput phase of a round: `wrk` against the target, with the CPU `pids` and the
+/// origin used meanwhile, and the origin's connection and request counts when `stub` (its
+/// `stub_status`) is known.
+#[allow(clippy::too_many_arguments, reason = "the phase's inputs, passed through")]
+fn measure_throughput(
+    tools: &Tools,
+    dir: &Path,
+    context: &Context,
+    target: &Running,
+    pids: &[u32],
     origin_pid: u32,
     stub: Option<SocketAddr>,
     stats: &mut Stats,
@@ -547,10 +587,10 @@ fn measure(
 
     let (wrk, ticks, origin_ticks, origin) = quietly(context, name, "wrk", stats, || {
         let stub_before = stub.map(origin_counters).transpose()?;
-        let ticks_before = procs::tree_cpu_ticks(pid)?;
+        let ticks_before = cpu_ticks(pids)?;
         let origin_before = procs::tree_cpu_ticks(origin_pid)?;
         let wrk = load::wrk(tools, dir, target.addr, duration, &target.headers)?;
-        let ticks = procs::tree_cpu_ticks(pid)?.since(ticks_before);
+        let ticks = cpu_ticks(pids)?.since(ticks_before);
         let origin_ticks = procs::tree_cpu_ticks(origin_pid)?.since(origin_before);
         let origin = match (stub_before, stub) {
             (Some(before), Some(addr)) => {
@@ -582,9 +622,37 @@ fn measure(
     stats.ticks.add(ticks);
     stats.origin_ticks.add(origin_ticks);
     stats.wrk_errors += wrk.errors;
+    Ok(())
+}
 
-    let latency = quietly(context, name, "latency", stats, || {
-        load::latency_client(tools, dir, target.addr, duration, &target.headers)
+/// What [`measure_fixed_rate`] observed around the kept latency run.
+struct Observed<S> {
+    /// Requests the latency client sent (answered or failed).
+    requests: u64,
+    /// `observe` right before the run.
+    before: S,
+    /// `observe` right after it.
+    after: S,
+}
+
+/// The fixed-rate phase of a round: the open-loop latency client at 1,000 req/s against the
+/// target, its samples added to `stats`. `observe` is called right before and right after
+/// the run (of the kept attempt, when a disturbed run is repeated), for what a suite counts
+/// during it: CPU time, the proxies' own counters.
+fn measure_fixed_rate<S>(
+    tools: &Tools,
+    dir: &Path,
+    context: &Context,
+    target: &Running,
+    stats: &mut Stats,
+    mut observe: impl FnMut() -> anyhow::Result<S>,
+) -> anyhow::Result<Observed<S>> {
+    let name = target.target.name();
+    let (latency, before, after) = quietly(context, name, "latency", stats, || {
+        let before = observe()?;
+        let latency = load::latency_client(tools, dir, target.addr, context.options.duration, &target.headers)?;
+        let after = observe()?;
+        Ok((latency, before, after))
     })?;
     let mut sorted = latency.samples_ns.clone();
     sorted.sort_unstable();
@@ -597,21 +665,30 @@ fn measure(
         latency.errors,
         latency.late
     );
+    let requests = latency.samples_ns.len() as u64 + latency.errors;
     stats.latency_ns.extend(latency.samples_ns);
     stats.latency_errors += latency.errors;
     stats.latency_late += latency.late;
+    Ok(Observed {
+        requests,
+        before,
+        after,
+    })
+}
 
-    if tools.h2load_rps {
-        let h2 = quietly(context, name, "h2load", stats, || {
-            load::h2load(tools, dir, target.addr, duration, &target.headers)
-        })?;
-        stats.h2load_ns.extend(h2.samples_ns);
-        stats.h2load_errors += h2.errors;
+/// Memory and size of `pids`' process trees after a round's load (summed over `pids`).
+fn measure_memory(pids: &[u32], stats: &mut Stats) -> anyhow::Result<()> {
+    let (mut rss, mut hwm, mut processes, mut threads) = (0, 0, 0, 0);
+    for &pid in pids {
+        rss += procs::tree_status_kb(pid, "VmRSS")?;
+        hwm += procs::tree_status_kb(pid, "VmHWM")?;
+        let (p, t) = procs::tree_size(pid);
+        processes += p;
+        threads += t;
     }
-
-    stats.rss_kb = stats.rss_kb.max(procs::tree_status_kb(pid, "VmRSS")?);
-    stats.hwm_kb = stats.hwm_kb.max(procs::tree_status_kb(pid, "VmHWM")?);
-    (stats.processes, stats.threads) = procs::tree_size(pid);
+    stats.rss_kb = stats.rss_kb.max(rss);
+    stats.hwm_kb = stats.hwm_kb.max(hwm);
+    (stats.processes, stats.threads) = (processes, threads);
     Ok(())
 }
 
@@ -746,6 +823,15 @@ fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     Ok(ports)
 }
 
+/// The share of all CPU time the hypervisor stole since `start` (an earlier [`cpu_times`]),
+/// in percent; `None` when unknown.
+fn steal_since(start: Option<Vec<u64>>) -> Option<f64> {
+    let (start, end) = (start?, cpu_times()?);
+    let total: u64 = end.iter().zip(&start).map(|(e, s)| e.saturating_sub(*s)).sum();
+    let steal = end.get(7).zip(start.get(7)).map_or(0, |(e, s)| e.saturating_sub(*s));
+    (total > 0).then(|| steal as f64 * 100.0 / total as f64)
+}
+
 /// The aggregate `cpu` line of /proc/stat (user, nice, system, idle, iowait, irq, softirq,
 /// steal, …).
 fn cpu_times() -> Option<Vec<u64>> {
@@ -857,6 +943,8 @@ mod tests {
         let filters = Options::parse(&args(&["--suite=filters", "--quick"]))?;
         assert_eq!((filters.suite, filters.duration.as_secs()), (Suite::Filters, 3));
         assert_eq!(filters.command, "cargo xtask bench proxy --suite=filters --quick");
+        let mtls = Options::parse(&args(&["--suite", "mtls"]))?;
+        assert_eq!((mtls.suite, mtls.duration.as_secs(), mtls.rounds), (Suite::Mtls, 10, 3));
         assert!(Options::parse(&args(&["--suite", "bogus"])).is_err());
         Ok(())
     }

@@ -34,7 +34,7 @@ pub(crate) struct WrkRun {
 }
 
 /// Runs a load generator pinned to [`LOAD_CPU`], waits for it, and returns its output.
-fn run_pinned(
+pub(crate) fn run_pinned(
     tools: &Tools,
     dir: &Path,
     name: &str,
@@ -110,9 +110,7 @@ pub(crate) fn latency_client(
     duration: Duration,
     headers: &[String],
 ) -> anyhow::Result<LatencyRun> {
-    // This very binary, through /proc: that still works after a concurrent `cargo build` has
-    // replaced (and so deleted) target/debug/xtask while the benchmark runs.
-    let exe = std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+    let exe = own_exe();
     let out = dir.join("latency.json");
     let _ = fs::remove_file(&out);
     let mut args = vec![
@@ -134,6 +132,13 @@ pub(crate) fn latency_client(
     }
     run_pinned(tools, dir, "latency-client", &exe, &args, duration)?;
     latency::read_run(&out)
+}
+
+/// This very binary, for its internal load generators (`bench latency-client`, …), through
+/// /proc: that still works after a concurrent `cargo build` has replaced (and so deleted)
+/// target/debug/xtask while the benchmark runs.
+pub(crate) fn own_exe() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()))
 }
 
 /// What one h2load run measured.

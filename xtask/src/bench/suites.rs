@@ -1,4 +1,5 @@
-//! `cargo xtask bench proxy --suite wasm|filters`: weft-proxy with filter chains.
+//! `cargo xtask bench proxy --suite wasm|filters|mtls`: weft-proxy with filter chains, and
+//! a mesh sidecar pair with mutual TLS.
 //!
 //! Same machinery as the default run (origin, pinning, rotated rounds, [`super::measure`]
 //! for wrk + CPU, the latency client, h2load and RSS), with other targets:
@@ -13,6 +14,10 @@
 //!   `ratelimit`, `authz`, `jwt` (no token, and a valid RS256 token), `fault` and `telemetry`
 //!   alone with a representative configuration, the chain `telemetry → authz → router`, and
 //!   nginx.
+//! - `--suite mtls` (mesh mTLS): `direct`, a client sidecar → server sidecar pair in
+//!   plaintext and the same pair with STRICT mutual TLS, both with the `telemetry` filter;
+//!   vCPU per 1,000 req/s of the pair, added p99, handshakes per second and connection
+//!   reuse (see [`mtls`]).
 //!
 //! The filters are built for wasm32-wasip1 in release first (`filters/`, into
 //! `target/filters`), and each snapshot names them with their sha256. Before measuring, every
@@ -21,7 +26,10 @@
 //! `docs/benchmarks.md`, between `<!-- bench:SUITE:start -->` and `<!-- bench:SUITE:end -->`.
 
 mod extras;
+mod mtls;
 mod render;
+
+pub(super) use mtls::handshake_client_main;
 
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -47,6 +55,8 @@ pub(crate) enum Suite {
     Wasm,
     /// The first-party filters, each alone and in a chain.
     Filters,
+    /// Mesh mutual TLS: a sidecar pair with and without mTLS (see [`mtls`]).
+    Mtls,
 }
 
 impl Suite {
@@ -56,15 +66,17 @@ impl Suite {
             "proxy" => Ok(Suite::Proxy),
             "wasm" => Ok(Suite::Wasm),
             "filters" => Ok(Suite::Filters),
-            other => bail!("unknown suite {other:?} (proxy, wasm or filters)"),
+            "mtls" => Ok(Suite::Mtls),
+            other => bail!("unknown suite {other:?} (proxy, wasm, filters or mtls)"),
         }
     }
 
     /// `--duration` and `--rounds` when not given: the filter suites have two to three times
-    /// the targets of the default run, so they measure shorter to stay within ~15 minutes.
+    /// the targets of the default run, so they measure shorter to stay within ~15 minutes;
+    /// the mTLS suite has three targets, measured as long as the default run's.
     pub(crate) fn default_duration_rounds(self) -> (u64, u32) {
         match self {
-            Suite::Proxy => (10, 3),
+            Suite::Proxy | Suite::Mtls => (10, 3),
             Suite::Wasm | Suite::Filters => (5, 2),
         }
     }
@@ -74,6 +86,7 @@ impl Suite {
             Suite::Proxy => "proxy",
             Suite::Wasm => "wasm",
             Suite::Filters => "filters",
+            Suite::Mtls => "mtls",
         }
     }
 
@@ -83,6 +96,7 @@ impl Suite {
             Suite::Proxy => &[],
             Suite::Wasm => &["bench_rw", "bench_noop"],
             Suite::Filters => &["router", "retry", "ratelimit", "authz", "jwt", "fault", "telemetry"],
+            Suite::Mtls => &["telemetry"],
         }
     }
 }
@@ -215,32 +229,27 @@ pub(super) fn run(
     let suite = context.options.suite;
     let built = build_filters(root, suite.crates())?;
     let wasm = |name: &str| wasm_code(&built, name);
-    let specs = match suite {
-        Suite::Proxy => bail!("the proxy suite is not a filter suite"),
-        Suite::Wasm => wasm_specs(&wasm)?,
-        Suite::Filters => filters_specs(root, &wasm)?,
-    };
-    // Twice the length of all the measurements' load runs, for waiting out other processes
-    // (none with --keep-disturbed, as in the default run).
-    let runs = context.options.duration * context.options.rounds * specs.len() as u32 * 3;
-    if !context.options.keep_disturbed {
-        context.patience.set(runs * 2);
-    }
-
-    let outcome = run_specs(suite, specs, tools, weft, &context, &wasm)?;
-    if let (Some(start), Some(end)) = (cpu_start, super::cpu_times()) {
-        let total: u64 = end.iter().zip(&start).map(|(e, s)| e.saturating_sub(*s)).sum();
-        let steal = end
-            .get(7)
-            .zip(start.get(7))
-            .map(|(e, s)| e.saturating_sub(*s))
-            .unwrap_or(0);
-        if total > 0 {
-            context.steal_percent = Some(steal as f64 * 100.0 / total as f64);
+    let (markdown, disturbed) = if suite == Suite::Mtls {
+        let outcome = mtls::run(tools, weft, &context, &wasm)?;
+        context.steal_percent = super::steal_since(cpu_start);
+        (mtls::render(&context, &outcome), outcome.disturbed())
+    } else {
+        let specs = match suite {
+            Suite::Proxy | Suite::Mtls => bail!("the {} suite is not a filter suite", suite.name()),
+            Suite::Wasm => wasm_specs(&wasm)?,
+            Suite::Filters => filters_specs(root, &wasm)?,
+        };
+        // Twice the length of all the measurements' load runs, for waiting out other
+        // processes (none with --keep-disturbed, as in the default run).
+        let runs = context.options.duration * context.options.rounds * specs.len() as u32 * 3;
+        if !context.options.keep_disturbed {
+            context.patience.set(runs * 2);
         }
-    }
-
-    let markdown = render::render(&context, &outcome);
+        let outcome = run_specs(suite, specs, tools, weft, &context, &wasm)?;
+        context.steal_percent = super::steal_since(cpu_start);
+        let disturbed = outcome.stats.iter().any(|(_, s)| s.foreign_max > super::FOREIGN_LIMIT);
+        (render::render(&context, &outcome), disturbed)
+    };
     {
         use std::io::Write as _;
         let mut stdout = std::io::stdout().lock();
@@ -248,7 +257,6 @@ pub(super) fn run(
     }
     if context.options.write_docs {
         let docs = root.join("docs").join("benchmarks.md");
-        let disturbed = outcome.stats.iter().any(|(_, s)| s.foreign_max > super::FOREIGN_LIMIT);
         if disturbed && !context.options.keep_disturbed {
             bail!(
                 "other processes used the CPUs during the run (see \"other load\"), so {} was left as it was; \
@@ -540,7 +548,7 @@ struct Weft {
 
 /// Starts weft-proxy pinned to [`SERVER_CPU`] with `snapshot`, waits until it serves the
 /// origin's body.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "one weft-proxy's settings, each distinct")]
 fn start_weft(
     children: &mut Supervisor,
     tools: &Tools,
@@ -553,6 +561,39 @@ fn start_weft(
     workers: usize,
     log_level: &str,
 ) -> anyhow::Result<Weft> {
+    let started = spawn_weft(
+        children,
+        tools,
+        weft,
+        dir,
+        name,
+        snapshot,
+        port,
+        admin_port,
+        workers,
+        log_level,
+        &[],
+    )?;
+    super::wait_serving(children, started.child, started.addr, name)?;
+    Ok(started)
+}
+
+/// Starts weft-proxy pinned to [`SERVER_CPU`] with `snapshot` (its listener on `port`) and
+/// `args` added to its command line, and waits until its admin port says `/ready`.
+#[allow(clippy::too_many_arguments, reason = "one weft-proxy's settings, each distinct")]
+fn spawn_weft(
+    children: &mut Supervisor,
+    tools: &Tools,
+    weft: &Path,
+    dir: &Path,
+    name: &str,
+    snapshot: &str,
+    port: u16,
+    admin_port: u16,
+    workers: usize,
+    log_level: &str,
+    args: &[std::ffi::OsString],
+) -> anyhow::Result<Weft> {
     let config = super::write(dir, &format!("{name}.yaml"), snapshot)?;
     let log = dir.join(format!("{name}.log"));
     let admin = local(admin_port);
@@ -562,12 +603,12 @@ fn start_weft(
         .arg(&config)
         .args(["--workers", &workers.to_string(), "--admin"])
         .arg(admin.to_string())
+        .args(args)
         .env("WEFT_LOG", log_level);
     let child = children.adopt(ChildGuard::spawn(&format!("weft-proxy ({name})"), command, &log)?);
     let guard = children.get(child)?;
     http::wait_ok(admin, "/ready", Duration::from_secs(30), || guard.check_running())
         .with_context(|| format!("waiting for weft-proxy ({name})'s /ready"))?;
-    super::wait_serving(children, child, local(port), name)?;
     Ok(Weft {
         child,
         addr: local(port),
@@ -586,6 +627,18 @@ fn metric(admin: SocketAddr, prefix: &str) -> anyhow::Result<Option<f64>> {
         .find(|l| l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.trim().parse().ok()))
+}
+
+/// The sum of the values of the `/stats/prometheus` lines that start with `prefix` and
+/// contain each of `parts`; 0 when there are none.
+fn metric_sum(admin: SocketAddr, prefix: &str, parts: &[&str]) -> anyhow::Result<f64> {
+    let response = http::get(admin, "/stats/prometheus").context("reading /stats/prometheus")?;
+    let text = String::from_utf8_lossy(&response.body);
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(prefix) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.trim().parse::<f64>().ok()))
+        .sum())
 }
 
 /// Runs `probes` against a started chain target (listening on `addr`, admin on `admin`).
@@ -620,6 +673,36 @@ fn check_probes(name: &str, addr: SocketAddr, admin: SocketAddr, probes: &[Probe
     Ok(())
 }
 
+/// A started origin.
+struct Origin {
+    /// Its supervisor index.
+    child: usize,
+    addr: SocketAddr,
+    pid: u32,
+    /// Whether it serves `stub_status` (see [`configs::nginx_origin`]).
+    stub_status: bool,
+}
+
+/// Starts the origin as in the default run (nginx, one worker, pinned to [`SERVER_CPU`])
+/// on `port`, and waits until it serves its body.
+fn start_origin(children: &mut Supervisor, tools: &Tools, dir: &Path, port: u16) -> anyhow::Result<Origin> {
+    let stub_status = tools::capture(Command::new(&tools.nginx).arg("-V")).contains("http_stub_status_module");
+    let conf = super::write(dir, "origin.conf", &configs::nginx_origin(dir, port, stub_status))?;
+    let child = children.adopt(ChildGuard::spawn(
+        "origin nginx",
+        super::nginx_command(tools, dir, &conf, "origin"),
+        &dir.join("origin.log"),
+    )?);
+    let addr = local(port);
+    super::wait_serving(children, child, addr, "origin")?;
+    Ok(Origin {
+        child,
+        addr,
+        pid: children.get(child)?.pid(),
+        stub_status,
+    })
+}
+
 /// Starts the origin and every target of `specs`, runs the rounds, then the extras.
 fn run_specs(
     suite: Suite,
@@ -637,21 +720,12 @@ fn run_specs(
     let ports = free_port_list(1 + 2 * specs.len())?;
     let origin_port = ports[0];
 
-    // The origin, as in the default run.
-    let stub_status = tools::capture(Command::new(&tools.nginx).arg("-V")).contains("http_stub_status_module");
-    let origin_conf = super::write(
-        dir,
-        "origin.conf",
-        &configs::nginx_origin(dir, origin_port, stub_status),
-    )?;
-    let origin = children.adopt(ChildGuard::spawn(
-        "origin nginx",
-        super::nginx_command(tools, dir, &origin_conf, "origin"),
-        &dir.join("origin.log"),
-    )?);
-    let origin_addr = local(origin_port);
-    super::wait_serving(&mut children, origin, origin_addr, "origin")?;
-    let origin_pid = children.get(origin)?.pid();
+    let Origin {
+        child: origin,
+        addr: origin_addr,
+        pid: origin_pid,
+        stub_status,
+    } = start_origin(&mut children, tools, dir, origin_port)?;
 
     let mut running = Vec::new();
     for (index, spec) in specs.iter().enumerate() {
@@ -733,7 +807,7 @@ fn run_specs(
             let target = &running[index].0;
             children.check_all()?;
             let pid = children.get(target.child)?.pid();
-            super::measure(tools, dir, context, target, pid, origin_pid, stub, &mut stats[index])
+            super::measure(tools, dir, context, target, &[pid], origin_pid, stub, &mut stats[index])
                 .with_context(|| format!("measuring {}", target.target.name()))?;
             thread::sleep(Duration::from_millis(500));
         }
@@ -772,6 +846,7 @@ mod tests {
         assert_eq!(Suite::parse("wasm")?, Suite::Wasm);
         assert_eq!(Suite::parse("filters")?, Suite::Filters);
         assert_eq!(Suite::parse("proxy")?, Suite::Proxy);
+        assert_eq!(Suite::parse("mtls")?, Suite::Mtls);
         assert!(Suite::parse("bogus").is_err());
         assert_eq!(Suite::Wasm.default_duration_rounds(), (5, 2));
         Ok(())
