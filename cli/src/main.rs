@@ -12,6 +12,8 @@
 //!   --serial S | --identity spiffe://...` revokes one, or every one of an identity.
 //! - `weftctl bench URL [-n N | -d DURATION] [-c C] [--rate RPS] [--proxy HOST:PORT]` loads an
 //!   HTTP service (like `ab`) and reports throughput, latency percentiles and status codes.
+//! - `weftctl demo [--smoke]` runs Istio's Bookinfo on a local mesh (controller, a sidecar per
+//!   service, an ingress gateway, mutual TLS) until Ctrl-C; see `demo.rs`.
 
 #![allow(clippy::print_stdout, reason = "a command line prints its results")]
 
@@ -24,6 +26,7 @@ use sha2::Digest;
 
 mod bench;
 mod cert;
+mod demo;
 mod registry;
 mod status;
 mod table;
@@ -54,6 +57,11 @@ enum Top {
     /// Load an HTTP service, like `ab -n 500 -c 10 URL`: throughput, latency percentiles
     /// and histogram, status codes.
     Bench(bench::BenchArgs),
+    /// Istio's Bookinfo on a local Weft mesh: builds and starts the controller, a sidecar per
+    /// service (mutual TLS on every hop) and an ingress gateway serving
+    /// http://127.0.0.1:8080/productpage; copy Istio's manifests into the intent directory it
+    /// prints to change routing live. Runs until Ctrl-C.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +123,7 @@ fn main() -> anyhow::Result<()> {
         Top::Filter(FilterCommand::Ls(args)) => registry::ls(&args)?,
         Top::Status { controller } => status::run(&controller)?,
         Top::Bench(args) => bench::run(&args)?,
+        Top::Demo(args) => demo::run(&args)?,
         Top::Cert(CertCommand::Ls { controller }) => cert::ls(&controller)?,
         Top::Cert(CertCommand::Revoke(args)) => cert::revoke(&args)?,
     }

@@ -14,7 +14,8 @@ pub(crate) fn run(address: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fetch(address: &str) -> anyhow::Result<(pb::ListProxiesResponse, pb::ListDiagnosticsResponse)> {
+/// The controller's sidecar table and the intent's diagnostics.
+pub(crate) async fn fetch(address: &str) -> anyhow::Result<(pb::ListProxiesResponse, pb::ListDiagnosticsResponse)> {
     let channel = connect(address).await?;
     let mut client = pb::status_client::StatusClient::new(channel);
     let proxies = client

@@ -1,5 +1,6 @@
 //! Fixtures for end-to-end tests: the workspace's binaries and first-party filters built once,
-//! processes that are killed when dropped, tiny HTTP upstreams, a plain HTTP/1.1 client.
+//! processes that are killed when dropped, tiny HTTP upstreams, a plain HTTP/1.1 client (one
+//! connection per request, or keep-alive).
 //!
 //! Everything runs on 127.0.0.1 with real sockets and real processes; nothing is mocked.
 
@@ -32,6 +33,8 @@ pub struct Binaries {
     pub controller: PathBuf,
     /// `weftctl`.
     pub weftctl: PathBuf,
+    /// `bookinfo` (Istio's Bookinfo services, `examples/bookinfo/app`).
+    pub bookinfo: PathBuf,
 }
 
 /// Builds the binaries (a no-op when `cargo test --workspace` built them already).
@@ -54,6 +57,8 @@ pub fn binaries() -> &'static Binaries {
                 "weft-controller",
                 "-p",
                 "weftctl",
+                "-p",
+                "weft-bookinfo",
             ])
             .arg("--target-dir")
             .arg(target);
@@ -66,12 +71,13 @@ pub fn binaries() -> &'static Binaries {
             proxy: profile.join("weft-proxy"),
             controller: profile.join("weft-controller"),
             weftctl: profile.join("weftctl"),
+            bookinfo: profile.join("bookinfo"),
         }
     })
 }
 
-/// Builds the first-party filters the controller needs (router, retry, fault) for
-/// wasm32-wasip1 and returns the directory holding the `.wasm` files.
+/// Builds the first-party filters the controller needs (router, retry, fault) and telemetry
+/// for wasm32-wasip1 and returns the directory holding the `.wasm` files.
 pub fn filters_dir() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -81,7 +87,7 @@ pub fn filters_dir() -> PathBuf {
                 .current_dir(root().join("filters"))
                 .env("CARGO_TARGET_DIR", &target)
                 .args(["build", "--quiet", "--release", "--locked", "--target", "wasm32-wasip1"])
-                .args(["-p", "router", "-p", "retry", "-p", "fault"])
+                .args(["-p", "router", "-p", "retry", "-p", "fault", "-p", "telemetry"])
                 .status()
                 .expect("cargo runs");
             assert!(status.success(), "building the filters failed");
@@ -354,4 +360,108 @@ pub fn wait_listening(address: SocketAddr, timeout: Duration) -> bool {
         TcpStream::connect_timeout(&address, Duration::from_millis(200)).ok()
     })
     .is_some()
+}
+
+/// One HTTP/1.1 keep-alive connection: requests are sent one after the other on it, and it
+/// reconnects when the server closed it. Responses need a `content-length` or chunked body.
+pub struct Connection {
+    address: SocketAddr,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl Connection {
+    /// A connection to `address`, opened on the first request.
+    pub fn new(address: SocketAddr) -> Self {
+        Self { address, stream: None }
+    }
+
+    /// `GET path` with `Host: host` and extra headers; reconnects once if the kept-alive
+    /// connection turns out closed. An error is the I/O failure.
+    pub fn get(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+        let reused = self.stream.is_some();
+        match self.exchange(host, path, headers) {
+            Ok(reply) => Ok(reply),
+            Err(_) if reused => {
+                self.stream = None;
+                self.exchange(host, path, headers)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn exchange(&mut self, host: &str, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => {
+                let stream = TcpStream::connect_timeout(&self.address, Duration::from_secs(2))?;
+                stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+                stream.set_nodelay(true)?;
+                BufReader::new(stream)
+            }
+        };
+        let mut request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\n");
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.get_mut().write_all(request.as_bytes())?;
+        let (reply, close) = read_response(&mut stream)?;
+        if !close {
+            self.stream = Some(stream);
+        }
+        Ok(reply)
+    }
+}
+
+/// Reads one response with a `content-length` or chunked body; also says whether the server
+/// will close the connection.
+fn read_response(stream: &mut BufReader<TcpStream>) -> std::io::Result<(Reply, bool)> {
+    use std::io::{Error, ErrorKind};
+    let invalid = |what: &str| Error::new(ErrorKind::InvalidData, what.to_owned());
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line)? == 0 {
+            return Err(Error::new(ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+        })
+    };
+    let mut body = Vec::new();
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            let mut size = String::new();
+            stream.read_line(&mut size)?;
+            let size = size.trim().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(size, 16).map_err(|_| invalid("bad chunk size"))?;
+            let mut chunk = vec![0; size + 2];
+            stream.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let length = header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or_else(|| invalid("a response without content-length"))?;
+        body.resize(length, 0);
+        stream.read_exact(&mut body)?;
+    }
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let reply = Reply {
+        status,
+        headers: head.clone(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    Ok((reply, close))
 }

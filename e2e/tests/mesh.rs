@@ -444,3 +444,104 @@ fn sidecars_get_their_spiffe_certificates_from_the_controller() {
         assert!(!certs.contains("PRIVATE KEY"), "the admin API never shows the key");
     }
 }
+
+/// A counter from a sidecar's `/stats/prometheus` (0 when absent).
+fn metric(mesh: &Mesh, node: &str, sample: &str) -> f64 {
+    let admin = SocketAddr::from(([127, 0, 0, 1], mesh.admins[node]));
+    let stats = get(admin, "localhost", "/stats/prometheus", &[]).body;
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `weftctl` with `args` against the mesh's controller; its stdout.
+fn weftctl(mesh: &Mesh, args: &[&str]) -> String {
+    let output = std::process::Command::new(&binaries().weftctl)
+        .args(args)
+        .args(["--controller", &format!("127.0.0.1:{}", mesh.grpc)])
+        .output()
+        .expect("weftctl runs");
+    assert!(
+        output.status.success(),
+        "weftctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn sidecars_talk_mutual_tls_and_a_revoked_certificate_is_refused_after_one_push() {
+    let mut mesh = Mesh::start("revocation");
+    // Both sidecars have certificates, and productpage → reviews-v1 (sidecar to sidecar) is
+    // mutual TLS by Istio's auto mTLS; reviews-v2 (no sidecar) would be plaintext.
+    let serial = eventually(Duration::from_secs(20), || {
+        let admin = SocketAddr::from(([127, 0, 0, 1], mesh.admins["productpage"]));
+        let certs = get(admin, "localhost", "/certs", &[]).body;
+        let json: serde_json::Value = serde_json::from_str(&certs).ok()?;
+        json["serial"].as_str().map(str::to_owned)
+    })
+    .expect("productpage gets a certificate");
+    assert!(
+        eventually(Duration::from_secs(20), || (mesh.call_reviews().body == "reviews-v1")
+            .then_some(()))
+        .is_some(),
+        "reviews-v1 never answered through mTLS"
+    );
+    let inbound_mtls = "weft_listener_downstream_cx_mtls_total{listener=\"inbound\"}";
+    assert!(metric(&mesh, "reviews-v1", inbound_mtls) >= 1.0);
+    let ledger = weftctl(&mesh, &["cert", "ls"]);
+    assert!(
+        ledger.contains(&serial) && ledger.contains("default/productpage") && ledger.contains("VALID"),
+        "{ledger}"
+    );
+
+    // Revoke productpage's certificate: the next push carries it to every sidecar.
+    let before = mesh.status_of("reviews-v1").expect("reviews-v1 listed");
+    let answer = weftctl(&mesh, &["cert", "revoke", "--serial", &serial]);
+    assert!(answer.contains("1 issued certificate(s) covered"), "{answer}");
+    assert!(
+        eventually(Duration::from_secs(10), || mesh
+            .status_of("reviews-v1")
+            .filter(|l| l.contains("SYNCED") && *l != before))
+        .is_some(),
+        "the revocation never reached reviews-v1: {}",
+        mesh.status()
+    );
+    assert!(weftctl(&mesh, &["cert", "ls"]).contains("REVOKED"));
+
+    // reviews-v1's sidecar restarts, so productpage must handshake again, presenting the
+    // revoked certificate: refused.
+    if let Some(mut sidecar) = mesh.reviews_v1.take() {
+        sidecar.kill();
+    }
+    let restarted = mesh.sidecar("reviews-v1", "bookinfo-reviews", &["app=reviews", "version=v1"]);
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let admin = SocketAddr::from(([127, 0, 0, 1], mesh.admins["reviews-v1"]));
+            get(admin, "localhost", "/certs", &[])
+                .body
+                .contains("spiffe_id")
+                .then_some(())
+        })
+        .is_some(),
+        "{}",
+        restarted.log()
+    );
+    let refused = "weft_listener_downstream_cx_refused_total{listener=\"inbound\"}";
+    let reply = eventually(Duration::from_secs(10), || {
+        let reply = mesh.call_reviews();
+        (reply.status >= 500 && metric(&mesh, "reviews-v1", refused) >= 1.0).then_some(reply)
+    });
+    assert!(
+        reply.is_some(),
+        "the revoked peer was not refused:\n{}",
+        restarted.log()
+    );
+    assert_eq!(
+        metric(&mesh, "reviews-v1", inbound_mtls),
+        0.0,
+        "no mTLS connection was accepted"
+    );
+    mesh.reviews_v1 = Some(restarted);
+}

@@ -4,10 +4,11 @@
 //!
 //! - `codegen [--check]`: regenerate (or check) the checked-in protobuf code of `weft-api`
 //!   (see [`codegen`]).
-//! - `demo [--smoke]`: the local mesh: controller, sidecars and sample apps (see [`demo`]).
+//! - `demo [ARGS]`: an alias of `weftctl demo` (Istio's Bookinfo on a local mesh; see [`demo`]).
 //! - `test [ARGS]`: every test suite of the repository (see [`test`]).
-//! - `bench proxy [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]`: the end-to-end
-//!   benchmark of `weft-proxy` against nginx and HAProxy (see [`bench`]).
+//! - `bench proxy [--suite proxy|wasm|filters|mtls] [--duration SECS] [--rounds N] [--quick] [--no-docs]
+//!   [--keep-disturbed]`: the end-to-end benchmark of `weft-proxy` against nginx and HAProxy, and its
+//!   suites (see [`bench`]).
 
 mod bench;
 mod codegen;
@@ -23,21 +24,23 @@ usage: cargo xtask <task>
 tasks:
   codegen [--check]
       Regenerate api/src/pb/ from api/proto/ (--check: fail if the checked-in code is stale).
-  demo [--smoke]
-      The local mesh (controller, sidecars, sample apps) from examples/mesh/, until Ctrl-C
-      (--smoke: check it end to end and exit).
+  demo [ARGS]
+      Alias of `cargo run --release -p weftctl -- demo [ARGS]`: Istio's Bookinfo on a local
+      Weft mesh, until Ctrl-C (--smoke: check it end to end and exit).
   test [ARGS]
       Every test suite: the workspace, the filters' host unit tests, the filter example.
   bench controller [--services N] [--rounds N] [--quick] [--no-docs] [...]
       Control-plane benchmark: a file change pushed to 1,000 simulated sidecars (time to
       all ACKs), compile time at 10,000 services, controller memory; writes the
       bench:controller section of docs/benchmarks.md (see xtask/src/bench/controller.rs).
-  bench proxy [--suite proxy|wasm|filters] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
+  bench proxy [--suite proxy|wasm|filters|mtls] [--duration SECS] [--rounds N] [--quick] [--no-docs] [--keep-disturbed]
       End-to-end benchmark: weft-proxy vs nginx vs HAProxy vs direct, one worker each,
       load generator on CPU 0, proxy and origin on CPU 1. Prints a markdown table and
       writes it into docs/benchmarks.md.
         --suite S        proxy (default), wasm (native and Wasm filter chains, idle RSS,
-                         swap time) or filters (each first-party filter and a chain)
+                         swap time), filters (each first-party filter and a chain) or
+                         mtls (a sidecar pair with and without mesh mTLS: vCPU per
+                         1,000 req/s, added p99, handshakes/s, connection reuse)
         --duration SECS  length of each load run (default 10)
         --rounds N       rounds, targets rotated each round (default 3)
         --quick          smoke test: --duration 3 --rounds 1

@@ -15,7 +15,7 @@
 //! Each runs as `bookinfo <service> [flags]`; all listen on `--listen ADDR` (default
 //! `127.0.0.1:9080`), answer `GET /health`, and log one line per request to stderr
 //! (`RUST_LOG` filters, default `info`). The first log line is `listening on ADDR`, with the
-//! actual port when `--listen` used port 0.
+//! actual port when `--listen` used port 0. Ctrl-C or SIGTERM ends it (exit status 0).
 //!
 //! - [`details`]: `GET /details/{id}` → the book's details as JSON (`id`, `author`, `year`,
 //!   `type`, `pages`, `publisher`, `language`, `ISBN-10`, `ISBN-13`). A non-numeric id is a 400.

@@ -140,8 +140,12 @@ async fn run(service: Service) -> anyhow::Result<()> {
             Service::Ratings { .. } => ratings::serve(listener).await,
         }
     };
+    // Ctrl-C, or SIGTERM as Kubernetes (or `weftctl demo`) stops a pod: exit 0.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     tokio::select! {
         () = serve => Ok(()),
         signal = tokio::signal::ctrl_c() => signal.context("waiting for ctrl-c"),
+        _ = terminate.recv() => Ok(()),
     }
 }
