@@ -503,8 +503,6 @@ impl Mesh {
                 &routing,
                 user,
             );
-            // Its table is the namespace's shared one (see `shared_part`).
-            snapshot.route_tables.pop();
             let address = SocketAddr::new(workload.ip, sidecar.inbound);
             let (routing, clusters, aliases) = self.inbound(&workload);
             let mtls = self.peer.listener(&workload.namespace, &workload.labels, &aliases);
@@ -814,7 +812,7 @@ fn inbound_cluster(name: String, ip: IpAddr, port: u16, http2: bool) -> Cluster 
     }
 }
 
-/// Adds a listener with its route table, user filters first then the routing's first-party
+/// Adds a listener with its route table (but the outbound one's, which is shared), user filters first then the routing's first-party
 /// filters (user filter names that clash get a `~2`, `~3` suffix). A listener whose address
 /// is taken is left out. Returns whether it was added.
 fn add_listener(
@@ -843,8 +841,6 @@ fn add_listener(
         filters.push(filter);
     }
     filters.extend(routing.filters.iter().cloned());
-    let mut table = routing.table.clone();
-    table.name = name.to_owned();
     snapshot.listeners.push(Listener {
         name: name.to_owned(),
         address: address.to_string(),
@@ -855,6 +851,11 @@ fn add_listener(
         mtls: None,
         tls: None,
     });
-    snapshot.route_tables.push(table);
+    // The sidecar outbound listener's table is shared by its namespace (`Mesh::shared_part`).
+    if kind != ListenerKind::Outbound {
+        let mut table = routing.table.clone();
+        table.name = name.to_owned();
+        snapshot.route_tables.push(table);
+    }
     true
 }
