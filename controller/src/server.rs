@@ -164,9 +164,19 @@ impl pb::status_server::Status for Services {
         &self,
         _request: Request<pb::ListProxiesRequest>,
     ) -> Result<Response<pb::ListProxiesResponse>, Status> {
+        let intent_version = self.intent.borrow().intent_version.clone();
+        let mut proxies = self.proxies.list();
+        // A sidecar whose stream has not yet compiled the newest intent is not in sync with it,
+        // whatever it ACKed last.
+        for proxy in &mut proxies {
+            if proxy.connected && proxy.intent_version != intent_version && proxy.state == pb::SyncState::Synced as i32
+            {
+                proxy.state = pb::SyncState::Stale as i32;
+            }
+        }
         Ok(Response::new(pb::ListProxiesResponse {
-            proxies: self.proxies.list(),
-            intent_version: self.intent.borrow().intent_version.clone(),
+            proxies,
+            intent_version,
         }))
     }
 
@@ -256,6 +266,9 @@ impl SidecarStream {
                     let encoded = published.mesh.encoded_for(&identity, &security);
                     let version = encoded.version;
                     let workload = encoded.workload.unwrap_or_else(|| "-".to_owned());
+                    // The intent this stream has caught up with; set in the same update as the
+                    // state, so a list never shows SYNCED for an older intent's snapshot.
+                    let intent_version = published.intent_version.clone();
                     let current = sent.as_ref().map_or(self.running.as_str(), |s| s.version.as_str());
                     if current == version {
                         // First contact with a sidecar that already runs this version.
@@ -265,8 +278,11 @@ impl SidecarStream {
                                 e.sent_version = version.clone();
                                 e.acked_version = version.clone();
                                 e.state = pb::SyncState::Synced as i32;
+                                e.intent_version = intent_version;
                             });
                             sent = Some(Sent { version, nonce: String::new() });
+                        } else {
+                            self.proxies.update(id, |e| e.intent_version = intent_version);
                         }
                         continue;
                     }
@@ -284,6 +300,7 @@ impl SidecarStream {
                         e.workload = workload;
                         e.sent_version = version.clone();
                         e.state = pb::SyncState::Stale as i32;
+                        e.intent_version = intent_version;
                     });
                     sent = Some(Sent { version, nonce: nonce.to_string() });
                 }

@@ -55,6 +55,14 @@ async fn snapshots_are_versioned_acked_and_nacked() {
     let synced = status_until(&controller, "productpage", |s| s.state == pb::SyncState::Synced as i32).await;
     assert_eq!(synced.acked_version, first.version_info);
     assert_eq!(synced.workload, "default/productpage");
+    // SYNCED names the intent the snapshot came from: the controller's current one.
+    let list = pb::status_client::StatusClient::new(support::channel(&controller).await)
+        .list_proxies(pb::ListProxiesRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(!list.intent_version.is_empty());
+    assert_eq!(synced.intent_version, list.intent_version);
 
     // A change that alters this workload's snapshot: a new version, NACKed.
     std::fs::write(

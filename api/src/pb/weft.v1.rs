@@ -1361,6 +1361,11 @@ pub struct ProxyStatus {
     /// Milliseconds since the Unix epoch of the last message from the sidecar.
     #[prost(int64, tag = "9")]
     pub last_seen_unix_ms: i64,
+    /// The intent version the sidecar's snapshot was last compiled from. While it is older than
+    /// the controller's, the sidecar is listed STALE: its snapshot of the newest intent is still
+    /// being built or sent.
+    #[prost(string, tag = "10")]
+    pub intent_version: ::prost::alloc::string::String,
 }
 /// Request for ListDiagnostics.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
