@@ -1,0 +1,207 @@
+//! Gateway TLS end to end: a Gateway's HTTPS server whose certificate is a `v1 Secret`
+//! (`credentialName`), compiled by a real controller and served by a real gateway proxy; a
+//! TLS client that trusts only the test CA and sends the server's name gets the application's
+//! answer, and plaintext gets no HTTP answer.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use weft_e2e::{Process, TempDir, Upstream, binaries, eventually, filters_dir, free_port, wait_listening};
+
+/// A CA, and a certificate with its key (PEM) for `name`.
+fn certificates(name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let mut ca = rcgen::CertificateParams::default();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("sign");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// `GET /` over TLS with SNI `name`, trusting `ca` only: the raw response, or the error.
+fn get_tls(address: SocketAddr, name: &str, ca: &str) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let connection = rustls::ClientConnection::new(Arc::new(config), server_name).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect_timeout(&address, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    tls.write_all(format!("GET / HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    match tls.read_to_end(&mut response) {
+        Ok(_) => {}
+        // A peer that closes without close_notify still delivered the response.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+#[test]
+fn a_gateway_https_server_terminates_tls_with_its_secret() {
+    binaries();
+    let filters = filters_dir();
+    let dir = TempDir::new("gateway-tls");
+    let app = Upstream::start("web-app");
+    let (grpc, registry, gateway_port) = (free_port(), free_port(), free_port());
+    let (ca, cert, key) = certificates("web.example.com");
+    let intent = dir.path().join("intent");
+    std::fs::create_dir_all(&intent).expect("intent dir");
+    let yaml_string = |text: &str| serde_json::to_string(text).expect("json");
+    std::fs::write(
+        intent.join("platform.yaml"),
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{ name: web, namespace: default }}
+spec:
+  selector: {{ app: web }}
+  ports: [{{ name: http, port: 9080, targetPort: http }}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {{ name: web-v1, namespace: default, labels: {{ app: web }} }}
+spec:
+  address: 127.0.0.1
+  ports: {{ http: {app_port} }}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {{ name: gateway, namespace: istio-system, labels: {{ istio: ingressgateway }} }}
+spec:
+  address: 127.0.0.1
+---
+apiVersion: v1
+kind: Secret
+metadata: {{ name: web-cert, namespace: istio-system }}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: {cert}
+  tls.key: {key}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: web-gateway, namespace: istio-system }}
+spec:
+  selector: {{ istio: ingressgateway }}
+  servers:
+    - port: {{ number: {gateway_port}, name: https, protocol: HTTPS }}
+      hosts: [web.example.com]
+      tls: {{ mode: SIMPLE, credentialName: web-cert }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: web, namespace: default }}
+spec:
+  hosts: [web.example.com]
+  gateways: [istio-system/web-gateway]
+  http:
+    - route: [{{ destination: {{ host: web, port: {{ number: 9080 }} }} }}]
+"#,
+            app_port = app.address.port(),
+            cert = yaml_string(&cert),
+            key = yaml_string(&key),
+        ),
+    )
+    .expect("write intent");
+    let controller = Process::spawn(
+        "controller",
+        &binaries().controller,
+        &[
+            "--intent-dir".into(),
+            intent.display().to_string(),
+            "--filters-dir".into(),
+            filters.display().to_string(),
+            "--data-dir".into(),
+            dir.path().join("controller").display().to_string(),
+            "--grpc".into(),
+            format!("127.0.0.1:{grpc}"),
+            "--registry".into(),
+            format!("127.0.0.1:{registry}"),
+        ],
+        dir.path(),
+    );
+    assert!(
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], grpc)), Duration::from_secs(30)),
+        "{}",
+        controller.log()
+    );
+    let state = dir.path().join("state-gateway");
+    let gateway = Process::spawn(
+        "gateway",
+        &binaries().proxy,
+        &[
+            "--controller".into(),
+            format!("http://127.0.0.1:{grpc}"),
+            "--node-id".into(),
+            "gateway".into(),
+            "--namespace".into(),
+            "istio-system".into(),
+            "--node-label".into(),
+            "istio=ingressgateway".into(),
+            "--workers".into(),
+            "1".into(),
+            "--state-dir".into(),
+            state.display().to_string(),
+            "--module-dir".into(),
+            state.join("modules").display().to_string(),
+        ],
+        dir.path(),
+    );
+    let address = SocketAddr::from(([127, 0, 0, 1], gateway_port));
+    assert!(
+        wait_listening(address, Duration::from_secs(60)),
+        "the gateway never listened:\n{}\n{}",
+        gateway.log(),
+        controller.log()
+    );
+    let reply = eventually(Duration::from_secs(20), || {
+        get_tls(address, "web.example.com", &ca)
+            .ok()
+            .filter(|r| r.starts_with("HTTP/1.1 200"))
+    });
+    let reply = reply.unwrap_or_else(|| {
+        panic!(
+            "no answer over TLS: {:?}\n{}",
+            get_tls(address, "web.example.com", &ca),
+            gateway.log()
+        )
+    });
+    assert!(reply.contains("web-app"), "{reply}");
+
+    // Another CA's client does not trust it; plaintext gets no HTTP answer.
+    let (other_ca, _, _) = certificates("web.example.com");
+    let refused = get_tls(address, "web.example.com", &other_ca).expect_err("untrusted");
+    assert!(refused.contains("certificate"), "{refused}");
+    let mut plain = TcpStream::connect(address).expect("connect");
+    plain.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: web.example.com\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/"),
+        "plaintext was answered"
+    );
+}
