@@ -59,6 +59,8 @@ pub(crate) struct Connection {
     pub(crate) mtls: bool,
     /// The peer's SPIFFE ID, from its certificate (mutual TLS).
     pub(crate) principal: Option<Arc<str>>,
+    /// `x-forwarded-client-cert` for the application (`URI=<principal>`), rendered once.
+    pub(crate) client_cert_header: Option<HeaderValue>,
     /// Whether the connection is TLS (mesh or the listener's own).
     pub(crate) tls: bool,
 }
@@ -498,13 +500,8 @@ impl Exchange<'_> {
         // it, and a mutual TLS peer is named by its SPIFFE ID (Envoy's format).
         if self.listener.kind == ListenerKind::Inbound {
             headers.remove(&X_FORWARDED_CLIENT_CERT);
-            if let Some(value) = self
-                .conn
-                .principal
-                .as_ref()
-                .and_then(|principal| HeaderValue::from_str(&format!("URI={principal}")).ok())
-            {
-                headers.insert(&X_FORWARDED_CLIENT_CERT, value);
+            if let Some(value) = &self.conn.client_cert_header {
+                headers.insert(&X_FORWARDED_CLIENT_CERT, value.clone());
             }
         }
     }

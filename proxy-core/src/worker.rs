@@ -241,6 +241,10 @@ async fn accept_loop(
                 local,
                 worker: context,
                 mtls: accepted.mtls,
+                client_cert_header: accepted
+                    .principal
+                    .as_ref()
+                    .and_then(|principal| HeaderValue::from_str(&format!("URI={principal}")).ok()),
                 principal: accepted.principal,
                 tls: accepted.tls,
             });
