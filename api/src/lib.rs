@@ -20,4 +20,5 @@ pub use snapshot::{
     HealthCheck, LbPolicy, Limits, Listener, ListenerKind, ListenerMtls, ListenerProtocol, LoadError, MtlsMode,
     OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, ServerTls, ServerTlsMode, Snapshot,
     TlsCertificate, UpstreamProtocol, UpstreamTls, UpstreamTlsMode, ValidationError, VirtualHost, WasmModule,
+    normalize_serial,
 };

@@ -16,6 +16,7 @@ mod validate;
 
 pub use tls::{
     ListenerMtls, MtlsMode, Security, ServerTls, ServerTlsMode, TlsCertificate, UpstreamTls, UpstreamTlsMode,
+    normalize_serial,
 };
 
 pub use validate::{LoadError, ValidationError};

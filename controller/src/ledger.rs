@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use weft_api::{Security, pb};
+use weft_api::{Security, normalize_serial, pb};
 
 /// One issued certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,23 +73,6 @@ impl std::fmt::Debug for Ledger {
 fn unix_ms(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// A serial as kept: lowercase hex, no separators, no leading zero bytes.
-fn normalize_serial(serial: &str) -> Option<String> {
-    let hex: String = serial
-        .chars()
-        .filter(|c| *c != ':' && !c.is_whitespace())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut rest = hex.as_str();
-    while rest.len() > 2 && rest.starts_with("00") {
-        rest = &rest[2..];
-    }
-    Some(rest.to_owned())
 }
 
 impl Ledger {

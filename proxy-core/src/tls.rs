@@ -27,7 +27,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
-use weft_api::{ListenerProtocol, Security, UpstreamProtocol, UpstreamTls, UpstreamTlsMode};
+use weft_api::{ListenerProtocol, Security, UpstreamProtocol, UpstreamTls, UpstreamTlsMode, normalize_serial};
 
 use crate::identity::WorkloadIdentity;
 
@@ -211,7 +211,11 @@ impl MeshTls {
             certified,
             roots,
             client_verifier,
-            revoked_serials: security.revoked_serials.iter().map(|s| normalize_serial(s)).collect(),
+            revoked_serials: security
+                .revoked_serials
+                .iter()
+                .filter_map(|s| normalize_serial(s))
+                .collect(),
             revoked_identities: security.revoked_identities.iter().cloned().collect(),
         })
     }
@@ -340,20 +344,6 @@ fn parse_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, Tl
     Ok(certs)
 }
 
-/// A serial as compared: lowercase hex without separators or leading zero bytes.
-pub(crate) fn normalize_serial(serial: &str) -> String {
-    let hex: String = serial
-        .chars()
-        .filter(char::is_ascii_hexdigit)
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let mut rest = hex.as_str();
-    while rest.len() > 2 && rest.starts_with("00") {
-        rest = &rest[2..];
-    }
-    rest.to_owned()
-}
-
 /// The SPIFFE ID (first `spiffe://` URI SAN) and serial of a DER certificate.
 pub(crate) fn peer_identity(cert: &CertificateDer<'_>) -> Option<(Option<String>, String)> {
     use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
@@ -364,7 +354,7 @@ pub(crate) fn peer_identity(cert: &CertificateDer<'_>) -> Option<(Option<String>
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<String>(),
-    );
+    )?;
     let spiffe = parsed.subject_alternative_name().ok().flatten().and_then(|san| {
         san.value.general_names.iter().find_map(|name| match name {
             GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some((*uri).to_owned()),

@@ -26,6 +26,24 @@ pub struct Security {
     pub revoked_identities: Vec<String>,
 }
 
+/// A certificate serial as revocation lists compare it: lowercase hex without `:` separators,
+/// whitespace or leading zero bytes. `None` when it is not hex.
+pub fn normalize_serial(serial: &str) -> Option<String> {
+    let hex: String = serial
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if hex.is_empty() || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut rest = hex.as_str();
+    while rest.len() > 2 && rest.starts_with("00") {
+        rest = &rest[2..];
+    }
+    Some(rest.to_owned())
+}
+
 impl Security {
     /// Whether nothing is set.
     pub fn is_empty(&self) -> bool {

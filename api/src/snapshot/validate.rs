@@ -69,6 +69,14 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
     let tables: HashSet<&str> = snapshot.route_tables.iter().map(|t| t.name.as_str()).collect();
     let clusters: HashSet<&str> = snapshot.clusters.iter().map(|c| c.name.as_str()).collect();
 
+    for (i, serial) in snapshot.security.revoked_serials.iter().enumerate() {
+        if crate::normalize_serial(serial).is_none() {
+            errors.push(
+                format!("security.revoked_serials[{i}]"),
+                format!("{serial:?} is not a hex serial number"),
+            );
+        }
+    }
     for (i, listener) in snapshot.listeners.iter().enumerate() {
         let path = format!("listeners[{i}]");
         check_name(&mut errors, &path, &listener.name, &mut names);
