@@ -215,8 +215,8 @@ impl Demo {
             compiled.is_some(),
             "the controller did not pick up {add:?} / {remove:?}"
         );
-        // The streams send the new snapshots right after the intent version changes.
-        std::thread::sleep(Duration::from_millis(300));
+        // A proxy whose stream has not caught up with the new intent is listed STALE, so
+        // "all SYNCED" means every proxy runs its snapshot of the new intent.
         assert!(
             eventually(Duration::from_secs(15), || self.all_synced().then_some(())).is_some(),
             "not every proxy SYNCED after {add:?}:\n{}",

@@ -143,8 +143,8 @@ fn apply(demo: &Demo, remove: &[&str], add: &[&str]) -> Result<Duration> {
     if compiled.is_none() {
         bail!("the controller did not compile the intent within {CHANGE:?} of adding {add:?}, removing {remove:?}");
     }
-    // The streams send the new snapshots just after the intent version changes.
-    std::thread::sleep(Duration::from_millis(300));
+    // A proxy whose stream has not caught up with the new intent is listed STALE, so "all
+    // SYNCED" means every proxy runs its snapshot of the new intent.
     if http::eventually(CHANGE, || status(demo).ok().filter(|(p, _)| all_synced(p))).is_none() {
         bail!(
             "not every proxy ACKed its snapshot within {CHANGE:?}: {:?}",
