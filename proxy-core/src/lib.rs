@@ -10,7 +10,8 @@
 //! `http.rs` (one request's path through the proxy), `cluster.rs` (endpoint choice) and
 //! `pool.rs` (upstream connections). The request path as a chart lives in
 //! `docs/request-path.md`. Snapshots come from a file or from the controller's config stream
-//! ([`control`]); the workload certificate from the controller's CA ([`identity`]).
+//! ([`control`]); the workload certificate from the controller's CA ([`identity`]), used for
+//! mesh mutual TLS and gateway TLS termination in `tls.rs`.
 
 mod admin;
 mod body;
