@@ -19,7 +19,7 @@ use weft_api::UpstreamProtocol;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::cluster::{Cluster, Endpoint};
-use crate::tls::Stream;
+use crate::tls::{PeerCert, Stream};
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
@@ -45,8 +45,39 @@ type Key = (SocketAddr, UpstreamProtocol, u64);
 
 #[derive(Default)]
 struct EndpointPool {
-    idle: Vec<http1::SendRequest<ProxyBody>>,
-    h2: Option<http2::SendRequest<ProxyBody>>,
+    idle: Vec<Conn<http1::SendRequest<ProxyBody>>>,
+    h2: Option<Conn<http2::SendRequest<ProxyBody>>>,
+}
+
+/// An upstream connection's sender, with its server's certificate when it is mesh mutual TLS
+/// (a connection to a server revoked since is not used again).
+struct Conn<S> {
+    sender: S,
+    peer: Option<Arc<PeerCert>>,
+}
+
+impl<S: Clone> Clone for Conn<S> {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+            peer: self.peer.clone(),
+        }
+    }
+}
+
+impl<S> Conn<S> {
+    /// Whether the cluster's mesh now revokes this connection's server; counted when so.
+    fn revoked(&self, cluster: &Cluster, endpoint: &Endpoint) -> bool {
+        let revoked = match (&self.peer, cluster.tls_for(endpoint)) {
+            (Some(peer), Some(tls)) => tls.revokes(peer),
+            _ => false,
+        };
+        if revoked {
+            cluster.stats.cx_revoked.fetch_add(1, Relaxed);
+            tracing::info!(cluster = %cluster.name, endpoint = %endpoint.addr, "dropping a pooled connection: its server's certificate was revoked");
+        }
+        revoked
+    }
 }
 
 /// The upstream connections of one worker.
@@ -92,11 +123,11 @@ impl Pools {
             let idle = if upgrade {
                 None
             } else {
-                self.with(key, |p| take_idle(&mut p.idle))
+                self.with(key, |p| take_idle(&mut p.idle, cluster, endpoint))
             };
             let reused = idle.is_some();
-            let mut sender = match idle {
-                Some(sender) => sender,
+            let Conn { mut sender, peer } = match idle {
+                Some(conn) => conn,
                 None => connect_h1(cluster, endpoint).await?,
             };
             if reused && sender.ready().await.is_err() {
@@ -105,7 +136,7 @@ impl Pools {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let pooled = (!upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (self.clone(), key, sender));
+                        .then(|| (self.clone(), key, Conn { sender, peer }));
                     return Ok(response
                         .map(|body| PooledBody::new(body, pooled))
                         .map(crate::body::boxed));
@@ -131,12 +162,22 @@ impl Pools {
             UpstreamProtocol::Http2,
             cluster.tls_for(endpoint).map_or(0, |t| t.id),
         );
-        let shared = self.with(key, |p| p.h2.clone().filter(|s| !s.is_closed()));
+        let shared = self.with(key, |p| {
+            // A revoked server's connection leaves the pool; its streams in flight finish.
+            if p.h2
+                .as_ref()
+                .is_some_and(|c| c.sender.is_closed() || c.revoked(cluster, endpoint))
+            {
+                p.h2 = None;
+            }
+            p.h2.as_ref().map(|c| c.sender.clone())
+        });
         let mut sender = match shared {
             Some(sender) => sender,
             None => {
-                let sender = connect_h2(cluster, endpoint).await?;
-                self.with(key, |p| p.h2 = Some(sender.clone()));
+                let conn = connect_h2(cluster, endpoint).await?;
+                let sender = conn.sender.clone();
+                self.with(key, |p| p.h2 = Some(conn));
                 sender
             }
         };
@@ -145,19 +186,25 @@ impl Pools {
         Ok(response.map(crate::body::boxed))
     }
 
-    fn release(&self, key: Key, sender: http1::SendRequest<ProxyBody>) {
+    fn release(&self, key: Key, conn: Conn<http1::SendRequest<ProxyBody>>) {
         self.with(key, |p| {
-            if p.idle.len() < MAX_IDLE_PER_ENDPOINT && !sender.is_closed() {
-                p.idle.push(sender);
+            if p.idle.len() < MAX_IDLE_PER_ENDPOINT && !conn.sender.is_closed() {
+                p.idle.push(conn);
             }
         });
     }
 }
 
-fn take_idle(idle: &mut Vec<http1::SendRequest<ProxyBody>>) -> Option<http1::SendRequest<ProxyBody>> {
-    while let Some(sender) = idle.pop() {
-        if !sender.is_closed() {
-            return Some(sender);
+/// The most recently used open idle connection whose server is not revoked; the closed and
+/// revoked ones met on the way are dropped (which closes them).
+fn take_idle(
+    idle: &mut Vec<Conn<http1::SendRequest<ProxyBody>>>,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+) -> Option<Conn<http1::SendRequest<ProxyBody>>> {
+    while let Some(conn) = idle.pop() {
+        if !conn.sender.is_closed() && !conn.revoked(cluster, endpoint) {
+            return Some(conn);
         }
     }
     None
@@ -185,7 +232,12 @@ impl Drop for PendingGuard {
     }
 }
 
-async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<Stream>, ConnectionGuard), UpstreamError> {
+/// A new connection to `endpoint`: TCP, then TLS when the cluster asks for it; with the
+/// server's certificate for mesh mutual TLS.
+async fn open(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+) -> Result<(TokioIo<Stream>, ConnectionGuard, Option<Arc<PeerCert>>), UpstreamError> {
     let load = &cluster.load;
     if load.pending.fetch_add(1, Relaxed) >= cluster.breakers.max_pending_requests {
         load.pending.fetch_sub(1, Relaxed);
@@ -221,7 +273,7 @@ async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<Stream>
     let _ = stream.set_nodelay(true);
     cluster.stats.cx_total.fetch_add(1, Relaxed);
     let Some(tls) = cluster.tls_for(endpoint) else {
-        return Ok((TokioIo::new(Stream::Plain(stream)), guard));
+        return Ok((TokioIo::new(Stream::Plain(stream)), guard, None));
     };
     if tls.mutual && !cluster.mesh_tls_ready() {
         cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
@@ -232,10 +284,21 @@ async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<Stream>
     let handshake = tls.connector.connect(tls.server_name(endpoint.addr.ip()), stream);
     match tokio::time::timeout(cluster.connect_timeout, handshake).await {
         Ok(Ok(stream)) => {
+            let peer = tls.peer(stream.get_ref().1).map(Arc::new);
+            // A resumed TLS session skips the certificate verifier: its server is checked
+            // against the revocations here, as a full handshake is by the verifier.
+            if peer.as_ref().is_some_and(|peer| tls.revokes(peer)) {
+                cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
+                cluster.stats.tls_handshake_errors.fetch_add(1, Relaxed);
+                return Err(UpstreamError::Connect(
+                    format!("TLS with {}: the server's certificate is revoked", endpoint.addr).into(),
+                ));
+            }
             cluster.stats.tls_handshakes.fetch_add(1, Relaxed);
             Ok((
                 TokioIo::new(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(stream)))),
                 guard,
+                peer,
             ))
         }
         Ok(Err(e)) => {
@@ -255,8 +318,11 @@ async fn open(cluster: &Cluster, endpoint: &Endpoint) -> Result<(TokioIo<Stream>
     }
 }
 
-async fn connect_h1(cluster: &Cluster, endpoint: &Endpoint) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let (io, guard) = open(cluster, endpoint).await?;
+async fn connect_h1(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+) -> Result<Conn<http1::SendRequest<ProxyBody>>, UpstreamError> {
+    let (io, guard, peer) = open(cluster, endpoint).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(io)
         .await
@@ -267,11 +333,14 @@ async fn connect_h1(cluster: &Cluster, endpoint: &Endpoint) -> Result<http1::Sen
         }
         drop(guard);
     });
-    Ok(sender)
+    Ok(Conn { sender, peer })
 }
 
-async fn connect_h2(cluster: &Cluster, endpoint: &Endpoint) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-    let (io, guard) = open(cluster, endpoint).await?;
+async fn connect_h2(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+) -> Result<Conn<http2::SendRequest<ProxyBody>>, UpstreamError> {
+    let (io, guard, peer) = open(cluster, endpoint).await?;
     let (sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(io)
@@ -283,7 +352,7 @@ async fn connect_h2(cluster: &Cluster, endpoint: &Endpoint) -> Result<http2::Sen
         }
         drop(guard);
     });
-    Ok(sender)
+    Ok(Conn { sender, peer })
 }
 
 pin_project_lite::pin_project! {
@@ -291,12 +360,12 @@ pin_project_lite::pin_project! {
     struct PooledBody {
         #[pin]
         inner: Incoming,
-        pooled: Option<(Arc<Pools>, Key, http1::SendRequest<ProxyBody>)>,
+        pooled: Option<(Arc<Pools>, Key, Conn<http1::SendRequest<ProxyBody>>)>,
     }
 }
 
 impl PooledBody {
-    fn new(inner: Incoming, mut pooled: Option<(Arc<Pools>, Key, http1::SendRequest<ProxyBody>)>) -> Self {
+    fn new(inner: Incoming, mut pooled: Option<(Arc<Pools>, Key, Conn<http1::SendRequest<ProxyBody>>)>) -> Self {
         if inner.is_end_stream()
             && let Some((pools, key, sender)) = pooled.take()
         {

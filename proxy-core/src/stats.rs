@@ -8,7 +8,9 @@
 //!   `weft_listener_downstream_cx_tls_total{listener}`: one-way TLS (a gateway's own certificates);
 //!   `weft_listener_downstream_cx_plaintext_total{listener}` (on listeners with mTLS settings);
 //!   `weft_listener_downstream_cx_refused_total{listener}`: closed before HTTP (plaintext on a
-//!   STRICT listener, a failed handshake: untrusted, expired or revoked peer).
+//!   STRICT listener, a failed handshake: untrusted, expired or revoked peer);
+//!   `weft_listener_downstream_cx_revoked_total{listener}`: established mutual TLS connections
+//!   closed because their peer was revoked afterwards.
 //! - `weft_cluster_upstream_rq_total{cluster,code_class}`: upstream responses by class.
 //! - `weft_cluster_upstream_rq_active{cluster}`, `weft_cluster_upstream_cx_active{cluster}`,
 //!   `weft_cluster_upstream_cx_total{cluster}`, `weft_cluster_upstream_cx_connect_fail_total{cluster}`.
@@ -19,7 +21,9 @@
 //!   `weft_cluster_membership_total{cluster}`.
 //! - `weft_cluster_upstream_rq_time_ms{cluster}`: histogram of time to response headers.
 //! - `weft_cluster_upstream_cx_tls_total{cluster}`, `weft_cluster_upstream_cx_tls_fail_total{cluster}`:
-//!   TLS handshakes to the cluster's endpoints that succeeded, failed.
+//!   TLS handshakes to the cluster's endpoints that succeeded, failed;
+//!   `weft_cluster_upstream_cx_revoked_total{cluster}`: pooled mutual TLS connections dropped
+//!   unused because their server was revoked after the handshake.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,6 +41,7 @@ pub(crate) struct ListenerStats {
     pub(crate) cx_tls: AtomicU64,
     pub(crate) cx_plaintext: AtomicU64,
     pub(crate) cx_refused: AtomicU64,
+    pub(crate) cx_revoked: AtomicU64,
     pub(crate) local_replies: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -69,6 +74,7 @@ pub(crate) struct ClusterStats {
     pub(crate) hc_failures: AtomicU64,
     pub(crate) tls_handshakes: AtomicU64,
     pub(crate) tls_handshake_errors: AtomicU64,
+    pub(crate) cx_revoked: AtomicU64,
     pub(crate) rq_time: Histogram,
 }
 
@@ -210,6 +216,15 @@ impl Stats {
             &listeners,
             |s| s.cx_refused.load(Relaxed) as i64,
         );
+        simple(
+            &mut out,
+            "weft_listener_downstream_cx_revoked_total",
+            "counter",
+            "Established mutual TLS connections closed because their peer was revoked.",
+            "listener",
+            &listeners,
+            |s| s.cx_revoked.load(Relaxed) as i64,
+        );
         header(
             &mut out,
             "weft_listener_local_replies_total",
@@ -289,6 +304,15 @@ impl Stats {
             "cluster",
             c,
             |s| s.tls_handshakes.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_cluster_upstream_cx_revoked_total",
+            "counter",
+            "Pooled mutual TLS connections dropped because their server was revoked.",
+            "cluster",
+            c,
+            |s| s.cx_revoked.load(Relaxed) as i64,
         );
         simple(
             &mut out,

@@ -5,9 +5,12 @@
 //! controller's CA, see [`crate::identity`]), the roots trusted for peers (the certificate's
 //! trust bundle plus the snapshot's `security.trust_bundle`) and the revoked serials and
 //! identities. The rustls configurations are built once and read that material at every
-//! handshake through their certificate resolvers and verifiers, so a rotated certificate, a
-//! new root or a revocation applies to the next handshake while established connections
-//! carry on undisturbed.
+//! handshake through their certificate resolvers and verifiers, so a rotated certificate or a
+//! new root applies to the next handshake while established connections carry on undisturbed.
+//! A revocation applies to the next handshake too, and also ends the established connections
+//! of the revoked peer: every change of the revoked sets bumps [`MeshTls::revocations`], an
+//! inbound connection from a now revoked peer is shut down gracefully (its requests in flight
+//! finish, no new one starts), and a pooled upstream connection to one is never used again.
 //!
 //! A peer is authenticated by its chain to a trusted root; its identity is the SPIFFE ID in
 //! its certificate's URI SAN (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`), not a host name.
@@ -92,6 +95,46 @@ pub(crate) struct MeshTls {
     inputs: Mutex<Inputs>,
     /// Server configurations by the ALPN protocols a listener offers.
     servers: [Arc<ServerConfig>; 3],
+    /// Bumped on every change of the revoked serials or identities.
+    revocations: tokio::sync::watch::Sender<u64>,
+}
+
+/// A mesh peer's certificate, as revocation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PeerCert {
+    /// Its serial, normalized (see [`normalize_serial`]).
+    serial: String,
+    /// Its SPIFFE ID.
+    identity: Option<String>,
+}
+
+impl PeerCert {
+    /// The facts of a peer's end-entity certificate; `None` when it does not parse.
+    pub(crate) fn of(cert: &CertificateDer<'_>) -> Option<Self> {
+        let (identity, serial) = peer_identity(cert)?;
+        Some(Self { serial, identity })
+    }
+
+    /// The first certificate of a handshake's peer chain.
+    fn first(certs: Option<&[CertificateDer<'_>]>) -> Option<Self> {
+        certs.and_then(|certs| certs.first()).and_then(Self::of)
+    }
+
+    /// Its SPIFFE ID.
+    pub(crate) fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+}
+
+impl Material {
+    /// Whether `peer` is revoked, by serial or by identity.
+    fn revokes(&self, peer: &PeerCert) -> bool {
+        self.revoked_serials.contains(&peer.serial)
+            || peer
+                .identity
+                .as_ref()
+                .is_some_and(|id| self.revoked_identities.contains(id))
+    }
 }
 
 impl MeshTls {
@@ -125,6 +168,7 @@ impl MeshTls {
                 })),
                 inputs: Mutex::new(Inputs::default()),
                 servers: [server(&[b"http/1.1"]), server(&[b"h2"]), server(&[b"h2", b"http/1.1"])],
+                revocations: tokio::sync::watch::channel(0).0,
             }
         })
     }
@@ -155,9 +199,26 @@ impl MeshTls {
             return Ok(());
         }
         let material = self.build(inputs.identity.as_deref(), security)?;
+        let revocations_changed = inputs.security.revoked_serials != security.revoked_serials
+            || inputs.security.revoked_identities != security.revoked_identities;
         inputs.security = security.clone();
         *self.material.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
+        if revocations_changed {
+            // After the material: a connection woken by this sees the new sets.
+            self.revocations.send_modify(|epoch| *epoch += 1);
+        }
         Ok(())
+    }
+
+    /// Changes whenever the revoked serials or identities change: connections of a peer
+    /// check [`MeshTls::is_revoked`] then.
+    pub(crate) fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    /// Whether `peer` is revoked now.
+    pub(crate) fn is_revoked(&self, peer: &PeerCert) -> bool {
+        self.current().revokes(peer)
     }
 
     fn build(&self, identity: Option<&WorkloadIdentity>, security: &Security) -> Result<Material, TlsError> {
@@ -331,6 +392,20 @@ impl UpstreamConnector {
     pub(crate) fn has_certificate(&self) -> bool {
         self.tls.upgrade().is_some_and(|tls| tls.has_certificate())
     }
+
+    /// The peer of a connection this connector made, for revocation: its server's
+    /// certificate, with mesh mutual TLS (one-way TLS goes to servers outside the mesh).
+    pub(crate) fn peer(&self, connection: &rustls::ClientConnection) -> Option<PeerCert> {
+        if !self.mutual {
+            return None;
+        }
+        PeerCert::first(connection.peer_certificates())
+    }
+
+    /// Whether the mesh now revokes `peer`, the server of a pooled connection.
+    pub(crate) fn revokes(&self, peer: &PeerCert) -> bool {
+        self.tls.upgrade().is_some_and(|tls| tls.is_revoked(peer))
+    }
 }
 
 /// Reads PEM certificates; at least one must be there.
@@ -379,17 +454,13 @@ pub(crate) fn certificate_facts(cert: &CertificateDer<'_>) -> Option<(Option<Str
 
 /// Refuses a peer certificate that is revoked by serial or identity.
 fn check_revocation(material: &Material, end_entity: &CertificateDer<'_>) -> Result<Option<String>, rustls::Error> {
-    let Some((spiffe, serial)) = peer_identity(end_entity) else {
+    let Some(peer) = PeerCert::of(end_entity) else {
         return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding));
     };
-    let revoked = material.revoked_serials.contains(&serial)
-        || spiffe
-            .as_ref()
-            .is_some_and(|id| material.revoked_identities.contains(id));
-    if revoked {
+    if material.revokes(&peer) {
         return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
     }
-    Ok(spiffe)
+    Ok(peer.identity)
 }
 
 /// Presents the current workload certificate to clients.
@@ -633,6 +704,8 @@ pub(crate) struct Accepted {
     pub(crate) mtls: bool,
     /// The peer's SPIFFE ID (mutual TLS).
     pub(crate) principal: Option<Arc<str>>,
+    /// The mesh peer's certificate (mutual TLS), for revocation.
+    pub(crate) peer: Option<PeerCert>,
     /// Whether it is TLS at all.
     pub(crate) tls: bool,
 }
@@ -640,6 +713,9 @@ pub(crate) struct Accepted {
 /// Why an accepted connection is closed before HTTP.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AcceptError {
+    /// The peer's certificate is revoked (a resumed session: a full handshake fails earlier).
+    #[error("the peer's certificate is revoked")]
+    Revoked,
     /// Plaintext on a listener that takes mutual TLS only.
     #[error("plaintext connection refused: the listener requires mutual TLS")]
     PlaintextRefused,
@@ -678,6 +754,7 @@ pub(crate) async fn accept(
             stream: Stream::Plain(tcp),
             mtls: false,
             principal: None,
+            peer: None,
             tls: false,
         });
     }
@@ -689,18 +766,13 @@ pub(crate) async fn accept(
         .await
         .map_err(|_| AcceptError::Timeout)?
         .map_err(AcceptError::Handshake)?;
-    let principal = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(peer_identity)
-        .and_then(|(spiffe, _)| spiffe)
-        .map(Arc::from);
+    let peer = PeerCert::first(tls.get_ref().1.peer_certificates());
+    let principal = peer.as_ref().and_then(PeerCert::identity).map(Arc::from);
     Ok(Accepted {
         stream: Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
         mtls: true,
         principal,
+        peer,
         tls: true,
     })
 }
@@ -815,6 +887,8 @@ pub(crate) async fn accept_terminated(
         mtls: peer.is_some(),
         stream: Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
         principal,
+        // Client certificates of the listener's own CA: the mesh's revocations are not theirs.
+        peer: None,
         tls: true,
     })
 }

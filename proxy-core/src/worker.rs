@@ -188,12 +188,15 @@ async fn accept_loop(
             (None, Some(mtls)) => Handshake::Mesh(mtls.clone(), generation.tls.server_config(protocol)),
             (None, None) => Handshake::None,
         };
+        // Not the generation: a connection must not keep an old one alive.
+        let mesh_tls = generation.tls.clone();
         tokio::spawn(async move {
             let accepted = match handshake {
                 Handshake::None => crate::tls::Accepted {
                     stream: crate::tls::Stream::Plain(stream),
                     mtls: false,
                     principal: None,
+                    peer: None,
                     tls: false,
                 },
                 handshake => {
@@ -211,6 +214,12 @@ async fn accept_loop(
                             return;
                         }
                     };
+                    // A resumed TLS session skips the certificate verifier: its peer is checked
+                    // against the revocations here, as a full handshake is by the verifier.
+                    let accepted = accepted.and_then(|accepted| match &accepted.peer {
+                        Some(peer) if mesh_tls.is_revoked(peer) => Err(crate::tls::AcceptError::Revoked),
+                        _ => Ok(accepted),
+                    });
                     match accepted {
                         Ok(accepted) => {
                             let counter = if accepted.mtls {
@@ -232,6 +241,8 @@ async fn accept_loop(
                     }
                 }
             };
+            // An inbound mesh peer's connection ends once the peer is revoked.
+            let revocation = accepted.peer.map(|peer| Revocation { tls: mesh_tls, peer });
             let peer_ip =
                 HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
             let connection = Arc::new(Connection {
@@ -248,7 +259,13 @@ async fn accept_loop(
                 principal: accepted.principal,
                 tls: accepted.tls,
             });
-            serve_connection(accepted.stream, connection, protocol, limits, shutdown, guard, stats).await;
+            let ends = Ends {
+                shutdown,
+                revocation,
+                guard,
+                stats,
+            };
+            serve_connection(accepted.stream, connection, protocol, limits, ends).await;
         });
     }
 }
@@ -269,9 +286,7 @@ async fn serve_connection(
     connection: Arc<Connection>,
     protocol: ListenerProtocol,
     limits: weft_api::Limits,
-    shutdown: watch::Receiver<Option<Duration>>,
-    guard: TrackerGuard,
-    stats: Arc<ListenerStats>,
+    ends: Ends,
 ) {
     let service = hyper::service::service_fn(move |request| crate::http::serve(connection.clone(), request));
     let io = TokioIo::new(stream);
@@ -285,7 +300,7 @@ async fn serve_connection(
                 .max_buf_size(header_bytes.max(64 * 1024))
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats).await;
+            drive(conn, ends, |c| c.graceful_shutdown()).await;
         }
         ListenerProtocol::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -293,7 +308,7 @@ async fn serve_connection(
                 .max_concurrent_streams(limits.http2_max_concurrent_streams)
                 .max_header_list_size(limits.max_request_headers_bytes)
                 .serve_connection(io, service);
-            drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats).await;
+            drive(conn, ends, |c| c.graceful_shutdown()).await;
         }
         ListenerProtocol::Auto => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -308,27 +323,74 @@ async fn serve_connection(
                 .max_concurrent_streams(limits.http2_max_concurrent_streams)
                 .max_header_list_size(limits.max_request_headers_bytes);
             let conn = builder.serve_connection_with_upgrades(io, service).into_owned();
-            drive(conn, shutdown, |c| c.graceful_shutdown(), guard, stats).await;
+            drive(conn, ends, |c| c.graceful_shutdown()).await;
         }
     }
 }
 
 /// Serves one connection; when shutdown begins, asks it to finish gracefully (HTTP/1.1 closes
 /// after the in-flight response, HTTP/2 sends GOAWAY) and waits for it.
-async fn drive<C, E>(
-    conn: C,
-    mut shutdown: watch::Receiver<Option<Duration>>,
-    graceful: impl FnOnce(Pin<&mut C>),
-    _guard: TrackerGuard,
+/// What ends a downstream connection besides its peer: the proxy's drain, and the
+/// revocation of its mesh peer.
+struct Ends {
+    shutdown: watch::Receiver<Option<Duration>>,
+    revocation: Option<Revocation>,
+    /// Keeps the drain waiting for the connection.
+    guard: TrackerGuard,
     stats: Arc<ListenerStats>,
-) where
+}
+
+/// An inbound mutual TLS connection's peer, watched for revocation.
+struct Revocation {
+    tls: Arc<crate::tls::MeshTls>,
+    peer: crate::tls::PeerCert,
+}
+
+impl Revocation {
+    /// Resolves once the peer is revoked (checked now, then on every change of the
+    /// revocations); never without a revocation.
+    async fn revoked(this: Option<&Self>) {
+        let Some(this) = this else {
+            return std::future::pending().await;
+        };
+        let mut changes = this.tls.revocations();
+        loop {
+            // The material is replaced before the change is announced, so a revocation that
+            // came after the handshake and before `revocations()` is seen here.
+            if this.tls.is_revoked(&this.peer) {
+                return;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+async fn drive<C, E>(conn: C, ends: Ends, graceful: impl FnOnce(Pin<&mut C>))
+where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let Ends {
+        mut shutdown,
+        revocation,
+        guard: _guard,
+        stats,
+    } = ends;
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = async { let _ = shutdown.wait_for(Option::is_some).await; } => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+        () = Revocation::revoked(revocation.as_ref()) => {
+            stats.cx_revoked.fetch_add(1, Relaxed);
+            tracing::info!(
+                peer = revocation.as_ref().and_then(|r| r.peer.identity()).unwrap_or("-"),
+                "the peer's certificate was revoked: closing its connection once its requests finish"
+            );
             graceful(conn.as_mut());
             conn.await
         }

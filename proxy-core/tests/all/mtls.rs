@@ -5,7 +5,8 @@
 //! SAN, server and client auth).
 //!
 //! The handshake matrix: valid, wrong CA, expired, revoked (by serial and by identity, applied
-//! by a snapshot push), wrong SPIFFE ID, plaintext to a STRICT port, PERMISSIVE taking both,
+//! by a snapshot push, ending established connections and refusing resumed sessions), wrong
+//! SPIFFE ID, plaintext to a STRICT port, PERMISSIVE taking both,
 //! DISABLE refusing TLS, per-port STRICT; then rotation under load, the principal seen by the
 //! application and by the authz filter, and trust-bundle overlap.
 
@@ -358,6 +359,104 @@ async fn revocation_by_serial_and_by_identity_applies_with_the_next_snapshot() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+}
+
+#[tokio::test]
+async fn revoking_a_client_closes_its_established_connection_once_its_request_finished() {
+    let ca = Ca::new("mesh");
+    let app = upstream(|request| async move {
+        if request.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        describe("app", request).await
+    })
+    .await;
+    let strict = "{ mode: strict }";
+    let server = start_proxy(&server_yaml(app.addr, strict, "", NO_SECURITY), 1);
+    let client = start_proxy(
+        &client_yaml(server.listener_addr("inbound").expect("inbound"), MUTUAL, NO_SECURITY),
+        1,
+    );
+    client
+        .set_identity(ca.identity("productpage", 1))
+        .expect("client identity");
+    server.set_identity(ca.identity("reviews", 2)).expect("server identity");
+    let outbound = client.listener_addr("outbound").expect("outbound");
+    assert_eq!(get(outbound, "server", "/").await.status, StatusCode::OK);
+
+    // A request in flight on the pooled connection when the client's serial is revoked.
+    let in_flight = tokio::spawn(get(outbound, "server", "/slow"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let revoked = server_yaml(app.addr, strict, "", "{ revoked_serials: [\"10:01\"] }");
+    server
+        .update(weft_api::Snapshot::from_yaml(&revoked).expect("snapshot"))
+        .expect("update");
+    let revoked_metric = "weft_listener_downstream_cx_revoked_total{listener=\"inbound\"}";
+    assert_eq!(metric(&server, revoked_metric).await, Some(1.0));
+    let reply = in_flight.await.expect("join");
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "the request in flight finishes: {reply:?}"
+    );
+
+    // The connection is closed: the next request needs a new handshake, which is refused
+    // (the client proxy resumes its TLS session, which skips the certificate verifier: the
+    // server checks the resumed session's peer too).
+    let reply = get(outbound, "server", "/").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+    assert_eq!(app.hits(), 2);
+    assert_eq!(
+        metric(
+            &server,
+            "weft_listener_downstream_cx_refused_total{listener=\"inbound\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_to_a_server_revoked_since_is_never_used_again() {
+    let ca = Ca::new("mesh");
+    let pair = Pair::start("{ mode: strict }", MUTUAL).await;
+    pair.client
+        .set_identity(ca.identity("productpage", 1))
+        .expect("client identity");
+    pair.server
+        .set_identity(ca.identity("reviews", 2))
+        .expect("server identity");
+    assert_eq!(pair.call().await.status, StatusCode::OK);
+    assert_eq!(pair.call().await.status, StatusCode::OK);
+    let cluster = |name: &str| format!("{name}{{cluster=\"server\"}}");
+    assert_eq!(
+        metric(&pair.client, &cluster("weft_cluster_upstream_cx_total")).await,
+        Some(1.0),
+        "the second request reused the pooled connection"
+    );
+
+    // The client's mesh revokes the server's identity: the pooled connection is dropped
+    // unused, and a new handshake with that server is refused.
+    let revoked = client_yaml(
+        pair.inbound(),
+        MUTUAL,
+        &format!("{{ revoked_identities: [\"{}\"] }}", spiffe("reviews")),
+    );
+    pair.client
+        .update(weft_api::Snapshot::from_yaml(&revoked).expect("snapshot"))
+        .expect("update");
+    let reply = pair.call().await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+    assert_eq!(pair.app.hits(), 2);
+    assert_eq!(
+        metric(&pair.client, &cluster("weft_cluster_upstream_cx_revoked_total")).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&pair.client, &cluster("weft_cluster_upstream_cx_tls_fail_total")).await,
+        Some(1.0),
+        "the new handshake failed"
+    );
 }
 
 #[tokio::test]
