@@ -39,8 +39,9 @@ tasks:
       writes it into docs/benchmarks.md.
         --suite S        proxy (default), wasm (native and Wasm filter chains, idle RSS,
                          swap time), filters (each first-party filter and a chain) or
-                         mtls (a sidecar pair with and without mesh mTLS: vCPU per
-                         1,000 req/s, added p99, handshakes/s, connection reuse)
+                         mtls (a sidecar pair with and without mesh mTLS, and an
+                         nginx pair for reference: vCPU per 1,000 req/s, added p99,
+                         handshakes/s, connection reuse)
         --duration SECS  length of each load run (default 10)
         --rounds N       rounds, targets rotated each round (default 3)
         --quick          smoke test: --duration 3 --rounds 1

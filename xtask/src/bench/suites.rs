@@ -15,7 +15,8 @@
 //!   alone with a representative configuration, the chain `telemetry → authz → router`, and
 //!   nginx.
 //! - `--suite mtls` (mesh mTLS): `direct`, a client sidecar → server sidecar pair in
-//!   plaintext and the same pair with STRICT mutual TLS, both with the `telemetry` filter;
+//!   plaintext and the same pair with STRICT mutual TLS, both with the `telemetry` filter,
+//!   and an nginx → nginx pair for reference;
 //!   vCPU per 1,000 req/s of the pair, added p99, handshakes per second and connection
 //!   reuse (see [`mtls`]).
 //!
@@ -73,7 +74,7 @@ impl Suite {
 
     /// `--duration` and `--rounds` when not given: the filter suites have two to three times
     /// the targets of the default run, so they measure shorter to stay within ~15 minutes;
-    /// the mTLS suite has three targets, measured as long as the default run's.
+    /// the mTLS suite has four targets, measured as long as the default run's.
     pub(crate) fn default_duration_rounds(self) -> (u64, u32) {
         match self {
             Suite::Proxy | Suite::Mtls => (10, 3),

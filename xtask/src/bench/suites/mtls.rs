@@ -1,24 +1,29 @@
 //! `cargo xtask bench proxy --suite mtls`: the mesh's mutual TLS, on a sidecar pair.
 //!
-//! Three targets in one run, measured in rotated rounds like the other suites:
+//! Four targets in one run, measured in rotated rounds like the other suites:
 //!
 //! - `direct`: the load generators straight at the origin;
 //! - `plaintext pair`: load → the client sidecar's outbound listener → the server sidecar's
 //!   inbound listener → origin, with the `telemetry` filter on both sidecars (reporter
 //!   `source` outbound on the client, `destination` inbound on the server);
 //! - `mtls pair`: the same with a STRICT inbound listener (`mtls: { mode: strict }`) and
-//!   `istio_mutual` origination on the client's cluster (the server's SPIFFE ID required).
+//!   `istio_mutual` origination on the client's cluster (the server's SPIFFE ID required);
+//! - `nginx pair`, a reference: load → a client nginx → a server nginx → origin, plaintext
+//!   HTTP/1.1 with keep-alive upstreams, no filter (see [`nginx_pair`]): the floor of a
+//!   two-hop proxy pair on the machine.
 //!
-//! Each sidecar is its own weft-proxy `--workers 1`; the four sidecars and the origin are
-//! pinned to the servers' CPU and the load generators to the other, as in the other suites.
+//! Each sidecar is its own weft-proxy `--workers 1` and each nginx of the nginx pair has one
+//! worker; the four sidecars, the two nginx and the origin are pinned to the servers' CPU and
+//! the load generators to the other, as in the other suites.
 //! Every sidecar gets a workload certificate from a CA made for the run (see [`certs`]),
 //! from files (`--cert-chain`, `--private-key`, `--trust-bundle`); the plaintext pair has
 //! them too but its snapshots do not use them.
 //!
-//! Per target and round: wrk (throughput, and the CPU of both sidecars during it), then the
-//! open-loop latency client at 1,000 req/s with, around it, both sidecars' CPU time (vCPU
-//! per 1,000 req/s) and the client sidecar's counters of new connections to the server
-//! sidecar and of requests to it (connection reuse). After each round's targets, the
+//! Per target and round: wrk (throughput, and the CPU of both proxies of the pair during it),
+//! then the open-loop latency client at 1,000 req/s with, around it, both proxies' CPU time
+//! (vCPU per 1,000 req/s) and the counters of new client → server connections and of
+//! requests over them (connection reuse): the client sidecar's, or for the nginx pair the
+//! server nginx's `stub_status`. After each round's targets, the
 //! handshake client (see [`handshake`]) measures full mTLS handshakes per second against the
 //! mtls pair's server sidecar and that sidecar's CPU per handshake.
 //!
@@ -27,10 +32,12 @@
 //! (the server sidecar's `weft_listener_downstream_cx_mtls_total`, the client's
 //! `weft_cluster_upstream_cx_tls_total`, the server's telemetry saw `mutual_tls` and the
 //! client's SPIFFE ID; a plaintext request straight to its inbound listener is refused)
-//! while the plaintext pair did not.
+//! while the plaintext pair did not; the nginx pair's probe must reach the origin through
+//! both nginx.
 
 mod certs;
 mod handshake;
+mod nginx_pair;
 mod render;
 
 use std::net::SocketAddr;
@@ -72,14 +79,17 @@ enum Kind {
     Direct,
     /// Through a client sidecar and a server sidecar.
     Pair(Security),
+    /// The reference: through a client nginx and a server nginx (see [`nginx_pair`]).
+    NginxPair,
 }
 
 impl Kind {
     /// All targets, in report order.
-    const ALL: [Kind; 3] = [
+    const ALL: [Kind; 4] = [
         Kind::Direct,
         Kind::Pair(Security::Plaintext),
         Kind::Pair(Security::Mtls),
+        Kind::NginxPair,
     ];
 
     /// The name in the report.
@@ -88,6 +98,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Pair(Security::Plaintext) => "plaintext pair",
             Kind::Pair(Security::Mtls) => "mtls pair",
+            Kind::NginxPair => "nginx pair",
         }
     }
 }
@@ -97,25 +108,26 @@ impl Kind {
 struct FixedRate {
     /// Requests the latency client sent.
     requests: u64,
-    /// CPU time of the client sidecar.
+    /// CPU time of the client proxy (sidecar or nginx).
     client: CpuTicks,
-    /// CPU time of the server sidecar.
+    /// CPU time of the server proxy.
     server: CpuTicks,
-    /// New connections of the client sidecar to the server sidecar
-    /// (`weft_cluster_upstream_cx_total`).
+    /// New connections of the client proxy to the server proxy (the client sidecar's
+    /// `weft_cluster_upstream_cx_total`, the server nginx's `stub_status` accepts).
     connections: u64,
     /// Those with TLS (`weft_cluster_upstream_cx_tls_total`).
     tls_connections: u64,
-    /// Requests of the client sidecar to the server sidecar (`weft_cluster_upstream_rq_total`,
-    /// every status class).
+    /// Requests of the client proxy to the server proxy (the client sidecar's
+    /// `weft_cluster_upstream_rq_total`, every status class; the server nginx's `stub_status`
+    /// requests).
     upstream_requests: u64,
 }
 
 /// Everything measured for one target.
 struct TargetStats {
     kind: Kind,
-    /// wrk, the latency client, memory: as in the other suites. `ticks` are both sidecars'
-    /// (the origin's for `direct`).
+    /// wrk, the latency client, memory: as in the other suites. `ticks` are both proxies'
+    /// of the pair (the origin's for `direct`).
     stats: Stats,
     /// The pair's counts around the fixed-rate runs; zero for `direct`.
     fixed: FixedRate,
@@ -146,6 +158,8 @@ pub(super) struct Outcome {
     checks: Vec<String>,
     /// The telemetry filter's module, for the report.
     telemetry: String,
+    /// Whether the nginx pair's server nginx served `stub_status` (see [`nginx_pair`]).
+    nginx_stub_status: bool,
 }
 
 impl Outcome {
@@ -168,6 +182,28 @@ struct Pair {
     server: Weft,
 }
 
+/// A pair target's two proxies, as measured.
+#[derive(Debug, Clone, Copy)]
+struct Proxies {
+    /// The client proxy's supervisor index (its process tree is measured).
+    client: usize,
+    /// The server proxy's.
+    server: usize,
+    /// Where its client → server connections and requests are counted.
+    counters: Counters,
+}
+
+/// Where a pair's counts of client → server connections and requests come from.
+#[derive(Debug, Clone, Copy)]
+enum Counters {
+    /// The client sidecar's admin endpoint (`weft_cluster_upstream_*{cluster="server"}`).
+    Sidecar(SocketAddr),
+    /// The server nginx's `stub_status` (accepts, requests).
+    StubStatus(SocketAddr),
+    /// Nowhere: this nginx has no `stub_status`.
+    Unavailable,
+}
+
 /// Counters read right before and right after a pair's fixed-rate run.
 #[derive(Debug, Clone, Copy, Default)]
 struct Reading {
@@ -181,7 +217,7 @@ struct Reading {
 /// The client sidecar's cluster of the server sidecar.
 const CLUSTER: &str = "server";
 
-/// Runs the suite: starts the origin and both pairs, checks them, runs the rounds.
+/// Runs the suite: starts the origin and the three pairs, checks them, runs the rounds.
 pub(super) fn run(
     tools: &Tools,
     weft: &Path,
@@ -198,7 +234,8 @@ pub(super) fn run(
     let temp = TempDir::new()?;
     let dir = temp.0.as_path();
     let mut children = Supervisor::default();
-    let ports = free_port_list(9)?;
+    // The origin, four per sidecar pair, two for the nginx pair.
+    let ports = free_port_list(11)?;
 
     let ca = Ca::new("weft-bench mesh root").context("making the mesh CA")?;
     let client_id = ca.issue(dir, CLIENT_SA, 1)?;
@@ -228,40 +265,69 @@ pub(super) fn run(
         .with_context(|| format!("starting the {}", Kind::Pair(security).name()))?;
         pairs.push(pair);
     }
-    let mut checks = Vec::new();
-    for pair in &pairs {
-        let found =
-            check_pair(pair, &origin).with_context(|| format!("checking the {}", Kind::Pair(pair.security).name()))?;
-        eprintln!("bench: {}: {found}", Kind::Pair(pair.security).name());
-        checks.push(format!("**{}**: {found}", Kind::Pair(pair.security).name()));
-    }
-    let Some(mtls) = pairs.iter().find(|p| p.security == Security::Mtls) else {
-        bail!("no mtls pair was started");
+    let nginx = nginx_pair::start(
+        &mut children,
+        tools,
+        dir,
+        &ports[9..11],
+        origin.addr.port(),
+        origin.stub_status,
+    )
+    .with_context(|| format!("starting the {}", Kind::NginxPair.name()))?;
+    let pair_of = |security| {
+        pairs
+            .iter()
+            .find(|p: &&Pair| p.security == security)
+            .with_context(|| format!("the {} was not started", Kind::Pair(security).name()))
     };
+
+    let mut checks = Vec::new();
+    for kind in Kind::ALL {
+        let found = match kind {
+            Kind::Direct => continue,
+            Kind::Pair(security) => check_pair(pair_of(security)?, &origin),
+            Kind::NginxPair => nginx_pair::check(&nginx, &origin),
+        }
+        .with_context(|| format!("checking the {}", kind.name()))?;
+        eprintln!("bench: {}: {found}", kind.name());
+        checks.push(format!("**{}**: {found}", kind.name()));
+    }
+    let mtls = pair_of(Security::Mtls)?;
 
     // The targets: where load goes, and which processes are measured.
     let mut running = Vec::new();
     for kind in Kind::ALL {
-        let (addr, child, sidecars) = match kind {
+        let (addr, child, proxies) = match kind {
             Kind::Direct => (origin.addr, origin.child, None),
             Kind::Pair(security) => {
-                let pair = pairs
-                    .iter()
-                    .find(|p| p.security == security)
-                    .context("a pair was not started")?;
-                (pair.client.addr, pair.client.child, Some(pair))
+                let pair = pair_of(security)?;
+                let proxies = Proxies {
+                    client: pair.client.child,
+                    server: pair.server.child,
+                    counters: Counters::Sidecar(pair.client.admin),
+                };
+                (pair.client.addr, pair.client.child, Some(proxies))
+            }
+            Kind::NginxPair => {
+                let proxies = Proxies {
+                    client: nginx.client,
+                    server: nginx.server,
+                    counters: nginx.counters(),
+                };
+                (nginx.addr, nginx.client, Some(proxies))
             }
         };
         let target = Running {
             target: match kind {
                 Kind::Direct => Target::Direct,
-                Kind::Pair(_) => Target::WeftWith(kind.name()),
+                // `Target` only names the row here; it has no labelled variant but weft's.
+                Kind::Pair(_) | Kind::NginxPair => Target::WeftWith(kind.name()),
             },
             addr,
             child,
             headers: Vec::new(),
         };
-        running.push((kind, target, sidecars));
+        running.push((kind, target, proxies));
     }
 
     let warmup = options.duration.min(Duration::from_secs(2));
@@ -294,16 +360,14 @@ pub(super) fn run(
         );
         for index in order {
             children.check_all()?;
-            let (kind, target, pair) = &running[index];
-            let pids = match pair {
-                Some(pair) => vec![
-                    children.get(pair.client.child)?.pid(),
-                    children.get(pair.server.child)?.pid(),
-                ],
+            let (kind, target, proxies) = &running[index];
+            let pids = match proxies {
+                Some(proxies) => vec![children.get(proxies.client)?.pid(), children.get(proxies.server)?.pid()],
                 None => vec![origin.pid],
             };
             let into = &mut targets[index];
-            measure_round(tools, dir, context, target, *pair, &pids, &origin, stub, into)
+            let counters = proxies.map(|p| p.counters);
+            measure_round(tools, dir, context, target, counters, &pids, &origin, stub, into)
                 .with_context(|| format!("measuring {}", kind.name()))?;
             thread::sleep(Duration::from_millis(500));
         }
@@ -330,18 +394,20 @@ pub(super) fn run(
         handshake_load,
         checks,
         telemetry: telemetry_name,
+        nginx_stub_status: matches!(nginx.counters(), Counters::StubStatus(_)),
     })
 }
 
 /// One round of one target: wrk, the fixed-rate run with the pair's counters around it,
-/// memory.
+/// memory. `pair` is where a pair target's connections and requests are counted, `None` for
+/// `direct`; `pids` are the pair's client and server proxy (the origin for `direct`).
 #[allow(clippy::too_many_arguments, reason = "the round's inputs, passed through")]
 fn measure_round(
     tools: &Tools,
     dir: &Path,
     context: &Context,
     target: &Running,
-    pair: Option<&Pair>,
+    pair: Option<Counters>,
     pids: &[u32],
     origin: &Origin,
     stub: Option<SocketAddr>,
@@ -352,13 +418,11 @@ fn measure_round(
     let observed = super::super::measure_fixed_rate(tools, dir, context, target, &mut into.stats, || {
         calls += 1;
         match (pair, pids) {
-            // Before the run the counters are read first and the CPU last, after it the
-            // other way round, so the admin requests stay out of the CPU measured.
-            (Some(pair), &[client, server]) => read(pair, client, server, calls % 2 == 1),
+            (Some(counters), &[client, server]) => read(counters, client, server, calls % 2 == 1),
             _ => Ok(Reading::default()),
         }
     })?;
-    if pair.is_some() {
+    if let Some(counters) = pair {
         let (before, after) = (observed.before, observed.after);
         let delta = |a: f64, b: f64| (a - b).max(0.0).round() as u64;
         let fixed = &mut into.fixed;
@@ -370,22 +434,40 @@ fn measure_round(
         fixed.upstream_requests += delta(after.upstream_requests, before.upstream_requests);
         let ticks = after.client.since(before.client).total() + after.server.since(before.server).total();
         eprintln!(
-            "bench:   {:8} at 1,000 req/s: {:.3} vCPU per 1,000 req/s (both sidecars), {} new upstream connections for {} requests",
+            "bench:   {:8} at 1,000 req/s: {:.3} vCPU per 1,000 req/s (both proxies), {}",
             target.target.name(),
             ticks as f64 / context.clk_tck as f64 * 1e3 / observed.requests.max(1) as f64,
-            delta(after.connections, before.connections),
-            delta(after.upstream_requests, before.upstream_requests),
+            match counters {
+                Counters::Unavailable => "client → server connections not counted".to_owned(),
+                _ => format!(
+                    "{} new upstream connections for {} requests",
+                    delta(after.connections, before.connections),
+                    delta(after.upstream_requests, before.upstream_requests),
+                ),
+            }
         );
     }
     super::super::measure_memory(pids, &mut into.stats)
 }
 
-/// Both sidecars' CPU time and the client sidecar's counters; `counters_first` orders the
-/// reads.
-fn read(pair: &Pair, client: u32, server: u32, counters_first: bool) -> anyhow::Result<Reading> {
+/// Both proxies' CPU time and the pair's `counters`, read `before` or after a run: before
+/// it the counters are read first and the CPU last, after it the other way round, so the
+/// requests reading the counters stay out of the CPU measured.
+fn read(counters: Counters, client: u32, server: u32, before: bool) -> anyhow::Result<Reading> {
     let mut reading = Reading::default();
-    let counters = |reading: &mut Reading| -> anyhow::Result<()> {
-        let admin = pair.client.admin;
+    let read_counters = |reading: &mut Reading| -> anyhow::Result<()> {
+        let admin = match counters {
+            Counters::Sidecar(admin) => admin,
+            Counters::StubStatus(stub) => {
+                // Each read is one connection and one request of its own, counted in its
+                // own values: the read after the run is the only one of the pair's that the
+                // difference would count.
+                let (accepts, requests) = nginx_pair::server_counts(stub, u64::from(!before))?;
+                (reading.connections, reading.upstream_requests) = (accepts as f64, requests as f64);
+                return Ok(());
+            }
+            Counters::Unavailable => return Ok(()),
+        };
         reading.connections = metric_sum(
             admin,
             &format!("weft_cluster_upstream_cx_total{{cluster=\"{CLUSTER}\"}}"),
@@ -403,13 +485,13 @@ fn read(pair: &Pair, client: u32, server: u32, counters_first: bool) -> anyhow::
         )?;
         Ok(())
     };
-    if counters_first {
-        counters(&mut reading)?;
+    if before {
+        read_counters(&mut reading)?;
     }
     reading.client = procs::tree_cpu_ticks(client)?;
     reading.server = procs::tree_cpu_ticks(server)?;
-    if !counters_first {
-        counters(&mut reading)?;
+    if !before {
+        read_counters(&mut reading)?;
     }
     Ok(reading)
 }
@@ -601,31 +683,7 @@ fn check_pair(pair: &Pair, origin: &Origin) -> anyhow::Result<String> {
             &[],
         )
     };
-    let origin_before = origin
-        .stub_status
-        .then(|| super::super::origin_counters(origin.addr))
-        .transpose()?;
-    let response = http::get(pair.client.addr, "/").context("the probe request")?;
-    if response.status != 200 || response.body != configs::BODY.as_bytes() {
-        bail!(
-            "the probe request answered {} {:?}",
-            response.status,
-            String::from_utf8_lossy(&response.body)
-        );
-    }
-    let origin_served = match origin_before {
-        // The second read is itself one request.
-        Some(before) => Some(
-            super::super::origin_counters(origin.addr)?
-                .1
-                .saturating_sub(before.1)
-                .saturating_sub(1),
-        ),
-        None => None,
-    };
-    if origin_served == Some(0) {
-        bail!("the origin's stub_status counted no request for the probe");
-    }
+    let origin_served = probe(pair.client.addr, origin)?;
     let forwarded = metric_sum(
         server,
         "weft_cluster_upstream_rq_total{cluster=\"origin\",code_class=\"2xx\"}",
@@ -723,6 +781,48 @@ fn check_pair(pair: &Pair, origin: &Origin) -> anyhow::Result<String> {
         }
     }
     Ok(found.join("; "))
+}
+
+/// Sends one probe request to `addr`, which must answer `200` with the origin's body;
+/// returns how many requests the origin served meanwhile (`None` when it has no
+/// `stub_status`), failing when it counted none.
+fn probe(addr: SocketAddr, origin: &Origin) -> anyhow::Result<Option<u64>> {
+    let ((), served) = served_during(origin.stub_status.then_some(origin.addr), || {
+        let response = http::get(addr, "/").context("the probe request")?;
+        if response.status != 200 || response.body != configs::BODY.as_bytes() {
+            bail!(
+                "the probe request answered {} {:?}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            );
+        }
+        Ok(())
+    })?;
+    if served == Some(0) {
+        bail!("the origin's stub_status counted no request for the probe");
+    }
+    Ok(served)
+}
+
+/// Runs `f`, and counts the requests the nginx whose `stub_status` is at `stub` served
+/// meanwhile (`None` without `stub`).
+fn served_during<T>(
+    stub: Option<SocketAddr>,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Option<u64>)> {
+    let before = stub.map(super::super::origin_counters).transpose()?;
+    let value = f()?;
+    let served = match stub.zip(before) {
+        // The second read is itself one request.
+        Some((stub, before)) => Some(
+            super::super::origin_counters(stub)?
+                .1
+                .saturating_sub(before.1)
+                .saturating_sub(1),
+        ),
+        None => None,
+    };
+    Ok((value, served))
 }
 
 #[cfg(test)]

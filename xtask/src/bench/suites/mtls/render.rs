@@ -30,19 +30,19 @@ struct Row<'a> {
     p50: Option<f64>,
     p99: Option<f64>,
     p999: Option<f64>,
-    /// vCPU per 1,000 req/s at 1,000 req/s: both sidecars, client, server; `None` for
-    /// `direct`.
+    /// vCPU per 1,000 req/s at 1,000 req/s: both proxies of the pair, client, server; `None`
+    /// for `direct`.
     vcpu: Option<(f64, f64, f64)>,
 }
 
 impl Row<'_> {
-    /// New sidecar-to-sidecar connections during the fixed-rate runs (TLS ones for the mtls
-    /// pair), and the reuse rate `1 − new ÷ requests`.
+    /// New client-to-server connections during the fixed-rate runs (TLS ones for the mtls
+    /// pair), and the reuse rate `1 − new ÷ requests`; `None` where they were not counted.
     fn reuse(&self) -> Option<(u64, u64, f64)> {
         let fixed = &self.target.fixed;
         let new = match self.kind {
             Kind::Direct => return None,
-            Kind::Pair(Security::Plaintext) => fixed.connections,
+            Kind::Pair(Security::Plaintext) | Kind::NginxPair => fixed.connections,
             Kind::Pair(Security::Mtls) => fixed.tls_connections,
         };
         let requests = fixed.upstream_requests;
@@ -84,6 +84,7 @@ pub(crate) fn render(context: &Context, outcome: &Outcome) -> String {
     let direct = find(Kind::Direct);
     let plain = find(Kind::Pair(Security::Plaintext));
     let mtls = find(Kind::Pair(Security::Mtls));
+    let nginx = find(Kind::NginxPair);
     let added =
         |row: Option<&Row<'_>>, pick: fn(&Row<'_>) -> Option<f64>| match (row.and_then(pick), direct.and_then(pick)) {
             (Some(mine), Some(base)) => Some(mine - base),
@@ -103,20 +104,30 @@ pub(crate) fn render(context: &Context, outcome: &Outcome) -> String {
          server), built by the harness as in the filters suite and named by its sha256. **mtls pair**: the \
          server's inbound listener has `mtls: {{ mode: strict }}`, the client's cluster `tls: {{ mode: \
          istio_mutual, subject_alt_names: [spiffe://cluster.local/ns/default/sa/server] }}` and its endpoint \
-         `mesh: true`; **plaintext pair**: the same snapshots without those settings. Every sidecar has a \
-         workload certificate (ECDSA P-256, SPIFFE URI SAN `spiffe://cluster.local/ns/default/sa/client` or \
-         `…/sa/server`, server and client auth) from a root CA the harness makes with rcgen for the run, \
-         loaded with `--cert-chain`, `--private-key` and `--trust-bundle`. **What shares what:** this machine \
-         has 2 CPUs; as in the other suites all servers are pinned to CPU 1 (the origin and all four \
-         sidecars, so a request through a pair runs three servers on that one CPU, and the idle pair waits \
-         there too) and every load generator to CPU 0 (wrk, the latency client, the handshake client). All on \
-         127.0.0.1. Both pairs run for the whole benchmark, the one not measured idle. {} round(s) of {} s per \
-         measurement (wrk, then the latency client), target order rotated each round; one handshake run of \
-         {} s after each round.\n",
+         `mesh: true`; **plaintext pair**: the same snapshots without those settings. **nginx pair**, a \
+         reference with no Wasm filter and no TLS, to show the floor of a two-hop proxy pair on this machine: \
+         a client nginx whose only upstream is a server nginx, which proxies to the origin; each is nginx with \
+         `worker_processes 1` and the default run's proxy config (HTTP/1.1 to a keep-alive upstream pool, \
+         `keepalive 64`){nginx_status}. Every sidecar has a workload certificate (ECDSA P-256, SPIFFE URI SAN \
+         `spiffe://cluster.local/ns/default/sa/client` or `…/sa/server`, server and client auth) from a root \
+         CA the harness makes with rcgen for the run, loaded with `--cert-chain`, `--private-key` and \
+         `--trust-bundle`. **What shares what:** this machine has 2 CPUs; as in the other suites all servers \
+         are pinned to CPU 1 (the origin, all four sidecars and both nginx of the nginx pair, so a request \
+         through a pair runs three servers on that one CPU, and the idle pairs wait there too) and every load \
+         generator to CPU 0 (wrk, the latency client, the handshake client). All on 127.0.0.1. All three \
+         pairs run for the whole benchmark, those not measured idle. {} round(s) of {} s per measurement (wrk, \
+         then the latency client), target order rotated each round; one handshake run of {} s after each \
+         round.\n",
         options.rounds,
         options.duration.as_secs(),
         options.duration.as_secs(),
         telemetry = outcome.telemetry,
+        nginx_status = if outcome.nginx_stub_status {
+            "; the server nginx also answers `stub_status` on `/nginx_status`, to count the probe and the \
+             client nginx's connections to it"
+        } else {
+            ""
+        },
     );
     let _ = writeln!(
         out,
@@ -125,10 +136,10 @@ pub(crate) fn render(context: &Context, outcome: &Outcome) -> String {
     );
 
     out.push_str(
-        "| target | req/s (median) | req/s min–max | sidecars CPU µs/req at full load (usr + sys) | p50 | p99 | \
+        "| target | req/s (median) | req/s min–max | the pair's CPU µs/req at full load (usr + sys) | p50 | p99 | \
          p99.9 | added p50 | added p99 | vCPU per 1,000 req/s at 1,000 req/s (client + server) | new \
-         sidecar→sidecar connections / requests at 1,000 req/s | connection reuse | RSS after load (both \
-         sidecars) | errors | other load |\n\
+         client→server connections / requests at 1,000 req/s | connection reuse | RSS after load (the pair) | \
+         errors | other load |\n\
          |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for row in &rows {
@@ -224,6 +235,7 @@ pub(crate) fn render(context: &Context, outcome: &Outcome) -> String {
         opt(mtls_added_p99, |v| format!("{:+.3} ms", v / 1e3)),
         verdict(mtls_added_p99.map(|v| v <= GOAL_ADDED_P99_US)),
     );
+    render_reference(&mut out, nginx, mtls, added(nginx, |r| r.p99), mtls_added_p99);
 
     let pick_vcpu = |r: Option<&Row<'_>>| r.and_then(|r| r.vcpu).map(|(all, _, _)| all);
     let pair_cpu =
@@ -250,27 +262,31 @@ pub(crate) fn render(context: &Context, outcome: &Outcome) -> String {
         out,
         "How to read it:\n\n\
          - **req/s**: `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{secs}s` at the target, closed loop, median and range over \
-         the rounds; **sidecars CPU µs/req at full load**: `utime + stime` of both sidecars (all threads, \
-         `/proc/PID/stat`, ticks of {clk_tck} Hz) during the wrk runs over the requests wrk completed. Both \
-         sidecars and the origin share CPU 1, so their costs together limit req/s.\n\
+         the rounds; **the pair's CPU µs/req at full load**: `utime + stime` of both proxies of the pair (the \
+         sidecars' processes, all threads; each nginx's master and worker; `/proc/PID/stat`, ticks of {clk_tck} \
+         Hz) during the wrk runs over the requests wrk completed. Both proxies and the origin share CPU 1, so \
+         their costs together limit req/s.\n\
          - **p50 / p99 / p99.9**: latency at a fixed {total} req/s ({LATENCY_CONNECTIONS} keep-alive connections × \
          {LATENCY_RATE} req/s, open loop, corrected for coordinated omission; {late} request(s) in all were sent \
          more than one interval late), pooled over the rounds; **added** = target − direct at the same percentile.\n\
-         - **vCPU per 1,000 req/s**: `utime + stime` of the client and the server sidecar during those \
-         fixed-rate runs, in CPU seconds, divided by the wall time and by the request rate in thousands, which \
-         comes to CPU seconds × 1,000 / requests sent. It is the pair's cost at a moderate rate, where every \
-         request wakes both sidecars on its own; at full load (the µs/req column) the sidecars batch work and \
-         each request costs less. Istio states its 0.20 vCPU per proxy; the goal here counts both proxies of \
-         the pair.\n\
+         - **vCPU per 1,000 req/s**: `utime + stime` of the client and the server proxy of the pair (sidecar, \
+         or nginx master and worker) during those fixed-rate runs, in CPU seconds, divided by the wall time \
+         and by the request rate in thousands, which comes to CPU seconds × 1,000 / requests sent. It is the \
+         pair's cost at a moderate rate, where every request wakes both proxies on its own; at full load (the \
+         µs/req column) the proxies batch work and each request costs less. Istio states its 0.20 vCPU per \
+         proxy; the goal here counts both proxies of the pair.\n\
          - **new connections / requests, connection reuse**: the client sidecar's \
          `weft_cluster_upstream_cx_tls_total{{cluster=\"server\"}}` (for the plaintext pair \
          `weft_cluster_upstream_cx_total`) and `weft_cluster_upstream_rq_total{{cluster=\"server\"}}` over the \
-         fixed-rate runs; reuse = 1 − new ÷ requests. The pools were filled by the warm-up and earlier wrk \
-         runs (up to {WRK_CONNECTIONS} connections) and the pool keeps idle connections, so the latency client's \
+         fixed-rate runs (for the nginx pair the server nginx's `stub_status` accepts and requests, its own \
+         reads left out; `–` when this nginx has no `stub_status`); reuse = 1 − new ÷ requests. The pools \
+         were filled by the warm-up and earlier wrk runs (up to {WRK_CONNECTIONS} connections) and the pool keeps \
+         idle connections, so the latency client's \
          {LATENCY_CONNECTIONS} connections mostly find theirs ready; a new connection means a pooled one was \
          gone (closed by either side) when a request needed it.\n\
-         - **RSS after load**: `VmRSS` of both sidecars summed (the origin's for `direct`), the largest over the \
-         rounds. **errors**: non-2xx responses and socket errors of wrk and the latency client.\n\
+         - **RSS after load**: `VmRSS` of both proxies of the pair summed (each nginx's master and worker; the \
+         origin's for `direct`), the largest over the rounds. **errors**: non-2xx responses and socket errors \
+         of wrk and the latency client.\n\
          - **other load**: CPU used by processes outside the benchmark, the most during any kept measurement, \
          in percent of one CPU; a measurement during which it passed {limit:.0}% was repeated (up to \
          {FOREIGN_RETRIES} times, within a time budget).\n",
@@ -280,6 +296,43 @@ pub(crate) fn render(context: &Context, outcome: &Outcome) -> String {
         limit = FOREIGN_LIMIT,
     );
     out
+}
+
+/// The line after the goals comparing the reference, the nginx pair, with them and with the
+/// mtls pair; `nginx_p99` and `mtls_p99` are their added p99s in µs.
+fn render_reference(
+    out: &mut String,
+    nginx: Option<&Row<'_>>,
+    mtls: Option<&Row<'_>>,
+    nginx_p99: Option<f64>,
+    mtls_p99: Option<f64>,
+) {
+    let Some(nginx) = nginx else {
+        return;
+    };
+    let meets = |ok: bool| if ok { "within" } else { "above" }.to_owned();
+    let nginx_vcpu = nginx.vcpu.map(|(all, _, _)| all);
+    let _ = writeln!(
+        out,
+        "For reference, the **nginx pair** (no Wasm filter, no TLS: the floor of a two-hop proxy pair on this \
+         machine): {} vCPU per 1,000 req/s at 1,000 req/s ({}), added p99 {}: {} the vCPU goal of ≤ \
+         {GOAL_VCPU_PER_KRPS:.2} and {} the p99 goal of ≤ +{:.1} ms. The mtls pair {}.\n",
+        opt(nginx_vcpu, |v| format!("**{v:.3}**")),
+        opt(nginx.vcpu, |(_, c, s)| format!("client {c:.3} + server {s:.3}")),
+        opt(nginx_p99, |v| format!("**{:+.3} ms**", v / 1e3)),
+        opt(nginx_vcpu, |v| meets(v <= GOAL_VCPU_PER_KRPS)),
+        opt(nginx_p99, |v| meets(v <= GOAL_ADDED_P99_US)),
+        GOAL_ADDED_P99_US / 1e3,
+        match (mtls.and_then(|m| m.vcpu).zip(nginx.vcpu), mtls_p99.zip(nginx_p99)) {
+            (Some(((m, _, _), (n, _, _))), Some((mp, np))) if n > 0.0 => format!(
+                "uses {:.2}× its vCPU per 1,000 req/s ({:+.3}) and adds {:+.0} µs at p99 over it",
+                m / n,
+                m - n,
+                mp - np
+            ),
+            _ => "cannot be compared with it (missing numbers)".to_owned(),
+        },
+    );
 }
 
 /// The handshake table.
