@@ -103,10 +103,18 @@ impl Controller {
             system_filters,
             modules: Default::default(),
         };
+        let compiler = Compiler::spawn().context("starting the compile thread")?;
         let mut remembered = Remembered::default();
-        let first = build(&documents.borrow_and_update(), &mut remembered, &resolver, &options)
-            .await
-            .context("compiling the intent")?;
+        let first = build(
+            &documents.borrow_and_update(),
+            &mut remembered,
+            &resolver,
+            &options,
+            &compiler,
+        )
+        .await
+        .context("compiling the intent")?;
+        let _ = compiler.run(release_free_memory).await;
         let (intent_tx, intent_rx) = watch::channel(Arc::new(first));
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -116,9 +124,17 @@ impl Controller {
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 let docs = documents.borrow_and_update().clone();
-                match build(&docs, &mut remembered, &resolver, &options).await {
+                match build(&docs, &mut remembered, &resolver, &options, &compiler).await {
                     Ok(published) => {
-                        intent_tx.send_replace(Arc::new(published));
+                        let previous = intent_tx.send_replace(Arc::new(published));
+                        // The previous intent is freed (unless a stream is still encoding a
+                        // snapshot from it), then what it and the compile freed is returned.
+                        let _ = compiler
+                            .run(move || {
+                                drop(previous);
+                                release_free_memory();
+                            })
+                            .await;
                     }
                     Err(error) => {
                         tracing::error!(
@@ -143,12 +159,17 @@ impl Controller {
         let writer = bootstrap.clone();
         tokio::spawn(async move {
             loop {
-                let published = workloads.borrow_and_update().clone();
-                let known = published.mesh.workloads();
-                writer.write_tokens(
-                    &tokens_dir,
-                    known.iter().map(|w| (w.namespace.as_str(), w.name.as_str())),
-                );
+                // The names only: the intent is not held while the tokens are written (20,000
+                // files at 10,000 services, seconds at start) nor while waiting, so a replaced
+                // intent is freed when it is replaced.
+                let known: Vec<(String, String)> = workloads
+                    .borrow_and_update()
+                    .mesh
+                    .workloads()
+                    .iter()
+                    .map(|w| (w.namespace.clone(), w.name.clone()))
+                    .collect();
+                writer.write_tokens(&tokens_dir, known.iter().map(|(ns, name)| (ns.as_str(), name.as_str())));
                 if workloads.changed().await.is_err() {
                     return;
                 }
@@ -257,14 +278,93 @@ fn extra_roots(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-/// Parses the documents, resolves module urls, compiles. Compilation runs off the async
-/// threads (it is CPU work that grows with the mesh). Fails only if the compiler panicked
-/// (a bug): the caller keeps the last compiled intent.
+/// The thread every compile runs on, off the async threads (it is CPU work that grows with
+/// the mesh).
+///
+/// One thread, not tokio's blocking pool: glibc's malloc serves each thread from its own arena
+/// and memory freed in an arena is reused only by that arena. On the pool, compiles landed on
+/// whichever of its threads woke, each built its `Mesh` (150 MiB at 10,000 services, 220 MiB
+/// with the garbage of building it) in another arena, and the previous generation, once
+/// freed, stayed resident in its own: 1.4 GiB after three edits. On one thread a compile
+/// reuses what the generations before it freed, so the arena stops growing at about two
+/// generations (0.74 GiB after three edits, without [`release_free_memory`]).
+struct Compiler {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Compiler {
+    /// Starts the thread; it ends once the `Compiler` is dropped and its jobs are done.
+    fn spawn() -> std::io::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("weft-compile".to_owned())
+            .spawn(move || {
+                for job in queue {
+                    // A panic fails its own job only: its result is never sent (see `run`).
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `work` on the compile thread, after the jobs before it. Fails if it panicked.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(work());
+            }))
+            .map_err(|_| anyhow::anyhow!("the compile thread is gone"))?;
+        rx.await.map_err(|_| anyhow::anyhow!("the compiler panicked"))
+    }
+}
+
+/// Returns the memory malloc holds free to the system (`malloc_trim`), and logs how much.
+///
+/// glibc only gives back the free memory at the top of an arena; a compile frees a whole
+/// `Mesh` generation (150 MiB at 10,000 services) and the garbage of building the next one
+/// in the middle of its arena, which would otherwise stay resident until reused.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let started = std::time::Instant::now();
+        let before = resident_bytes();
+        // SAFETY: malloc_trim takes no pointer; it returns free pages of malloc's arenas to
+        // the kernel and is safe to call from any thread at any time.
+        #[allow(unsafe_code, reason = "FFI call to glibc's malloc_trim")]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        let after = resident_bytes();
+        tracing::debug!(
+            released_mib = before.saturating_sub(after) >> 20,
+            resident_mib = after >> 20,
+            took = ?started.elapsed(),
+            "free memory returned to the system"
+        );
+    }
+}
+
+/// The process's resident set (`VmRSS`), 0 if unknown.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib << 10)
+}
+
+/// Parses the documents, resolves module urls, compiles (on the [`Compiler`]'s thread).
+/// Fails only if the compiler panicked (a bug): the caller keeps the last compiled intent.
 async fn build(
     documents: &Documents,
     remembered: &mut Remembered,
     resolver: &Resolver,
     options: &CompileOptions,
+    compiler: &Compiler,
 ) -> anyhow::Result<Published> {
     let started = std::time::Instant::now();
     let mut store = Store::default();
@@ -293,13 +393,14 @@ async fn build(
     let intent_version = crate::hex(&digest.finalize()[..6]);
     let mut options = options.clone();
     options.modules = resolver.resolve(store.module_urls()).await;
-    let (mesh, diagnostics) = tokio::task::spawn_blocking(move || {
-        let mesh = compile(&store, &options);
-        diagnostics.extend(mesh.diagnostics().iter().cloned());
-        (mesh, diagnostics)
-    })
-    .await
-    .context("the compiler failed")?;
+    let (mesh, diagnostics) = compiler
+        .run(move || {
+            let mesh = compile(&store, &options);
+            diagnostics.extend(mesh.diagnostics().iter().cloned());
+            (mesh, diagnostics)
+        })
+        .await
+        .context("the compiler failed")?;
     let current: std::collections::HashSet<String> = diagnostics.iter().map(ToString::to_string).collect();
     for diagnostic in current.difference(&remembered.logged) {
         tracing::warn!("{diagnostic}");

@@ -449,18 +449,33 @@ impl Mesh {
         if let Some(part) = self.shared.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return part.clone();
         }
-        let snapshot = Snapshot {
-            clusters: self.clusters.clone(),
-            route_tables: if outbound {
-                vec![self.outbound_table(namespace)]
-            } else {
-                Vec::new()
-            },
-            ..Snapshot::default()
+        // The encoding of a `Snapshot` holding only the outbound route table and the
+        // clusters, built a piece at a time: a message's encoding is its fields' in tag order,
+        // a repeated field's is its elements' one after the other, so the concatenation of
+        // one-element messages is the same bytes. Converting every cluster at once (a clone
+        // and a protobuf copy of all of them beside the bytes) peaked at 130 MiB for 14 MB of
+        // bytes at 10,000 services, while the first sidecar of each new intent waited.
+        let encode = |piece: Snapshot, bytes: &mut Vec<u8>| {
+            let mut wire = weft_api::pb::Snapshot::from(&piece);
+            wire.limits = None;
+            bytes.extend_from_slice(&wire.encode_to_vec());
         };
-        let mut wire = weft_api::pb::Snapshot::from(&snapshot);
-        wire.limits = None;
-        let bytes = wire.encode_to_vec();
+        let mut bytes = Vec::new();
+        if outbound {
+            let table = Snapshot {
+                route_tables: vec![self.outbound_table(namespace)],
+                ..Snapshot::default()
+            };
+            encode(table, &mut bytes);
+        }
+        for cluster in &self.clusters {
+            let piece = Snapshot {
+                clusters: vec![cluster.clone()],
+                ..Snapshot::default()
+            };
+            encode(piece, &mut bytes);
+        }
+        bytes.shrink_to_fit();
         let digest = sha2::Sha256::digest(&bytes).into();
         let part = Arc::new(SharedPart { bytes, digest });
         self.shared
@@ -858,4 +873,70 @@ fn add_listener(
         snapshot.route_tables.push(table);
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    fn module(name: &str) -> WasmModule {
+        WasmModule {
+            file: format!("/filters/{name}.wasm"),
+            url: String::new(),
+            sha256: "0".repeat(64),
+            vm_config: serde_yaml::Value::Null,
+            root_id: String::new(),
+            vm_id: None,
+        }
+    }
+
+    /// The shared part, built a cluster at a time, is byte for byte the encoding of one
+    /// `Snapshot` holding the outbound route table and every cluster (so versions do not
+    /// depend on how it is built).
+    #[test]
+    fn shared_part_is_the_encoding_of_the_whole_part() {
+        let mut store = Store::new();
+        let mut text = String::new();
+        for name in ["a", "b", "c"] {
+            text.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  \
+                 ports: [{{name: http, port: 8080}}]\n---\n\
+                 apiVersion: weft.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}-v1, labels: {{app: {name}, version: v1}}}}\n\
+                 spec: {{address: 10.0.0.1, ports: {{http: 8080}}, sidecar: {{inbound: 15006, outbound: 15001}}}}\n---\n\
+                 apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}}}\nspec:\n  host: {name}\n  \
+                 subsets: [{{name: v1, labels: {{version: v1}}}}]\n---\n\
+                 apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  \
+                 http: [{{route: [{{destination: {{host: {name}, subset: v1}}}}]}}]\n---\n"
+            ));
+        }
+        assert!(store.insert_yaml("mesh.yaml", &text).is_empty());
+        let options = CompileOptions {
+            trust_domain: "cluster.local".to_owned(),
+            system_filters: SystemFilters {
+                router: module("router"),
+                retry: module("retry"),
+                fault: module("fault"),
+            },
+            modules: BTreeMap::new(),
+        };
+        let mesh = compile(&store, &options);
+        assert!(mesh.clusters.len() >= 6, "{mesh:?}");
+        for outbound in [true, false] {
+            let whole = Snapshot {
+                clusters: mesh.clusters.clone(),
+                route_tables: if outbound {
+                    vec![mesh.outbound_table("default")]
+                } else {
+                    Vec::new()
+                },
+                ..Snapshot::default()
+            };
+            let mut wire = weft_api::pb::Snapshot::from(&whole);
+            wire.limits = None;
+            let part = mesh.shared_part("default", outbound);
+            assert_eq!(part.bytes, wire.encode_to_vec(), "outbound: {outbound}");
+        }
+    }
 }

@@ -296,10 +296,11 @@ static METADATA: schema::Node = schema::Node::Object(&[
 ]);
 
 /// The result of parsing one YAML document: the resources it held (a `List` holds several)
-/// and the diagnostics.
+/// and the diagnostics. Cloning it shares the resources: the controller keeps each file's
+/// `Parsed` between compiles and the store it builds for each compile holds the same ones.
 #[derive(Debug, Default, Clone)]
 pub struct Parsed {
-    pub(crate) resources: Vec<Resource>,
+    pub(crate) resources: Vec<std::sync::Arc<Resource>>,
     pub(crate) diagnostics: Vec<Diagnostic>,
 }
 
@@ -459,7 +460,7 @@ fn parse_object(origin: &str, document: usize, mut map: serde_yaml::Mapping, par
         Kind::Secret => typed(spec).map(Spec::Secret),
     };
     match spec {
-        Ok(spec) => parsed.resources.push(Resource { metadata, spec }),
+        Ok(spec) => parsed.resources.push(std::sync::Arc::new(Resource { metadata, spec })),
         Err((path, message)) => {
             parsed.diagnostics.push(Diagnostic::error(
                 &at,

@@ -269,6 +269,9 @@ impl SidecarStream {
                     // The intent this stream has caught up with; set in the same update as the
                     // state, so a list never shows SYNCED for an older intent's snapshot.
                     let intent_version = published.intent_version.clone();
+                    // Not held while the send waits for a slow sidecar: a replaced intent is
+                    // freed as soon as it is replaced.
+                    drop(published);
                     let current = sent.as_ref().map_or(self.running.as_str(), |s| s.version.as_str());
                     if current == version {
                         // First contact with a sidecar that already runs this version.

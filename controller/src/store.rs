@@ -5,6 +5,7 @@
 //! gets an error diagnostic; within one origin, the first document wins.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Deserialize as _;
 
@@ -18,8 +19,8 @@ pub struct StoredResource {
     pub origin: String,
     /// Position within the origin (document order).
     pub position: usize,
-    /// The resource.
-    pub resource: Resource,
+    /// The resource, shared with the parsed file it came from (see [`resources::Parsed`]).
+    pub resource: Arc<Resource>,
 }
 
 impl StoredResource {
@@ -109,7 +110,8 @@ impl Store {
 
     /// Stores one resource under `origin`, after whatever the origin already holds (builder
     /// fixtures use this directly). Returns the duplicate diagnostics it causes, if any.
-    pub fn insert(&mut self, origin: &str, resource: Resource) -> Vec<Diagnostic> {
+    pub fn insert(&mut self, origin: &str, resource: impl Into<Arc<Resource>>) -> Vec<Diagnostic> {
+        let resource = resource.into();
         let position = {
             let next = self.positions.entry(origin.to_owned()).or_default();
             *next += 1;
@@ -120,7 +122,9 @@ impl Store {
             resource.metadata.namespace.clone(),
             resource.metadata.name.clone(),
         );
-        let definitions = self.entries.entry(key).or_default();
+        // Nearly every resource is defined once: room for one definition, not the four an
+        // empty Vec grows to on its first push.
+        let definitions = self.entries.entry(key).or_insert_with(|| Vec::with_capacity(1));
         definitions.push(StoredResource {
             origin: origin.to_owned(),
             position,
