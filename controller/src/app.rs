@@ -169,7 +169,15 @@ impl Controller {
                     .iter()
                     .map(|w| (w.namespace.clone(), w.name.clone()))
                     .collect();
-                writer.write_tokens(&tokens_dir, known.iter().map(|(ns, name)| (ns.as_str(), name.as_str())));
+                // File work, off the async threads (each token is read back and compared).
+                let (writer, dir) = (writer.clone(), tokens_dir.clone());
+                let written = tokio::task::spawn_blocking(move || {
+                    writer.write_tokens(&dir, known.iter().map(|(ns, name)| (ns.as_str(), name.as_str())));
+                })
+                .await;
+                if let Err(error) = written {
+                    tracing::error!(%error, "writing the bootstrap tokens failed");
+                }
                 if workloads.changed().await.is_err() {
                     return;
                 }
