@@ -19,7 +19,7 @@ use weft_api::UpstreamProtocol;
 
 use crate::body::{BoxError, ProxyBody};
 use crate::cluster::{Cluster, Endpoint};
-use crate::tls::{PeerCert, Stream};
+use crate::tls::{CheckedPeer, Stream};
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 128;
@@ -53,22 +53,13 @@ struct EndpointPool {
 /// (a connection to a server revoked since is not used again).
 struct Conn<S> {
     sender: S,
-    peer: Option<Arc<PeerCert>>,
-}
-
-impl<S: Clone> Clone for Conn<S> {
-    fn clone(&self) -> Self {
-        Self {
-            sender: self.sender.clone(),
-            peer: self.peer.clone(),
-        }
-    }
+    peer: Option<CheckedPeer>,
 }
 
 impl<S> Conn<S> {
     /// Whether the cluster's mesh now revokes this connection's server; counted when so.
-    fn revoked(&self, cluster: &Cluster, endpoint: &Endpoint) -> bool {
-        let revoked = match (&self.peer, cluster.tls_for(endpoint)) {
+    fn revoked(&mut self, cluster: &Cluster, endpoint: &Endpoint) -> bool {
+        let revoked = match (&mut self.peer, cluster.tls_for(endpoint)) {
             (Some(peer), Some(tls)) => tls.revokes(peer),
             _ => false,
         };
@@ -165,7 +156,7 @@ impl Pools {
         let shared = self.with(key, |p| {
             // A revoked server's connection leaves the pool; its streams in flight finish.
             if p.h2
-                .as_ref()
+                .as_mut()
                 .is_some_and(|c| c.sender.is_closed() || c.revoked(cluster, endpoint))
             {
                 p.h2 = None;
@@ -202,7 +193,7 @@ fn take_idle(
     cluster: &Cluster,
     endpoint: &Endpoint,
 ) -> Option<Conn<http1::SendRequest<ProxyBody>>> {
-    while let Some(conn) = idle.pop() {
+    while let Some(mut conn) = idle.pop() {
         if !conn.sender.is_closed() && !conn.revoked(cluster, endpoint) {
             return Some(conn);
         }
@@ -237,7 +228,7 @@ impl Drop for PendingGuard {
 async fn open(
     cluster: &Cluster,
     endpoint: &Endpoint,
-) -> Result<(TokioIo<Stream>, ConnectionGuard, Option<Arc<PeerCert>>), UpstreamError> {
+) -> Result<(TokioIo<Stream>, ConnectionGuard, Option<CheckedPeer>), UpstreamError> {
     let load = &cluster.load;
     if load.pending.fetch_add(1, Relaxed) >= cluster.breakers.max_pending_requests {
         load.pending.fetch_sub(1, Relaxed);
@@ -281,19 +272,9 @@ async fn open(
             "mutual TLS to the mesh needs a workload certificate, and none was issued yet".into(),
         ));
     }
-    let handshake = tls.connector.connect(tls.server_name(endpoint.addr.ip()), stream);
+    let handshake = tls.connect(endpoint.addr.ip(), stream);
     match tokio::time::timeout(cluster.connect_timeout, handshake).await {
-        Ok(Ok(stream)) => {
-            let peer = tls.peer(stream.get_ref().1).map(Arc::new);
-            // A resumed TLS session skips the certificate verifier: its server is checked
-            // against the revocations here, as a full handshake is by the verifier.
-            if peer.as_ref().is_some_and(|peer| tls.revokes(peer)) {
-                cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
-                cluster.stats.tls_handshake_errors.fetch_add(1, Relaxed);
-                return Err(UpstreamError::Connect(
-                    format!("TLS with {}: the server's certificate is revoked", endpoint.addr).into(),
-                ));
-            }
+        Ok(Ok((stream, peer))) => {
             cluster.stats.tls_handshakes.fetch_add(1, Relaxed);
             Ok((
                 TokioIo::new(Stream::Tls(Box::new(tokio_rustls::TlsStream::Client(stream)))),

@@ -19,6 +19,7 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -95,8 +96,11 @@ pub(crate) struct MeshTls {
     inputs: Mutex<Inputs>,
     /// Server configurations by the ALPN protocols a listener offers.
     servers: [Arc<ServerConfig>; 3],
-    /// Bumped on every change of the revoked serials or identities.
+    /// Bumped on every change of the revoked serials or identities: wakes inbound connections.
     revocations: tokio::sync::watch::Sender<u64>,
+    /// The same count, readable without a lock: pooled upstream connections compare it with
+    /// the count they last checked at, on the request path (see [`UpstreamConnector::revokes`]).
+    revocation_epoch: Arc<AtomicU64>,
 }
 
 /// A mesh peer's certificate, as revocation sees it.
@@ -169,6 +173,7 @@ impl MeshTls {
                 inputs: Mutex::new(Inputs::default()),
                 servers: [server(&[b"http/1.1"]), server(&[b"h2"]), server(&[b"h2", b"http/1.1"])],
                 revocations: tokio::sync::watch::channel(0).0,
+                revocation_epoch: Arc::new(AtomicU64::new(0)),
             }
         })
     }
@@ -204,7 +209,8 @@ impl MeshTls {
         inputs.security = security.clone();
         *self.material.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(material);
         if revocations_changed {
-            // After the material: a connection woken by this sees the new sets.
+            // After the material: a connection that sees the new count sees the new sets.
+            self.revocation_epoch.fetch_add(1, Ordering::Release);
             self.revocations.send_modify(|epoch| *epoch += 1);
         }
         Ok(())
@@ -356,7 +362,8 @@ impl MeshTls {
             mesh_endpoints_only: tls.mesh_endpoints_only,
             mutual: tls.mode == UpstreamTlsMode::IstioMutual,
             tls: Arc::downgrade(self),
-            id: NEXT_CONNECTOR.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            revocation_epoch: self.revocation_epoch.clone(),
+            id: NEXT_CONNECTOR.fetch_add(1, Ordering::Relaxed),
         }))
     }
 
@@ -367,17 +374,19 @@ impl MeshTls {
 }
 
 /// The id of the next [`UpstreamConnector`].
-static NEXT_CONNECTOR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_CONNECTOR: AtomicU64 = AtomicU64::new(1);
 
 /// How a cluster's connections are wrapped in TLS.
 pub(crate) struct UpstreamConnector {
-    pub(crate) connector: tokio_rustls::TlsConnector,
+    connector: tokio_rustls::TlsConnector,
     server_name: Option<ServerName<'static>>,
     /// Only endpoints that are mesh sidecars get TLS.
     pub(crate) mesh_endpoints_only: bool,
     /// Mesh mutual TLS (needs the workload certificate).
     pub(crate) mutual: bool,
     tls: std::sync::Weak<MeshTls>,
+    /// [`MeshTls`]'s count of revocation changes.
+    revocation_epoch: Arc<AtomicU64>,
     /// Unique per connector (never 0), keys the connection pool.
     pub(crate) id: u64,
 }
@@ -393,19 +402,56 @@ impl UpstreamConnector {
         self.tls.upgrade().is_some_and(|tls| tls.has_certificate())
     }
 
-    /// The peer of a connection this connector made, for revocation: its server's
-    /// certificate, with mesh mutual TLS (one-way TLS goes to servers outside the mesh).
-    pub(crate) fn peer(&self, connection: &rustls::ClientConnection) -> Option<PeerCert> {
+    /// TLS over `tcp` to `ip`. With mesh mutual TLS, also the server's certificate, and the
+    /// revocation count it was checked at: a resumed session skips the certificate verifier,
+    /// so its server is checked against the revocations here, as a full handshake is by the
+    /// verifier.
+    pub(crate) async fn connect(
+        &self,
+        ip: IpAddr,
+        tcp: tokio::net::TcpStream,
+    ) -> std::io::Result<(
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        Option<CheckedPeer>,
+    )> {
+        let stream = self.connector.connect(self.server_name(ip), tcp).await?;
         if !self.mutual {
-            return None;
+            return Ok((stream, None));
         }
-        PeerCert::first(connection.peer_certificates())
+        let epoch = self.revocation_epoch.load(Ordering::Acquire);
+        let Some(peer) = PeerCert::first(stream.get_ref().1.peer_certificates()) else {
+            return Ok((stream, None));
+        };
+        if self.tls.upgrade().is_some_and(|tls| tls.is_revoked(&peer)) {
+            return Err(std::io::Error::other("the server's certificate is revoked"));
+        }
+        Ok((
+            stream,
+            Some(CheckedPeer {
+                peer: Arc::new(peer),
+                epoch,
+            }),
+        ))
     }
 
-    /// Whether the mesh now revokes `peer`, the server of a pooled connection.
-    pub(crate) fn revokes(&self, peer: &PeerCert) -> bool {
-        self.tls.upgrade().is_some_and(|tls| tls.is_revoked(peer))
+    /// Whether the mesh now revokes the server of a pooled connection. Costs one atomic load
+    /// unless the revocations changed since `checked` was last checked.
+    pub(crate) fn revokes(&self, checked: &mut CheckedPeer) -> bool {
+        let epoch = self.revocation_epoch.load(Ordering::Acquire);
+        if epoch == checked.epoch {
+            return false;
+        }
+        checked.epoch = epoch;
+        self.tls.upgrade().is_some_and(|tls| tls.is_revoked(&checked.peer))
     }
+}
+
+/// The server certificate of an upstream mutual TLS connection, and the count of revocation
+/// changes ([`MeshTls`]) at its last check.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckedPeer {
+    peer: Arc<PeerCert>,
+    epoch: u64,
 }
 
 /// Reads PEM certificates; at least one must be there.
@@ -737,11 +783,14 @@ pub(crate) enum AcceptError {
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Tells TLS from plaintext by the first byte (a TLS handshake record starts with 22) and,
-/// for TLS, completes the handshake, requiring a client certificate from the mesh.
+/// for TLS, completes the handshake, requiring a client certificate from the mesh. A resumed
+/// session skips the certificate verifier, so its peer is checked against the revocations
+/// here, as a full handshake is by the verifier.
 pub(crate) async fn accept(
     tcp: tokio::net::TcpStream,
     mtls: &weft_api::ListenerMtls,
-    config: Arc<ServerConfig>,
+    tls: &MeshTls,
+    protocol: ListenerProtocol,
 ) -> Result<Accepted, AcceptError> {
     let mut first = [0u8; 1];
     let n = tcp.peek(&mut first).await.map_err(AcceptError::Io)?;
@@ -761,15 +810,18 @@ pub(crate) async fn accept(
     if !mtls.accepts_tls() {
         return Err(AcceptError::TlsRefused);
     }
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config(protocol));
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| AcceptError::Timeout)?
         .map_err(AcceptError::Handshake)?;
-    let peer = PeerCert::first(tls.get_ref().1.peer_certificates());
+    let peer = PeerCert::first(stream.get_ref().1.peer_certificates());
+    if peer.as_ref().is_some_and(|peer| tls.is_revoked(peer)) {
+        return Err(AcceptError::Revoked);
+    }
     let principal = peer.as_ref().and_then(PeerCert::identity).map(Arc::from);
     Ok(Accepted {
-        stream: Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(tls))),
+        stream: Stream::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))),
         mtls: true,
         principal,
         peer,

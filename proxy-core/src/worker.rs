@@ -185,7 +185,7 @@ async fn accept_loop(
         let context = context.clone();
         let handshake = match (&listener.tls, &listener.mtls) {
             (Some(own), _) => Handshake::Terminate(own.clone()),
-            (None, Some(mtls)) => Handshake::Mesh(mtls.clone(), generation.tls.server_config(protocol)),
+            (None, Some(mtls)) => Handshake::Mesh(mtls.clone()),
             (None, None) => Handshake::None,
         };
         // Not the generation: a connection must not keep an old one alive.
@@ -202,7 +202,7 @@ async fn accept_loop(
                 handshake => {
                     let accept = async {
                         match handshake {
-                            Handshake::Mesh(mtls, config) => crate::tls::accept(stream, &mtls, config).await,
+                            Handshake::Mesh(mtls) => crate::tls::accept(stream, &mtls, &mesh_tls, protocol).await,
                             Handshake::Terminate(config) => crate::tls::accept_terminated(stream, config).await,
                             Handshake::None => Err(crate::tls::AcceptError::TlsRefused),
                         }
@@ -214,12 +214,6 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    // A resumed TLS session skips the certificate verifier: its peer is checked
-                    // against the revocations here, as a full handshake is by the verifier.
-                    let accepted = accepted.and_then(|accepted| match &accepted.peer {
-                        Some(peer) if mesh_tls.is_revoked(peer) => Err(crate::tls::AcceptError::Revoked),
-                        _ => Ok(accepted),
-                    });
                     match accepted {
                         Ok(accepted) => {
                             let counter = if accepted.mtls {
@@ -275,7 +269,7 @@ enum Handshake {
     /// Nothing: plaintext.
     None,
     /// Mesh mutual TLS (or plaintext, as the listener's modes allow).
-    Mesh(weft_api::ListenerMtls, Arc<rustls::ServerConfig>),
+    Mesh(weft_api::ListenerMtls),
     /// TLS with the listener's own certificates.
     Terminate(Arc<rustls::ServerConfig>),
 }

@@ -364,13 +364,25 @@ async fn revocation_by_serial_and_by_identity_applies_with_the_next_snapshot() {
 #[tokio::test]
 async fn revoking_a_client_closes_its_established_connection_once_its_request_finished() {
     let ca = Ca::new("mesh");
-    let app = upstream(|request| async move {
-        if request.uri().path() == "/slow" {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-        }
-        describe("app", request).await
-    })
-    .await;
+    // `/slow` is held by the app until the test releases it, after the revocation.
+    let (arrived, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let app = {
+        let (arrived, release) = (arrived.clone(), release.clone());
+        upstream(move |request| {
+            let (arrived, release) = (arrived.clone(), release.clone());
+            async move {
+                if request.uri().path() == "/slow" {
+                    arrived.notify_one();
+                    release.notified().await;
+                }
+                describe("app", request).await
+            }
+        })
+        .await
+    };
     let strict = "{ mode: strict }";
     let server = start_proxy(&server_yaml(app.addr, strict, "", NO_SECURITY), 1);
     let client = start_proxy(
@@ -386,13 +398,20 @@ async fn revoking_a_client_closes_its_established_connection_once_its_request_fi
 
     // A request in flight on the pooled connection when the client's serial is revoked.
     let in_flight = tokio::spawn(get(outbound, "server", "/slow"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    arrived.notified().await;
     let revoked = server_yaml(app.addr, strict, "", "{ revoked_serials: [\"10:01\"] }");
     server
         .update(weft_api::Snapshot::from_yaml(&revoked).expect("snapshot"))
         .expect("update");
     let revoked_metric = "weft_listener_downstream_cx_revoked_total{listener=\"inbound\"}";
-    assert_eq!(metric(&server, revoked_metric).await, Some(1.0));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&server, revoked_metric).await == Some(1.0)
+        })
+        .await,
+        "the revoked client's connection is being closed"
+    );
+    release.notify_one();
     let reply = in_flight.await.expect("join");
     assert_eq!(
         reply.status,
