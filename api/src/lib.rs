@@ -10,6 +10,8 @@
 //! conversions to and from the domain types (a received snapshot is validated too).
 
 mod duration;
+pub mod parts;
+mod path;
 pub mod pb;
 pub mod snapshot;
 

@@ -29,7 +29,7 @@ mod generated {
     include!("pb/weft.v1.rs");
 }
 
-mod convert;
+pub(crate) mod convert;
 
 pub use convert::InvalidSnapshot;
 pub use generated::*;

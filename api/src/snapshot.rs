@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::{serde_duration, serde_opt_duration};
 
 mod tls;
-mod validate;
+pub(crate) mod validate;
 
 pub use tls::{
     ListenerMtls, MtlsMode, Security, ServerTls, ServerTlsMode, TlsCertificate, UpstreamTls, UpstreamTlsMode,
@@ -34,9 +35,10 @@ pub struct Snapshot {
     /// Named route tables; a listener refers to one by name.
     #[serde(default)]
     pub route_tables: Vec<RouteTable>,
-    /// Upstream clusters; routes forward to them by name.
-    #[serde(default)]
-    pub clusters: Vec<Cluster>,
+    /// Upstream clusters; routes forward to them by name. Shared, so that a snapshot
+    /// assembled from parts (see [`crate::parts`]) reuses the clusters it already holds.
+    #[serde(default, with = "shared_clusters")]
+    pub clusters: Vec<Arc<Cluster>>,
     /// Limits on downstream requests, shared by every listener.
     #[serde(default)]
     pub limits: Limits,
@@ -563,7 +565,7 @@ impl Snapshot {
 
     /// Looks up a cluster by name.
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.clusters.iter().find(|c| c.name == name)
+        self.clusters.iter().find(|c| c.name == name).map(|c| &**c)
     }
 }
 
@@ -571,5 +573,25 @@ impl Listener {
     /// The parsed bind address. Valid after [`Snapshot::validate`].
     pub fn socket_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         self.address.parse()
+    }
+}
+
+/// Serde for `Vec<Arc<Cluster>>`, as a plain sequence of clusters.
+mod shared_clusters {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Cluster;
+
+    pub(super) fn serialize<S: Serializer>(clusters: &[Arc<Cluster>], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(clusters.iter().map(|c| &**c))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Arc<Cluster>>, D::Error> {
+        Ok(Vec::<Cluster>::deserialize(deserializer)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
     }
 }

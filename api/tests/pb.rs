@@ -376,7 +376,10 @@ fn full_snapshot() -> Snapshot {
             },
             sticky,
             by_client,
-        ],
+        ]
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect(),
         limits: Limits {
             max_request_headers_bytes: 16 * 1024,
             max_request_headers_count: 50,
@@ -656,8 +659,9 @@ fn a_wire_snapshot_is_validated() {
     assert_eq!(
         errors,
         [
-            "listeners[1].route_table: no route table named \"missing\"",
+            // Each element's own fields first, then the references between elements.
             "clusters[0].endpoints[0].weight: must be at least 1",
+            "listeners[1].route_table: no route table named \"missing\"",
         ]
     );
     assert!(

@@ -94,17 +94,47 @@ pub struct Compiled {
 /// One node's snapshot as the config stream sends it (see [`Mesh::encoded_for`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
-    /// The encoded `weft.v1.Snapshot`, version included.
-    pub bytes: Vec<u8>,
+    /// The parts, in order: concatenated, their data are the encoded `weft.v1.Snapshot`,
+    /// version included.
+    pub parts: Vec<EncodedPart>,
     /// Its version.
     pub version: String,
     /// The node's Workload as `namespace/name`, when it has one.
     pub workload: Option<String>,
 }
 
-/// The encoded part of a snapshot shared by the nodes of a namespace.
+impl Encoded {
+    /// The whole encoded `weft.v1.Snapshot`: every part's data, concatenated.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.parts.iter().flat_map(|p| p.data.iter().copied()).collect()
+    }
+}
+
+/// One part of an encoded snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedPart {
+    /// A digest of `data` (24 hex digits of its SHA-256); empty for the version part, which
+    /// is always sent.
+    pub digest: Arc<str>,
+    /// The part's encoding (shared between the responses that carry it).
+    pub data: prost::bytes::Bytes,
+}
+
+impl EncodedPart {
+    fn new(data: Vec<u8>) -> Self {
+        use sha2::Digest as _;
+        Self {
+            digest: crate::hex(&sha2::Sha256::digest(&data)[..12]).into(),
+            data: data.into(),
+        }
+    }
+}
+
+/// The encoded parts of a snapshot shared by the nodes of a namespace.
 struct SharedPart {
-    bytes: Vec<u8>,
+    /// The outbound route table (sidecars only), then each service's clusters.
+    parts: Vec<EncodedPart>,
+    /// A digest of the parts' digests.
     digest: [u8; 32],
 }
 
@@ -163,7 +193,7 @@ pub struct Mesh {
     system: SystemFilters,
     registry: Registry,
     /// Every outbound cluster, by name.
-    clusters: Vec<Cluster>,
+    clusters: Vec<Arc<Cluster>>,
     vss: Vec<CompiledVs>,
     /// Mesh-context routes by VirtualService index (`None`: not bound to the mesh).
     mesh_routes: Vec<Option<ContextRoutes>>,
@@ -330,7 +360,7 @@ pub fn compile(store: &Store, options: &CompileOptions) -> Mesh {
         diagnostics,
         system: options.system_filters.clone(),
         registry,
-        clusters: clusters.into_values().collect(),
+        clusters: clusters.into_values().map(Arc::new).collect(),
         vss,
         mesh_routes,
         exact_vs,
@@ -399,22 +429,24 @@ impl Mesh {
 
     /// One node's snapshot encoded for the config stream, with `security`, and its version.
     ///
-    /// The encoding is the concatenation of three protobuf parts, which decode as one
+    /// The encoding is a list of protobuf parts which, concatenated, decode as one
     /// `weft.v1.Snapshot` (protobuf merges concatenated messages: repeated fields append): the
-    /// version; the node's own listeners, route tables, clusters and `security`; and the part
-    /// shared by every node of the namespace (every outbound cluster and the outbound route
-    /// table), encoded once per compiled intent. The version is a digest of the content, so
-    /// equal snapshots get equal versions across controller restarts.
+    /// version; the node's own listeners, route tables, clusters and `security`; then the parts
+    /// shared by every node of the namespace, encoded once per compiled intent: the outbound
+    /// route table, and the clusters of each service (those whose names end in the same
+    /// host), so that a sidecar is sent again only what changed (see `weft_api::parts`). The
+    /// version is a digest of the content, so equal snapshots get equal versions across
+    /// controller restarts.
     pub fn encoded_for(&self, node: &NodeIdentity, security: &weft_api::Security) -> Encoded {
         use prost::Message as _;
         use sha2::Digest as _;
         let parts = self.node_parts(node);
         let mut own = parts.snapshot;
         own.security = security.clone();
-        let own = weft_api::pb::Snapshot::from(&own).encode_to_vec();
+        let own = EncodedPart::new(weft_api::pb::Snapshot::from(&own).encode_to_vec());
         let shared = self.shared_part(&parts.namespace, parts.outbound);
         let mut digest = sha2::Sha256::new();
-        digest.update(&own);
+        digest.update(own.digest.as_bytes());
         digest.update(shared.digest);
         let version = crate::hex(&digest.finalize()[..6]);
         let head = weft_api::pb::Snapshot {
@@ -422,12 +454,15 @@ impl Mesh {
             ..Default::default()
         }
         .encode_to_vec();
-        let mut bytes = Vec::with_capacity(head.len() + own.len() + shared.bytes.len());
-        bytes.extend_from_slice(&head);
-        bytes.extend_from_slice(&own);
-        bytes.extend_from_slice(&shared.bytes);
+        let mut encoded = Vec::with_capacity(shared.parts.len() + 2);
+        encoded.push(EncodedPart {
+            digest: Arc::from(""),
+            data: head.into(),
+        });
+        encoded.push(own);
+        encoded.extend(shared.parts.iter().cloned());
         Encoded {
-            bytes,
+            parts: encoded,
             version,
             workload: parts.workload,
         }
@@ -458,26 +493,39 @@ impl Mesh {
         let encode = |piece: Snapshot, bytes: &mut Vec<u8>| {
             let mut wire = weft_api::pb::Snapshot::from(&piece);
             wire.limits = None;
-            bytes.extend_from_slice(&wire.encode_to_vec());
+            wire.encode(bytes).expect("a Vec grows as needed");
         };
-        let mut bytes = Vec::new();
+        let mut parts = Vec::new();
         if outbound {
             let table = Snapshot {
                 route_tables: vec![self.outbound_table(namespace)],
                 ..Snapshot::default()
             };
+            let mut bytes = Vec::new();
             encode(table, &mut bytes);
+            parts.push(EncodedPart::new(bytes));
         }
+        // One part per service: the clusters whose names end in the same host (`outbound|
+        // 9080|v1|reviews.default.svc.cluster.local`). Endpoints and subsets change per
+        // service, so an edit sends each sidecar that service's part only.
+        let mut by_host: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
         for cluster in &self.clusters {
+            let host = cluster.name.rsplit('|').next().unwrap_or(&cluster.name);
             let piece = Snapshot {
                 clusters: vec![cluster.clone()],
                 ..Snapshot::default()
             };
-            encode(piece, &mut bytes);
+            encode(piece, by_host.entry(host).or_default());
         }
-        bytes.shrink_to_fit();
-        let digest = sha2::Sha256::digest(&bytes).into();
-        let part = Arc::new(SharedPart { bytes, digest });
+        parts.extend(by_host.into_values().map(EncodedPart::new));
+        let mut digest = sha2::Sha256::new();
+        for part in &parts {
+            digest.update(part.digest.as_bytes());
+        }
+        let part = Arc::new(SharedPart {
+            parts,
+            digest: digest.finalize().into(),
+        });
         self.shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -536,7 +584,7 @@ impl Mesh {
                 if let Some(listener) = snapshot.listeners.last_mut() {
                     listener.mtls = Some(mtls);
                 }
-                snapshot.clusters.extend(clusters);
+                snapshot.clusters.extend(clusters.into_iter().map(Arc::new));
             }
         }
         let mut ports: BTreeMap<u16, Vec<(&GatewayInfo, usize)>> = BTreeMap::new();
@@ -892,11 +940,10 @@ mod tests {
         }
     }
 
-    /// The shared part, built a cluster at a time, is byte for byte the encoding of one
-    /// `Snapshot` holding the outbound route table and every cluster (so versions do not
-    /// depend on how it is built).
+    /// The shared parts, built a cluster at a time and cut per service, decode as one
+    /// `Snapshot` holding the outbound route table and every cluster.
     #[test]
-    fn shared_part_is_the_encoding_of_the_whole_part() {
+    fn shared_parts_decode_as_the_whole_shared_part() {
         let mut store = Store::new();
         let mut text = String::new();
         for name in ["a", "b", "c"] {
@@ -935,8 +982,23 @@ mod tests {
             };
             let mut wire = weft_api::pb::Snapshot::from(&whole);
             wire.limits = None;
-            let part = mesh.shared_part("default", outbound);
-            assert_eq!(part.bytes, wire.encode_to_vec(), "outbound: {outbound}");
+            let shared = mesh.shared_part("default", outbound);
+            let bytes: Vec<u8> = shared.parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+            let mut decoded = weft_api::pb::Snapshot::decode(bytes.as_slice()).expect("decodes");
+            // Clusters come grouped by service, not in name order.
+            decoded.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+            assert_eq!(decoded, wire, "outbound: {outbound}");
+            let clusters = &shared.parts[usize::from(outbound)..];
+            for part in clusters {
+                let piece = weft_api::pb::Snapshot::decode(part.data.clone()).expect("a part decodes");
+                let hosts: BTreeSet<&str> = piece
+                    .clusters
+                    .iter()
+                    .map(|c| c.name.rsplit('|').next().unwrap_or(""))
+                    .collect();
+                assert_eq!(hosts.len(), 1, "one service per part: {hosts:?}");
+            }
+            assert_eq!(clusters.len(), 3, "one part per service");
         }
     }
 }

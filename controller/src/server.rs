@@ -5,7 +5,7 @@
 //! [`Published`] intent, sends it when its version differs from the last one sent, and
 //! records ACKs and NACKs in the shared [`Proxies`] table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use weft_api::pb;
 
-use crate::compile::{Mesh, NodeIdentity};
+use crate::compile::{EncodedPart, Mesh, NodeIdentity};
 use crate::diagnostics::Diagnostic;
 
 /// One compiled intent, as the streams see it.
@@ -221,6 +221,54 @@ struct Sent {
     nonce: String,
 }
 
+/// The snapshot parts a sidecar may hold, as far as its stream can tell.
+///
+/// A sidecar holds the parts of the last snapshot it applied (the last response it ACKed),
+/// and nothing at the start of a stream. Responses can be sent before the previous ones are
+/// answered; until they are, the sidecar may end up holding the parts of any of them (if it
+/// ACKs it) or still those of the last ACKed one. A response refers by digest only to parts
+/// in all of those sets.
+#[derive(Default)]
+struct Holdings {
+    /// Digests of the parts of the last response the sidecar ACKed.
+    acked: Vec<Arc<str>>,
+    /// Responses sent and not answered yet, oldest first: nonce and part digests.
+    unanswered: VecDeque<(u64, Vec<Arc<str>>)>,
+}
+
+impl Holdings {
+    /// The digests a response sent now may refer to.
+    fn referable(&self) -> HashSet<&str> {
+        let mut set: HashSet<&str> = self.acked.iter().map(|d| &**d).collect();
+        for (_, parts) in &self.unanswered {
+            let sent: HashSet<&str> = parts.iter().map(|d| &**d).collect();
+            set.retain(|d| sent.contains(d));
+        }
+        set
+    }
+
+    fn sent(&mut self, nonce: u64, parts: &[EncodedPart]) {
+        let digests = parts.iter().filter(|p| !p.digest.is_empty()).map(|p| p.digest.clone());
+        self.unanswered.push_back((nonce, digests.collect()));
+    }
+
+    /// The sidecar answered response `nonce`: it applied it (`acked`), or kept what it held.
+    fn answered(&mut self, nonce: u64, acked: bool) {
+        while let Some((sent, parts)) = self.unanswered.pop_front() {
+            if sent == nonce {
+                if acked {
+                    self.acked = parts;
+                }
+                return;
+            }
+            if sent > nonce {
+                self.unanswered.push_front((sent, parts));
+                return;
+            }
+        }
+    }
+}
+
 impl SidecarStream {
     async fn run(mut self, mut inbound: Streaming<pb::DiscoveryRequest>) {
         let identity = NodeIdentity {
@@ -248,97 +296,189 @@ impl SidecarStream {
         });
         tracing::info!(node = %self.node.id, namespace = %identity.namespace, peer = ?self.peer, "sidecar connected");
         let mut sent: Option<Sent> = None;
+        let mut holdings = Holdings::default();
         let mut nonce = 0u64;
+        // Set when the sidecar lacked parts: send the snapshot again, whole.
+        let mut resend = false;
         self.intent.mark_changed();
         loop {
-            tokio::select! {
-                changed = async {
-                    tokio::select! {
-                        changed = self.intent.changed() => changed,
-                        changed = self.security.changed() => changed,
-                    }
-                } => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let published = self.intent.borrow_and_update().clone();
-                    let security = self.security.borrow_and_update().clone();
-                    let encoded = published.mesh.encoded_for(&identity, &security);
-                    let version = encoded.version;
-                    let workload = encoded.workload.unwrap_or_else(|| "-".to_owned());
-                    // The intent this stream has caught up with; set in the same update as the
-                    // state, so a list never shows SYNCED for an older intent's snapshot.
-                    let intent_version = published.intent_version.clone();
-                    // Not held while the send waits for a slow sidecar: a replaced intent is
-                    // freed as soon as it is replaced.
-                    drop(published);
-                    let current = sent.as_ref().map_or(self.running.as_str(), |s| s.version.as_str());
-                    if current == version {
-                        // First contact with a sidecar that already runs this version.
-                        if sent.is_none() {
-                            self.proxies.update(id, |e| {
-                                e.workload = workload;
-                                e.sent_version = version.clone();
-                                e.acked_version = version.clone();
-                                e.state = pb::SyncState::Synced as i32;
-                                e.intent_version = intent_version;
-                            });
-                            sent = Some(Sent { version, nonce: String::new() });
-                        } else {
-                            self.proxies.update(id, |e| e.intent_version = intent_version);
+            if !resend {
+                tokio::select! {
+                    changed = async {
+                        tokio::select! {
+                            changed = self.intent.changed() => changed,
+                            changed = self.security.changed() => changed,
                         }
-                        continue;
-                    }
-                    nonce += 1;
-                    let response = pb::DiscoveryResponse {
-                        version_info: version.clone(),
-                        nonce: nonce.to_string(),
-                        snapshot: encoded.bytes,
-                    };
-                    if self.tx.send(Ok(response)).await.is_err() {
-                        break;
-                    }
-                    tracing::debug!(node = %self.node.id, %version, "snapshot sent");
-                    self.proxies.update(id, |e| {
-                        e.workload = workload;
-                        e.sent_version = version.clone();
-                        e.state = pb::SyncState::Stale as i32;
-                        e.intent_version = intent_version;
-                    });
-                    sent = Some(Sent { version, nonce: nonce.to_string() });
-                }
-                message = inbound.message() => {
-                    let request = match message {
-                        Ok(Some(request)) => request,
-                        Ok(None) => break,
-                        Err(status) => {
-                            tracing::debug!(node = %self.node.id, %status, "stream error");
+                    } => {
+                        if changed.is_err() {
                             break;
                         }
-                    };
-                    let Some(last) = &sent else { continue };
-                    if request.response_nonce != last.nonce {
-                        continue; // an answer to an older response
                     }
-                    if request.error_detail.is_empty() {
-                        tracing::info!(node = %self.node.id, version = %last.version, "ACK");
-                        self.proxies.update(id, |e| {
-                            e.acked_version = request.version_info.clone();
-                            e.state = pb::SyncState::Synced as i32;
-                            e.last_error.clear();
-                        });
-                    } else {
-                        tracing::warn!(node = %self.node.id, version = %last.version, reason = %request.error_detail, "NACK");
-                        self.proxies.update(id, |e| {
-                            e.acked_version = request.version_info.clone();
-                            e.state = pb::SyncState::Nacked as i32;
-                            e.last_error = request.error_detail.clone();
-                        });
+                    message = inbound.message() => {
+                        let request = match message {
+                            Ok(Some(request)) => request,
+                            Ok(None) => break,
+                            Err(status) => {
+                                tracing::debug!(node = %self.node.id, %status, "stream error");
+                                break;
+                            }
+                        };
+                        resend = self.answered(id, &request, sent.as_ref(), &mut holdings);
+                        continue;
                     }
                 }
             }
+            let published = self.intent.borrow_and_update().clone();
+            let security = self.security.borrow_and_update().clone();
+            let encoded = published.mesh.encoded_for(&identity, &security);
+            let version = encoded.version;
+            let workload = encoded.workload.unwrap_or_else(|| "-".to_owned());
+            // The intent this stream has caught up with; set in the same update as the
+            // state, so a list never shows SYNCED for an older intent's snapshot.
+            let intent_version = published.intent_version.clone();
+            // Not held while the send waits for a slow sidecar: a replaced intent is
+            // freed as soon as it is replaced.
+            drop(published);
+            let current = sent.as_ref().map_or(self.running.as_str(), |s| s.version.as_str());
+            if current == version && !resend {
+                // First contact with a sidecar that already runs this version.
+                if sent.is_none() {
+                    self.proxies.update(id, |e| {
+                        e.workload = workload;
+                        e.sent_version = version.clone();
+                        e.acked_version = version.clone();
+                        e.state = pb::SyncState::Synced as i32;
+                        e.intent_version = intent_version;
+                    });
+                    sent = Some(Sent {
+                        version,
+                        nonce: String::new(),
+                    });
+                } else {
+                    self.proxies.update(id, |e| e.intent_version = intent_version);
+                }
+                continue;
+            }
+            if resend {
+                holdings = Holdings::default();
+                resend = false;
+            }
+            nonce += 1;
+            let referable = holdings.referable();
+            let parts = encoded
+                .parts
+                .iter()
+                .map(|part| pb::SnapshotPart {
+                    digest: part.digest.to_string(),
+                    data: if referable.contains(&*part.digest) {
+                        prost::bytes::Bytes::new()
+                    } else {
+                        part.data.clone()
+                    },
+                })
+                .collect();
+            holdings.sent(nonce, &encoded.parts);
+            let response = pb::DiscoveryResponse {
+                version_info: version.clone(),
+                nonce: nonce.to_string(),
+                parts,
+            };
+            if self.tx.send(Ok(response)).await.is_err() {
+                break;
+            }
+            tracing::debug!(node = %self.node.id, %version, "snapshot sent");
+            self.proxies.update(id, |e| {
+                e.workload = workload;
+                e.sent_version = version.clone();
+                e.state = pb::SyncState::Stale as i32;
+                e.intent_version = intent_version;
+            });
+            sent = Some(Sent {
+                version,
+                nonce: nonce.to_string(),
+            });
         }
         tracing::info!(node = %self.node.id, "sidecar disconnected");
         self.proxies.update(id, |e| e.connected = false);
+    }
+
+    /// Records the sidecar's answer to a response; returns whether the snapshot must be sent
+    /// again whole (the sidecar lacked parts it was sent by digest).
+    fn answered(&self, id: u64, request: &pb::DiscoveryRequest, sent: Option<&Sent>, holdings: &mut Holdings) -> bool {
+        let Ok(nonce) = request.response_nonce.parse::<u64>() else {
+            return false; // not an answer to a response of this stream
+        };
+        let missing = !request.missing_parts.is_empty();
+        holdings.answered(nonce, request.error_detail.is_empty() && !missing);
+        let Some(last) = sent else { return false };
+        if request.response_nonce != last.nonce {
+            return false; // an answer to an older response
+        }
+        if missing {
+            tracing::warn!(node = %self.node.id, version = %last.version, parts = request.missing_parts.len(), "the sidecar lacks snapshot parts; sending it whole");
+            return true;
+        }
+        if request.error_detail.is_empty() {
+            tracing::info!(node = %self.node.id, version = %last.version, "ACK");
+            self.proxies.update(id, |e| {
+                e.acked_version = request.version_info.clone();
+                e.state = pb::SyncState::Synced as i32;
+                e.last_error.clear();
+            });
+        } else {
+            tracing::warn!(node = %self.node.id, version = %last.version, reason = %request.error_detail, "NACK");
+            self.proxies.update(id, |e| {
+                e.acked_version = request.version_info.clone();
+                e.state = pb::SyncState::Nacked as i32;
+                e.last_error = request.error_detail.clone();
+            });
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(digests: &[&str]) -> Vec<EncodedPart> {
+        digests
+            .iter()
+            .map(|d| EncodedPart {
+                digest: Arc::from(*d),
+                data: prost::bytes::Bytes::from_static(b"x"),
+            })
+            .collect()
+    }
+
+    fn sorted(set: HashSet<&str>) -> Vec<&str> {
+        let mut list: Vec<&str> = set.into_iter().collect();
+        list.sort_unstable();
+        list
+    }
+
+    /// With responses in flight, only parts the sidecar holds whichever of them it applies
+    /// may be sent by digest.
+    #[test]
+    fn referable_parts_are_held_in_every_state_the_sidecar_may_be_in() {
+        let mut holdings = Holdings::default();
+        assert!(holdings.referable().is_empty(), "nothing held at the start");
+        holdings.sent(1, &parts(&["", "a", "b"]));
+        assert!(holdings.referable().is_empty(), "not ACKed yet");
+        holdings.answered(1, true);
+        assert_eq!(sorted(holdings.referable()), ["a", "b"]);
+
+        holdings.sent(2, &parts(&["a", "c"]));
+        assert_eq!(sorted(holdings.referable()), ["a"], "b is gone if 2 is applied");
+        holdings.sent(3, &parts(&["a", "b", "d"]));
+        assert_eq!(sorted(holdings.referable()), ["a"]);
+        holdings.answered(2, false); // NACK: the sidecar kept 1's parts
+        assert_eq!(sorted(holdings.referable()), ["a", "b"]);
+        holdings.answered(3, true);
+        assert_eq!(sorted(holdings.referable()), ["a", "b", "d"]);
+
+        // An answer to a response it no longer tracks changes nothing.
+        holdings.answered(2, true);
+        assert_eq!(sorted(holdings.referable()), ["a", "b", "d"]);
     }
 }

@@ -308,7 +308,10 @@ fn controller_memory_after_edits() {
         let mut sidecar = Sidecar::open(&controller).await;
         let first = sidecar.next().await;
         sidecar.answer(&first).await;
-        let (size, mut version) = (first.snapshot.len(), first.version_info);
+        let (size, mut version) = (
+            first.parts.iter().map(|p| p.data.len()).sum::<usize>(),
+            first.version_info,
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         report(&format!("first snapshot ({} KB)", size / 1000));
 
@@ -412,7 +415,7 @@ fn live_memory_by_structure() {
     };
     let encoded = mesh.encoded_for(&node, &weft_api::Security::default());
     live = step(
-        &format!("first encoded_for ({} KB, kept)", encoded.bytes.len() / 1000),
+        &format!("first encoded_for ({} KB, kept)", encoded.bytes().len() / 1000),
         live,
     );
     drop(encoded);

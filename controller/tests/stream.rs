@@ -99,6 +99,89 @@ async fn snapshots_are_versioned_acked_and_nacked() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// After an ACK, a VirtualService edit sends the parts that changed and names the others by
+/// digest; a sidecar that lacks a part gets the whole snapshot again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_sends_only_the_parts_that_changed() {
+    let dir = setup("parts");
+    let controller = start(&dir).await;
+    let mut sidecar = Sidecar::open(&controller, "productpage", &[("app", "productpage")], "").await;
+    let first = sidecar.next_raw(Duration::from_secs(5)).await.expect("first snapshot");
+    assert!(
+        first.parts.iter().all(|p| !p.data.is_empty()),
+        "a new stream holds nothing: every part is sent whole"
+    );
+    assert!(first.parts.len() > 3, "version, own part, routes, a part per service");
+    let held = weft_api::parts::HeldParts::default()
+        .assemble(first.parts.clone())
+        .expect("assembles")
+        .held;
+    sidecar.answer(&first, "").await;
+    status_until(&controller, "productpage", |s| s.state == pb::SyncState::Synced as i32).await;
+
+    std::fs::write(
+        dir.join("intent/vs.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: reviews }\nspec:\n  hosts: [reviews]\n  http: [{ timeout: 2s, route: [{ destination: { host: reviews } }] }]\n",
+    )
+    .expect("write");
+    let second = sidecar.next_raw(Duration::from_secs(5)).await.expect("second snapshot");
+    let size = |r: &pb::DiscoveryResponse| r.parts.iter().map(|p| p.data.len()).sum::<usize>();
+    // Every part the sidecar holds is named by digest, every other part is sent.
+    for part in &second.parts {
+        let held = !part.digest.is_empty() && first.parts.iter().any(|p| p.digest == part.digest);
+        assert_eq!(part.data.is_empty(), held, "part {:?}", part.digest);
+    }
+    let by_digest: Vec<&str> = second
+        .parts
+        .iter()
+        .filter(|p| p.data.is_empty())
+        .map(|p| p.digest.as_str())
+        .collect();
+    assert_eq!(
+        by_digest.len(),
+        second.parts.len() - 2,
+        "only the version and the node's own part (its listeners' filter configs) changed"
+    );
+    // What the sidecar assembles is what the whole snapshot says.
+    let assembled = held.assemble(second.parts.clone()).expect("assembles from held parts");
+    let mut whole = second.clone();
+    for part in &mut whole.parts {
+        if part.data.is_empty() {
+            part.data = first
+                .parts
+                .iter()
+                .find(|p| p.digest == part.digest)
+                .expect("a part sent by digest is one of the first snapshot's")
+                .data
+                .clone();
+        }
+    }
+    let expected = weft_api::Snapshot::try_from(support::decoded(&whole)).expect("valid");
+    assert_eq!(assembled.snapshot, expected);
+    assert_eq!(expected.version, second.version_info);
+
+    // A sidecar that lacks a part says so; the controller sends the same version whole.
+    sidecar
+        .tx
+        .send(pb::DiscoveryRequest {
+            version_info: first.version_info.clone(),
+            response_nonce: second.nonce.clone(),
+            missing_parts: vec![by_digest[0].to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("send");
+    let third = sidecar.next_raw(Duration::from_secs(5)).await.expect("sent again");
+    assert_eq!(third.version_info, second.version_info);
+    assert_ne!(third.nonce, second.nonce);
+    assert!(third.parts.iter().all(|p| !p.data.is_empty()), "sent whole");
+    assert_eq!(size(&third), size(&whole));
+    sidecar.answer(&third, "").await;
+    let synced = status_until(&controller, "productpage", |s| s.state == pb::SyncState::Synced as i32).await;
+    assert_eq!(synced.acked_version, second.version_info);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_workloads_get_nothing() {
     let dir = setup("quiet");

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use weft_api::parts::{HeldParts, PartsError};
 use weft_api::{Snapshot, pb};
 
 use crate::{Proxy, WasmSettings};
@@ -175,6 +176,9 @@ async fn stream_once(proxy: &Proxy, config: &ControlConfig, wasm: &WasmSettings)
         .into_inner();
     tracing::info!(controller = %config.address, node = %config.node_id, "config stream open");
     let mut delivered = false;
+    // The parts of the last snapshot applied on this stream, which later responses may refer
+    // to by digest (the controller assumes none at the start of a stream).
+    let mut held = HeldParts::default();
     loop {
         let response = match responses.message().await {
             Ok(Some(response)) => response,
@@ -187,9 +191,36 @@ async fn stream_once(proxy: &Proxy, config: &ControlConfig, wasm: &WasmSettings)
             }
         };
         delivered = true;
-        let answer = match apply(proxy, config, wasm, response.snapshot).await {
-            Ok(version) => {
+        let assembled = match held.assemble(response.parts) {
+            Ok(assembled) => Ok(assembled),
+            Err(PartsError::Missing(missing)) => {
+                tracing::warn!(version = %response.version_info, parts = missing.len(), "snapshot refers to parts not held; asking for all of it");
+                let answer = pb::DiscoveryRequest {
+                    version_info: proxy.version(),
+                    response_nonce: response.nonce,
+                    missing_parts: missing,
+                    ..Default::default()
+                };
+                if tx.send(answer).await.is_err() {
+                    return Err(Progress {
+                        error: "request channel closed".into(),
+                        delivered,
+                    });
+                }
+                continue;
+            }
+            Err(error) => Err(error_chain(&error)),
+        };
+        let applied = match assembled {
+            Ok(assembled) => apply(proxy, config, wasm, assembled.snapshot)
+                .await
+                .map(|version| (version, assembled.held)),
+            Err(reason) => Err(reason),
+        };
+        let answer = match applied {
+            Ok((version, parts)) => {
                 tracing::info!(%version, "snapshot from the controller applied");
+                held = parts;
                 pb::DiscoveryRequest {
                     version_info: version,
                     response_nonce: response.nonce,
@@ -215,19 +246,13 @@ async fn stream_once(proxy: &Proxy, config: &ControlConfig, wasm: &WasmSettings)
     }
 }
 
-/// Converts, fetches, applies and persists one snapshot; returns its version.
+/// Fetches the modules of, applies and persists one snapshot; returns its version.
 async fn apply(
     proxy: &Proxy,
     config: &ControlConfig,
     wasm: &WasmSettings,
-    snapshot: Vec<u8>,
+    snapshot: Snapshot,
 ) -> Result<String, String> {
-    use prost::Message as _;
-    if snapshot.is_empty() {
-        return Err("the response carries no snapshot".to_owned());
-    }
-    let snapshot = pb::Snapshot::decode(snapshot.as_slice()).map_err(|e| format!("cannot decode the snapshot: {e}"))?;
-    let snapshot = Snapshot::try_from(snapshot).map_err(|e| format!("invalid snapshot: {}", error_chain(&e)))?;
     fetch_modules(&snapshot, wasm).await?;
     let version = snapshot.version.clone();
     proxy.update(snapshot.clone()).map_err(|e| error_chain(&e))?;

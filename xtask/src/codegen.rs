@@ -60,6 +60,8 @@ fn generate(root: &Path, out_dir: &Path) -> anyhow::Result<()> {
         .build_transport(false)
         // Deterministic encoding: map entries are written in key order.
         .btree_map(".")
+        // Parts of a snapshot are shared by many responses: `Bytes`, not copies.
+        .bytes(".weft.v1.SnapshotPart.data")
         .emit_rerun_if_changed(false)
         .out_dir(out_dir)
         .compile_fds(descriptors)

@@ -8,13 +8,15 @@
 //! number out of range), and then runs [`Snapshot::validate`](domain::Snapshot::validate).
 
 use std::borrow::Cow;
-use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_yaml::Value;
 
+use crate::path::Path;
 use crate::pb;
+use crate::snapshot::validate::Offsets;
 use crate::snapshot::{self as domain, LoadError};
 
 /// Why a wire snapshot was refused. Every variant names the path of the offending field
@@ -51,45 +53,6 @@ pub enum InvalidSnapshot {
     Validation(LoadError),
 }
 
-/// The path of a field, built on the stack while converting and formatted only on error:
-/// `listeners[0].filters[2].config_json`.
-#[derive(Clone, Copy)]
-enum Path<'a> {
-    /// The snapshot itself.
-    Root,
-    /// A field of the parent.
-    Field(&'a Path<'a>, &'static str),
-    /// An element of a repeated field of the parent.
-    Index(&'a Path<'a>, &'static str, usize),
-}
-
-impl Path<'_> {
-    fn field(&self, name: &'static str) -> Path<'_> {
-        Path::Field(self, name)
-    }
-
-    fn index(&self, name: &'static str, index: usize) -> Path<'_> {
-        Path::Index(self, name, index)
-    }
-}
-
-impl fmt::Display for Path<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (parent, name) = match self {
-            Path::Root => return Ok(()),
-            Path::Field(parent, name) | Path::Index(parent, name, _) => (parent, name),
-        };
-        if !matches!(parent, Path::Root) {
-            write!(f, "{parent}.")?;
-        }
-        f.write_str(name)?;
-        if let Path::Index(_, _, index) = self {
-            write!(f, "[{index}]")?;
-        }
-        Ok(())
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Domain to wire.
 
@@ -99,7 +62,7 @@ impl From<&domain::Snapshot> for pb::Snapshot {
             version: snapshot.version.clone(),
             listeners: snapshot.listeners.iter().map(listener_to_pb).collect(),
             route_tables: snapshot.route_tables.iter().map(route_table_to_pb).collect(),
-            clusters: snapshot.clusters.iter().map(cluster_to_pb).collect(),
+            clusters: snapshot.clusters.iter().map(|c| cluster_to_pb(c)).collect(),
             limits: Some(limits_to_pb(&snapshot.limits)),
             security: (!snapshot.security.is_empty()).then(|| pb::Security {
                 trust_bundle: snapshot.security.trust_bundle.clone(),
@@ -337,38 +300,54 @@ impl TryFrom<pb::Snapshot> for domain::Snapshot {
 
     /// Converts a received snapshot and validates it; see [`InvalidSnapshot`].
     fn try_from(wire: pb::Snapshot) -> Result<Self, Self::Error> {
-        let root = Path::Root;
-        let snapshot = domain::Snapshot {
-            version: wire.version,
-            listeners: collect(wire.listeners, &root, "listeners", listener_from_pb)?,
-            route_tables: collect(wire.route_tables, &root, "route_tables", route_table_from_pb)?,
-            clusters: collect(wire.clusters, &root, "clusters", cluster_from_pb)?,
-            limits: wire.limits.map(limits_from_pb).unwrap_or_default(),
-            security: wire
-                .security
-                .map(|security| domain::Security {
-                    trust_bundle: security.trust_bundle,
-                    revoked_serials: security.revoked_serials,
-                    revoked_identities: security.revoked_identities,
-                })
-                .unwrap_or_default(),
-        };
+        let snapshot = snapshot_from_pb(wire, Offsets::default())?;
         snapshot.validate().map_err(InvalidSnapshot::Validation)?;
         Ok(snapshot)
     }
 }
 
-/// Converts every element of a repeated field, each with its indexed path.
+/// Converts a wire snapshot, or a part of one whose elements sit at `offsets` in the whole,
+/// without validating it. Unset `limits` and `security` become the defaults.
+pub(crate) fn snapshot_from_pb(wire: pb::Snapshot, offsets: Offsets) -> Result<domain::Snapshot, InvalidSnapshot> {
+    let root = Path::Root;
+    Ok(domain::Snapshot {
+        version: wire.version,
+        listeners: collect(wire.listeners, &root, "listeners", offsets.listeners, listener_from_pb)?,
+        route_tables: collect(
+            wire.route_tables,
+            &root,
+            "route_tables",
+            offsets.route_tables,
+            route_table_from_pb,
+        )?,
+        clusters: collect(wire.clusters, &root, "clusters", offsets.clusters, |c, path| {
+            cluster_from_pb(c, path).map(Arc::new)
+        })?,
+        limits: wire.limits.map(limits_from_pb).unwrap_or_default(),
+        security: wire
+            .security
+            .map(|security| domain::Security {
+                trust_bundle: security.trust_bundle,
+                revoked_serials: security.revoked_serials,
+                revoked_identities: security.revoked_identities,
+            })
+            .unwrap_or_default(),
+    })
+}
+
+/// Converts every element of a repeated field, each with its indexed path (the first at
+/// index `first`).
 fn collect<W, D>(
     items: Vec<W>,
     parent: &Path<'_>,
     name: &'static str,
+    first: usize,
     convert: impl Fn(W, Path<'_>) -> Result<D, InvalidSnapshot>,
 ) -> Result<Vec<D>, InvalidSnapshot> {
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| convert(item, parent.index(name, i)))
+        .map(|(i, item)| convert(item, parent.index(name, first + i)))
         .collect()
 }
 
@@ -379,7 +358,7 @@ fn listener_from_pb(wire: pb::Listener, path: Path<'_>) -> Result<domain::Listen
         kind: enum_from_pb::<pb::ListenerKind>(wire.kind, path.field("kind"))?.into(),
         protocol: enum_from_pb::<pb::ListenerProtocol>(wire.protocol, path.field("protocol"))?.into(),
         route_table: wire.route_table,
-        filters: collect(wire.filters, &path, "filters", filter_from_pb)?,
+        filters: collect(wire.filters, &path, "filters", 0, filter_from_pb)?,
         mtls: match wire.mtls {
             Some(mtls) => Some(listener_mtls_from_pb(mtls, path.field("mtls"))?),
             None => None,
@@ -443,11 +422,11 @@ fn filter_from_pb(wire: pb::FilterConfig, path: Path<'_>) -> Result<domain::Filt
 fn route_table_from_pb(wire: pb::RouteTable, path: Path<'_>) -> Result<domain::RouteTable, InvalidSnapshot> {
     Ok(domain::RouteTable {
         name: wire.name,
-        virtual_hosts: collect(wire.virtual_hosts, &path, "virtual_hosts", |vhost, path| {
+        virtual_hosts: collect(wire.virtual_hosts, &path, "virtual_hosts", 0, |vhost, path| {
             Ok(domain::VirtualHost {
                 name: vhost.name,
                 domains: vhost.domains,
-                routes: collect(vhost.routes, &path, "routes", route_from_pb)?,
+                routes: collect(vhost.routes, &path, "routes", 0, route_from_pb)?,
             })
         })?,
     })

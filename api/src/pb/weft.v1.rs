@@ -1301,9 +1301,14 @@ pub struct DiscoveryRequest {
     /// Set when the sidecar rejected the response (a NACK): why.
     #[prost(string, tag = "4")]
     pub error_detail: ::prost::alloc::string::String,
+    /// Digests of parts the response referred to that the sidecar does not hold. Not an ACK
+    /// nor a NACK: the sidecar runs what it ran, and the controller sends the snapshot again
+    /// with every part's data.
+    #[prost(string, repeated, tag = "5")]
+    pub missing_parts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// From controller to sidecar: the snapshot to run.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DiscoveryResponse {
     /// Version of the snapshot (also in snapshot.version).
     #[prost(string, tag = "1")]
@@ -1311,11 +1316,27 @@ pub struct DiscoveryResponse {
     /// Unique per response; the ACK or NACK names it.
     #[prost(string, tag = "2")]
     pub nonce: ::prost::alloc::string::String,
-    /// Everything the sidecar runs: an encoded weft.v1.Snapshot. The controller sends it as
-    /// the concatenation of encoded parts (the version, the node's own resources, the part its
-    /// namespace shares, encoded once), which protobuf decodes as one message.
-    #[prost(bytes = "vec", tag = "3")]
-    pub snapshot: ::prost::alloc::vec::Vec<u8>,
+    /// Everything the sidecar runs, in parts: concatenated, the parts' data are one encoded
+    /// weft.v1.Snapshot (protobuf merges concatenated messages: repeated fields append). The
+    /// controller cuts it where sidecars share content (the version; the node's own
+    /// listeners, route tables, clusters and security; the outbound route table of its
+    /// namespace; the clusters of each service), so that a part the sidecar already holds
+    /// is sent as its digest alone. A sidecar holds the parts of the last snapshot it applied
+    /// (ACKed) on this stream, and nothing at the start of a stream.
+    #[prost(message, repeated, tag = "4")]
+    pub parts: ::prost::alloc::vec::Vec<SnapshotPart>,
+}
+/// One part of a snapshot.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SnapshotPart {
+    /// Names the part's content (a hex digest of its data); "" for a part that is always sent
+    /// whole, such as the version.
+    #[prost(string, tag = "1")]
+    pub digest: ::prost::alloc::string::String,
+    /// The part's encoding; empty when the sidecar holds the part from its last applied
+    /// snapshot (then `digest` names it).
+    #[prost(bytes = "bytes", tag = "2")]
+    pub data: ::prost::bytes::Bytes,
 }
 /// Request for ListProxies.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,10 +1,17 @@
 //! Snapshot validation: every problem is reported with the path of the field it is about.
+//!
+//! Two kinds of checks, which run apart when a snapshot arrives in parts (see
+//! [`crate::parts`]): the *contents* of each listener, route table and cluster on its own,
+//! run once per part when it is received, and the *references* between them (unique names
+//! and addresses, a listener's route table, a route's cluster and subset, a route's disabled
+//! filters), run on the assembled whole. [`validate`] runs both.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 
-use super::{HeaderMatch, LbPolicy, PathMatch, Route, Snapshot};
+use super::{Cluster, HeaderMatch, LbPolicy, PathMatch, Route, Snapshot};
+use crate::path::Path;
 
 /// One problem in a snapshot, with the path of the field (`clusters[0].endpoints[1].address`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,79 +58,90 @@ fn join(errors: &[ValidationError]) -> String {
 }
 
 #[derive(Default)]
-struct Errors(Vec<ValidationError>);
+pub(crate) struct Errors(pub(crate) Vec<ValidationError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    fn push(&mut self, path: impl fmt::Display, message: impl Into<String>) {
         self.0.push(ValidationError {
-            path: path.into(),
+            path: path.to_string(),
             message: message.into(),
         });
     }
+
+    pub(crate) fn into_result(self) -> Result<(), LoadError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(LoadError::Invalid(self.0))
+        }
+    }
+}
+
+/// Where a part's listeners, route tables and clusters sit in the whole snapshot, so that
+/// errors found in a part carry the path of the field in the whole.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Offsets {
+    pub(crate) listeners: usize,
+    pub(crate) route_tables: usize,
+    pub(crate) clusters: usize,
 }
 
 pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
     let mut errors = Errors::default();
-    let mut names = HashSet::new();
-    let mut addresses = HashSet::new();
-    let tables: HashSet<&str> = snapshot.route_tables.iter().map(|t| t.name.as_str()).collect();
-    let clusters: HashSet<&str> = snapshot.clusters.iter().map(|c| c.name.as_str()).collect();
+    check_contents(&mut errors, snapshot, Offsets::default());
+    check_references(&mut errors, snapshot);
+    errors.into_result()
+}
 
+/// Checks every element of `snapshot` on its own: all but the references between elements.
+pub(crate) fn check_contents(errors: &mut Errors, snapshot: &Snapshot, offsets: Offsets) {
+    let root = Path::Root;
     for (i, serial) in snapshot.security.revoked_serials.iter().enumerate() {
         if crate::normalize_serial(serial).is_none() {
             errors.push(
-                format!("security.revoked_serials[{i}]"),
+                root.field("security").index("revoked_serials", i),
                 format!("{serial:?} is not a hex serial number"),
             );
         }
     }
     for (i, listener) in snapshot.listeners.iter().enumerate() {
-        let path = format!("listeners[{i}]");
-        check_name(&mut errors, &path, &listener.name, &mut names);
-        match listener.address.parse::<SocketAddr>() {
-            Ok(addr) => {
-                if addr.port() != 0 && !addresses.insert(addr) {
-                    errors.push(format!("{path}.address"), format!("{addr} is used by another listener"));
-                }
-            }
-            Err(_) => errors.push(
-                format!("{path}.address"),
+        let path = root.index("listeners", offsets.listeners + i);
+        if listener.name.is_empty() {
+            errors.push(path.field("name"), "a name is required");
+        }
+        if listener.address.parse::<SocketAddr>().is_err() {
+            errors.push(
+                path.field("address"),
                 format!("{:?} is not an ip:port socket address", listener.address),
-            ),
+            );
         }
         if listener.mtls.is_some() && listener.tls.is_some() {
-            errors.push(format!("{path}.tls"), "set only one of mtls and tls");
+            errors.push(path.field("tls"), "set only one of mtls and tls");
         }
         if let Some(tls) = &listener.tls {
             if tls.certificates.is_empty() {
                 errors.push(
-                    format!("{path}.tls.certificates"),
+                    path.field("tls").field("certificates"),
                     "at least one certificate is required",
                 );
             }
             if tls.mode == crate::ServerTlsMode::Mutual && tls.client_ca.is_none() {
-                errors.push(format!("{path}.tls.client_ca"), "required with mode mutual");
+                errors.push(path.field("tls").field("client_ca"), "required with mode mutual");
             }
-        }
-        if !tables.contains(listener.route_table.as_str()) {
-            errors.push(
-                format!("{path}.route_table"),
-                format!("no route table named {:?}", listener.route_table),
-            );
         }
         let mut filter_names = HashSet::new();
         for (j, filter) in listener.filters.iter().enumerate() {
-            let filter_path = format!("{path}.filters[{j}]");
+            let path = path.index("filters", j);
             match (&filter.native, &filter.wasm) {
                 (Some(_), None) => {}
                 (None, Some(wasm)) => {
                     let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
                     if wasm.sha256.len() != 64 || !wasm.sha256.bytes().all(hex) {
-                        errors.push(format!("{filter_path}.wasm.sha256"), "must be 64 lowercase hex digits");
+                        errors.push(path.field("wasm").field("sha256"), "must be 64 lowercase hex digits");
                     }
                     match (wasm.file.is_empty(), wasm.url.is_empty()) {
-                        (true, true) => errors.push(format!("{filter_path}.wasm"), "set one of file and url"),
-                        (false, false) => errors.push(format!("{filter_path}.wasm"), "set only one of file and url"),
+                        (true, true) => errors.push(path.field("wasm"), "set one of file and url"),
+                        (false, false) => errors.push(path.field("wasm"), "set only one of file and url"),
                         _ => {}
                     }
                     if !wasm.url.is_empty()
@@ -132,134 +150,46 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
                             .any(|s| wasm.url.starts_with(s))
                     {
                         errors.push(
-                            format!("{filter_path}.wasm.url"),
+                            path.field("wasm").field("url"),
                             "must start with oci://, file://, http:// or https://",
                         );
                     }
                 }
-                _ => errors.push(filter_path.clone(), "set exactly one of native and wasm"),
+                _ => errors.push(path, "set exactly one of native and wasm"),
             }
-            check_name(
-                &mut errors,
-                &format!("{path}.filters[{j}]"),
-                &filter.name,
-                &mut filter_names,
-            );
+            check_name(errors, path, &filter.name, &mut filter_names);
         }
     }
 
-    let mut table_names = HashSet::new();
     for (i, table) in snapshot.route_tables.iter().enumerate() {
-        let path = format!("route_tables[{i}]");
-        check_name(&mut errors, &path, &table.name, &mut table_names);
+        let path = root.index("route_tables", offsets.route_tables + i);
+        if table.name.is_empty() {
+            errors.push(path.field("name"), "a name is required");
+        }
         let mut domains = HashSet::new();
         for (j, vhost) in table.virtual_hosts.iter().enumerate() {
-            let path = format!("{path}.virtual_hosts[{j}]");
+            let path = path.index("virtual_hosts", j);
             if vhost.domains.is_empty() {
-                errors.push(format!("{path}.domains"), "at least one domain is required");
+                errors.push(path.field("domains"), "at least one domain is required");
             }
             for (k, domain) in vhost.domains.iter().enumerate() {
-                let path = format!("{path}.domains[{k}]");
-                let lower = domain.to_ascii_lowercase();
+                let path = path.index("domains", k);
                 if domain.is_empty() {
                     errors.push(path, "a domain may not be empty");
                 } else if domain.len() > 1 && domain[1..domain.len() - 1].contains('*') {
                     errors.push(path, "a wildcard may only start or end a domain");
-                } else if !domains.insert(lower) {
+                } else if !domains.insert(domain.to_ascii_lowercase()) {
                     errors.push(path, format!("{domain:?} is already served by another virtual host"));
                 }
             }
             for (k, route) in vhost.routes.iter().enumerate() {
-                check_route(&mut errors, &format!("{path}.routes[{k}]"), route, snapshot, &clusters);
+                check_route(errors, path.index("routes", k), route);
             }
         }
     }
 
-    let mut cluster_names = HashSet::new();
     for (i, cluster) in snapshot.clusters.iter().enumerate() {
-        let path = format!("clusters[{i}]");
-        check_name(&mut errors, &path, &cluster.name, &mut cluster_names);
-        let mut endpoint_addresses = HashSet::new();
-        for (j, endpoint) in cluster.endpoints.iter().enumerate() {
-            let path = format!("{path}.endpoints[{j}]");
-            match endpoint.address.parse::<SocketAddr>() {
-                Ok(addr) if addr.port() == 0 => errors.push(format!("{path}.address"), "port 0 cannot be connected to"),
-                Ok(addr) => {
-                    if !endpoint_addresses.insert(addr) {
-                        errors.push(format!("{path}.address"), format!("{addr} is listed twice"));
-                    }
-                }
-                Err(_) => errors.push(
-                    format!("{path}.address"),
-                    format!("{:?} is not an ip:port socket address", endpoint.address),
-                ),
-            }
-            if endpoint.weight == 0 {
-                errors.push(format!("{path}.weight"), "must be at least 1");
-            }
-        }
-        match (&cluster.lb_policy, &cluster.hash_on) {
-            (LbPolicy::RingHash, None) => errors.push(
-                format!("{path}.hash_on"),
-                "ring_hash needs hash_on (header, cookie or source_ip)",
-            ),
-            (LbPolicy::RingHash, Some(h)) => {
-                let set = usize::from(h.header.is_some()) + usize::from(h.cookie.is_some()) + usize::from(h.source_ip);
-                if set != 1 {
-                    errors.push(
-                        format!("{path}.hash_on"),
-                        "exactly one of header, cookie, source_ip must be set",
-                    );
-                }
-            }
-            (_, Some(_)) => errors.push(format!("{path}.hash_on"), "only used with lb_policy ring_hash"),
-            (_, None) => {}
-        }
-        if cluster.connect_timeout.is_zero() {
-            errors.push(format!("{path}.connect_timeout"), "must be greater than zero");
-        }
-        let cb = &cluster.circuit_breakers;
-        for (field, value) in [
-            ("max_connections", cb.max_connections),
-            ("max_pending_requests", cb.max_pending_requests),
-            ("max_requests", cb.max_requests),
-        ] {
-            if value == 0 {
-                errors.push(format!("{path}.circuit_breakers.{field}"), "must be at least 1");
-            }
-        }
-        if let Some(hc) = &cluster.health_check {
-            let path = format!("{path}.health_check");
-            if !hc.path.starts_with('/') {
-                errors.push(format!("{path}.path"), "must start with '/'");
-            }
-            if hc.interval.is_zero() {
-                errors.push(format!("{path}.interval"), "must be greater than zero");
-            }
-            if hc.timeout.is_zero() {
-                errors.push(format!("{path}.timeout"), "must be greater than zero");
-            }
-            if hc.healthy_threshold == 0 {
-                errors.push(format!("{path}.healthy_threshold"), "must be at least 1");
-            }
-            if hc.unhealthy_threshold == 0 {
-                errors.push(format!("{path}.unhealthy_threshold"), "must be at least 1");
-            }
-        }
-        if let Some(od) = &cluster.outlier_detection {
-            if od.max_ejection_percent > 100 {
-                errors.push(
-                    format!("{path}.outlier_detection.max_ejection_percent"),
-                    "must be at most 100",
-                );
-            }
-            if od.base_ejection_time.is_zero() {
-                errors.push(
-                    format!("{path}.outlier_detection.base_ejection_time"),
-                    "must be greater than zero",
-                );
-            }
-        }
+        check_cluster(errors, root.index("clusters", offsets.clusters + i), cluster);
     }
 
     let limits = &snapshot.limits;
@@ -272,91 +202,215 @@ pub(super) fn validate(snapshot: &Snapshot) -> Result<(), LoadError> {
     if limits.http2_max_concurrent_streams == 0 {
         errors.push("limits.http2_max_concurrent_streams", "must be at least 1");
     }
-
-    if errors.0.is_empty() {
-        Ok(())
-    } else {
-        Err(LoadError::Invalid(errors.0))
-    }
 }
 
-fn check_name<'a>(errors: &mut Errors, path: &str, name: &'a str, seen: &mut HashSet<&'a str>) {
-    if name.is_empty() {
-        errors.push(format!("{path}.name"), "a name is required");
-    } else if !seen.insert(name) {
-        errors.push(format!("{path}.name"), format!("{name:?} is used twice"));
+fn check_cluster(errors: &mut Errors, path: Path<'_>, cluster: &Cluster) {
+    if cluster.name.is_empty() {
+        errors.push(path.field("name"), "a name is required");
     }
-}
-
-fn check_route(errors: &mut Errors, path: &str, route: &Route, snapshot: &Snapshot, clusters: &HashSet<&str>) {
-    for (i, name) in route.disabled_filters.iter().enumerate() {
-        let known = snapshot
-            .listeners
-            .iter()
-            .flat_map(|l| &l.filters)
-            .any(|f| &f.name == name);
-        if !known {
-            errors.push(
-                format!("{path}.disabled_filters[{i}]"),
-                format!("no filter named {name:?}"),
-            );
+    let mut endpoint_addresses = HashSet::new();
+    for (j, endpoint) in cluster.endpoints.iter().enumerate() {
+        let path = path.index("endpoints", j);
+        match endpoint.address.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => errors.push(path.field("address"), "port 0 cannot be connected to"),
+            Ok(addr) => {
+                if !endpoint_addresses.insert(addr) {
+                    errors.push(path.field("address"), format!("{addr} is listed twice"));
+                }
+            }
+            Err(_) => errors.push(
+                path.field("address"),
+                format!("{:?} is not an ip:port socket address", endpoint.address),
+            ),
+        }
+        if endpoint.weight == 0 {
+            errors.push(path.field("weight"), "must be at least 1");
         }
     }
+    match (&cluster.lb_policy, &cluster.hash_on) {
+        (LbPolicy::RingHash, None) => errors.push(
+            path.field("hash_on"),
+            "ring_hash needs hash_on (header, cookie or source_ip)",
+        ),
+        (LbPolicy::RingHash, Some(h)) => {
+            let set = usize::from(h.header.is_some()) + usize::from(h.cookie.is_some()) + usize::from(h.source_ip);
+            if set != 1 {
+                errors.push(
+                    path.field("hash_on"),
+                    "exactly one of header, cookie, source_ip must be set",
+                );
+            }
+        }
+        (_, Some(_)) => errors.push(path.field("hash_on"), "only used with lb_policy ring_hash"),
+        (_, None) => {}
+    }
+    if cluster.connect_timeout.is_zero() {
+        errors.push(path.field("connect_timeout"), "must be greater than zero");
+    }
+    let cb = &cluster.circuit_breakers;
+    for (field, value) in [
+        ("max_connections", cb.max_connections),
+        ("max_pending_requests", cb.max_pending_requests),
+        ("max_requests", cb.max_requests),
+    ] {
+        if value == 0 {
+            errors.push(path.field("circuit_breakers").field(field), "must be at least 1");
+        }
+    }
+    if let Some(hc) = &cluster.health_check {
+        let path = path.field("health_check");
+        if !hc.path.starts_with('/') {
+            errors.push(path.field("path"), "must start with '/'");
+        }
+        for (field, value) in [("interval", hc.interval), ("timeout", hc.timeout)] {
+            if value.is_zero() {
+                errors.push(path.field(field), "must be greater than zero");
+            }
+        }
+        for (field, value) in [
+            ("healthy_threshold", hc.healthy_threshold),
+            ("unhealthy_threshold", hc.unhealthy_threshold),
+        ] {
+            if value == 0 {
+                errors.push(path.field(field), "must be at least 1");
+            }
+        }
+    }
+    if let Some(od) = &cluster.outlier_detection {
+        let path = path.field("outlier_detection");
+        if od.max_ejection_percent > 100 {
+            errors.push(path.field("max_ejection_percent"), "must be at most 100");
+        }
+        if od.base_ejection_time.is_zero() {
+            errors.push(path.field("base_ejection_time"), "must be greater than zero");
+        }
+    }
+}
+
+/// Checks what ties the elements of `snapshot` together: unique names and listener
+/// addresses, and every reference resolved (listener → route table, route → cluster and
+/// subset, route → disabled filter).
+pub(crate) fn check_references(errors: &mut Errors, snapshot: &Snapshot) {
+    let root = Path::Root;
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    let mut tables = HashSet::new();
+    for (i, table) in snapshot.route_tables.iter().enumerate() {
+        check_unique(errors, root.index("route_tables", i), &table.name, &mut tables);
+    }
+    let mut filters = HashSet::new();
+    for (i, listener) in snapshot.listeners.iter().enumerate() {
+        let path = root.index("listeners", i);
+        check_unique(errors, path, &listener.name, &mut names);
+        if let Ok(addr) = listener.address.parse::<SocketAddr>()
+            && addr.port() != 0
+            && !addresses.insert(addr)
+        {
+            errors.push(path.field("address"), format!("{addr} is used by another listener"));
+        }
+        if !tables.contains(listener.route_table.as_str()) {
+            errors.push(
+                path.field("route_table"),
+                format!("no route table named {:?}", listener.route_table),
+            );
+        }
+        filters.extend(listener.filters.iter().map(|f| f.name.as_str()));
+    }
+    let mut clusters = HashMap::with_capacity(snapshot.clusters.len());
+    for (i, cluster) in snapshot.clusters.iter().enumerate() {
+        let path = root.index("clusters", i);
+        if !cluster.name.is_empty() && clusters.insert(cluster.name.as_str(), &**cluster).is_some() {
+            errors.push(path.field("name"), format!("{:?} is used twice", cluster.name));
+        }
+    }
+    for (i, table) in snapshot.route_tables.iter().enumerate() {
+        let path = root.index("route_tables", i);
+        for (j, vhost) in table.virtual_hosts.iter().enumerate() {
+            let path = path.index("virtual_hosts", j);
+            for (k, route) in vhost.routes.iter().enumerate() {
+                check_route_references(errors, path.index("routes", k), route, &clusters, &filters);
+            }
+        }
+    }
+}
+
+fn check_unique<'a>(errors: &mut Errors, path: Path<'_>, name: &'a str, seen: &mut HashSet<&'a str>) {
+    if !name.is_empty() && !seen.insert(name) {
+        errors.push(path.field("name"), format!("{name:?} is used twice"));
+    }
+}
+
+fn check_name<'a>(errors: &mut Errors, path: Path<'_>, name: &'a str, seen: &mut HashSet<&'a str>) {
+    if name.is_empty() {
+        errors.push(path.field("name"), "a name is required");
+    } else {
+        check_unique(errors, path, name, seen);
+    }
+}
+
+fn check_route_references(
+    errors: &mut Errors,
+    path: Path<'_>,
+    route: &Route,
+    clusters: &HashMap<&str, &Cluster>,
+    filters: &HashSet<&str>,
+) {
+    for (i, name) in route.disabled_filters.iter().enumerate() {
+        if !filters.contains(name.as_str()) {
+            errors.push(path.index("disabled_filters", i), format!("no filter named {name:?}"));
+        }
+    }
+    let Some(forward) = &route.forward else { return };
+    let path = path.field("forward");
+    match clusters.get(forward.cluster.as_str()) {
+        None => errors.push(path.field("cluster"), format!("no cluster named {:?}", forward.cluster)),
+        Some(cluster) if !forward.subset.is_empty() && !cluster.endpoints.is_empty() => {
+            let any = cluster
+                .endpoints
+                .iter()
+                .any(|e| forward.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+            // An empty subset is legal (endpoints may come later) but almost always a typo
+            // while endpoints are static; say so rather than serve 503s silently.
+            if !any {
+                errors.push(path.field("subset"), "no endpoint of the cluster carries these labels");
+            }
+        }
+        Some(_) => {}
+    }
+}
+
+fn check_route(errors: &mut Errors, path: Path<'_>, route: &Route) {
     if let Some(p) = &route.matches.path {
-        check_path_match(errors, &format!("{path}.match.path"), p);
+        check_path_match(errors, path.field("match").field("path"), p);
     }
     for (i, header) in route.matches.headers.iter().enumerate() {
-        check_header_match(errors, &format!("{path}.match.headers[{i}]"), header);
+        check_header_match(errors, path.field("match").index("headers", i), header);
     }
     match (&route.forward, &route.direct_response) {
         (Some(forward), None) => {
-            let path = format!("{path}.forward");
-            if !clusters.contains(forward.cluster.as_str()) {
-                errors.push(
-                    format!("{path}.cluster"),
-                    format!("no cluster named {:?}", forward.cluster),
-                );
-            } else if !forward.subset.is_empty() {
-                let cluster = snapshot.cluster(&forward.cluster);
-                let any = cluster.is_some_and(|c| {
-                    c.endpoints
-                        .iter()
-                        .any(|e| forward.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
-                });
-                // An empty subset is legal (endpoints may come later) but almost always a typo
-                // while endpoints are static; say so rather than serve 503s silently.
-                if !any && cluster.is_some_and(|c| !c.endpoints.is_empty()) {
-                    errors.push(
-                        format!("{path}.subset"),
-                        "no endpoint of the cluster carries these labels",
-                    );
-                }
-            }
+            let path = path.field("forward");
             if let Some(rewrite) = &forward.prefix_rewrite {
                 if route.matches.path.as_ref().is_none_or(|p| p.prefix.is_none()) {
-                    errors.push(format!("{path}.prefix_rewrite"), "needs a prefix path match");
+                    errors.push(path.field("prefix_rewrite"), "needs a prefix path match");
                 } else if !rewrite.starts_with('/') {
-                    errors.push(format!("{path}.prefix_rewrite"), "must start with '/'");
+                    errors.push(path.field("prefix_rewrite"), "must start with '/'");
                 }
             }
             if forward.timeout.is_some_and(|t| t.is_zero()) {
-                errors.push(
-                    format!("{path}.timeout"),
-                    "must be greater than zero (omit it for none)",
-                );
+                errors.push(path.field("timeout"), "must be greater than zero (omit it for none)");
             }
             if let Some(host) = &forward.host_rewrite
                 && http_authority_invalid(host)
             {
-                errors.push(
-                    format!("{path}.host_rewrite"),
-                    format!("{host:?} is not a valid authority"),
-                );
+                errors.push(path.field("host_rewrite"), format!("{host:?} is not a valid authority"));
             }
         }
         (None, Some(direct)) => {
             if !(100..=599).contains(&direct.status) {
-                errors.push(format!("{path}.direct_response.status"), "must be between 100 and 599");
+                errors.push(
+                    path.field("direct_response").field("status"),
+                    "must be between 100 and 599",
+                );
             }
         }
         (Some(_), Some(_)) => errors.push(path, "set only one of forward and direct_response"),
@@ -371,29 +425,26 @@ fn http_authority_invalid(host: &str) -> bool {
             .any(|b| b.is_ascii_whitespace() || b == b'/' || b.is_ascii_control())
 }
 
-fn check_path_match(errors: &mut Errors, path: &str, m: &PathMatch) {
+fn check_path_match(errors: &mut Errors, path: Path<'_>, m: &PathMatch) {
     let set = usize::from(m.exact.is_some()) + usize::from(m.prefix.is_some()) + usize::from(m.regex.is_some());
     if set != 1 {
         errors.push(path, "exactly one of exact, prefix, regex must be set");
     }
     if let Some(re) = &m.regex {
-        check_regex(errors, &format!("{path}.regex"), re);
+        check_regex(errors, path.field("regex"), re);
     }
 }
 
-fn check_header_match(errors: &mut Errors, path: &str, m: &HeaderMatch) {
+fn check_header_match(errors: &mut Errors, path: Path<'_>, m: &HeaderMatch) {
     if http_header_name_invalid(&m.name) {
-        errors.push(
-            format!("{path}.name"),
-            format!("{:?} is not a valid header name", m.name),
-        );
+        errors.push(path.field("name"), format!("{:?} is not a valid header name", m.name));
     }
     let set = usize::from(m.exact.is_some()) + usize::from(m.prefix.is_some()) + usize::from(m.regex.is_some());
     if set > 1 {
         errors.push(path, "at most one of exact, prefix, regex may be set");
     }
     if let Some(re) = &m.regex {
-        check_regex(errors, &format!("{path}.regex"), re);
+        check_regex(errors, path.field("regex"), re);
     }
 }
 
@@ -404,7 +455,7 @@ fn http_header_name_invalid(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn check_regex(errors: &mut Errors, path: &str, re: &str) {
+fn check_regex(errors: &mut Errors, path: Path<'_>, re: &str) {
     if let Err(e) = regex::Regex::new(re) {
         errors.push(path, format!("invalid regular expression: {e}"));
     }

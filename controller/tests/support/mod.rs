@@ -64,10 +64,13 @@ pub(crate) async fn channel(controller: &Controller) -> tonic::transport::Channe
         .expect("connects")
 }
 
-/// One simulated sidecar stream.
+/// One simulated sidecar stream. It holds the parts of the last response it ACKed, as a
+/// sidecar does, and fills in the parts later responses send by digest.
 pub(crate) struct Sidecar {
     pub(crate) tx: tokio::sync::mpsc::Sender<pb::DiscoveryRequest>,
     pub(crate) rx: tonic::Streaming<pb::DiscoveryResponse>,
+    /// Data of the parts held, by digest.
+    pub(crate) held: std::collections::HashMap<String, prost::bytes::Bytes>,
 }
 
 impl Sidecar {
@@ -90,17 +93,48 @@ impl Sidecar {
             .await
             .expect("stream opens")
             .into_inner();
-        Self { tx, rx }
+        Self {
+            tx,
+            rx,
+            held: Default::default(),
+        }
     }
 
+    /// The next response, with the data of every part it sent by digest filled in from the
+    /// parts held (it panics on a part not held).
     pub(crate) async fn next(&mut self, within: Duration) -> Option<pb::DiscoveryResponse> {
+        let mut response = self.next_raw(within).await?;
+        for part in &mut response.parts {
+            if part.data.is_empty() {
+                part.data = self
+                    .held
+                    .get(&part.digest)
+                    .unwrap_or_else(|| panic!("the response refers to part {:?}, not held", part.digest))
+                    .clone();
+            }
+        }
+        Some(response)
+    }
+
+    /// The next response as sent.
+    pub(crate) async fn next_raw(&mut self, within: Duration) -> Option<pb::DiscoveryResponse> {
         tokio::time::timeout(within, self.rx.message())
             .await
             .ok()
             .and_then(|m| m.expect("stream ok"))
     }
 
-    pub(crate) async fn answer(&self, response: &pb::DiscoveryResponse, error: &str) {
+    /// ACKs (`error` empty) or NACKs `response`, as returned by [`Sidecar::next`]; an ACK
+    /// makes its parts the ones held.
+    pub(crate) async fn answer(&mut self, response: &pb::DiscoveryResponse, error: &str) {
+        if error.is_empty() {
+            self.held = response
+                .parts
+                .iter()
+                .filter(|p| !p.digest.is_empty())
+                .map(|p| (p.digest.clone(), p.data.clone()))
+                .collect();
+        }
         self.tx
             .send(pb::DiscoveryRequest {
                 version_info: response.version_info.clone(),
@@ -116,5 +150,6 @@ impl Sidecar {
 /// The snapshot a response carries, decoded.
 pub(crate) fn decoded(response: &pb::DiscoveryResponse) -> pb::Snapshot {
     use prost::Message as _;
-    pb::Snapshot::decode(response.snapshot.as_slice()).expect("the snapshot decodes")
+    let bytes: Vec<u8> = response.parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+    pb::Snapshot::decode(bytes.as_slice()).expect("the snapshot decodes")
 }

@@ -165,8 +165,9 @@ async fn sidecar(fleet: Arc<Fleet>, index: usize, node: pb::Node, connect: Conne
     fleet.wake.notify_one();
 }
 
-/// The stream of one simulated sidecar: hello, then for every response, convert and validate
-/// the snapshot and ACK it (NACK it when invalid).
+/// The stream of one simulated sidecar: hello, then for every response, assemble the snapshot
+/// from its parts and the parts held, convert and validate it (`weft_api::parts`, as
+/// weft-proxy does) and ACK it (NACK it when invalid).
 async fn sidecar_stream(fleet: &Fleet, index: usize, node: pb::Node, connect: Connect) -> anyhow::Result<()> {
     let channel = match connect {
         Connect::Shared(channel) => channel,
@@ -188,15 +189,25 @@ async fn sidecar_stream(fleet: &Fleet, index: usize, node: pb::Node, connect: Co
         .context("opening the config stream")?
         .into_inner();
     let mut running = String::new();
+    let mut held = weft_api::parts::HeldParts::default();
     while let Some(response) = responses.message().await.context("reading the config stream")? {
         let received = Instant::now();
         let bytes = response.encoded_len();
         let nonce = response.nonce.clone();
         let checking = Instant::now();
-        let checked = weft_api::pb::Snapshot::decode(response.snapshot.as_slice())
-            .context("the snapshot does not decode")
-            .and_then(|snapshot| weft_api::Snapshot::try_from(snapshot).context("invalid snapshot"));
+        let checked = match held.assemble(response.parts) {
+            Ok(assembled) => Ok(assembled),
+            Err(weft_api::parts::PartsError::Missing(missing)) => anyhow::bail!(
+                "the controller referred to {} parts this sidecar does not hold",
+                missing.len()
+            ),
+            Err(error) => Err(anyhow::Error::new(error).context("invalid snapshot")),
+        };
         let validate = checking.elapsed();
+        let checked = checked.map(|assembled| {
+            held = assembled.held;
+            assembled.snapshot
+        });
         let answer = match &checked {
             Ok(snapshot) => pb::DiscoveryRequest {
                 version_info: snapshot.version.clone(),
