@@ -140,9 +140,10 @@ impl Report<'_> {
              registry on; {pinning}; all on 127.0.0.1. Mesh: {} Services in namespace `default`, each with {} \
              Workloads (half `version: v1`, half `v2`, each with a sidecar), a DestinationRule with subsets v1/v2 and a \
              VirtualService splitting 50/50 — {} workloads, one intent file per Service and one per VirtualService. \
-             {} config streams (node id = workload name), {connections}. Each simulated sidecar decodes every snapshot, \
-             converts and validates it (`weft_api::Snapshot::try_from`, as weft-proxy does before applying) and ACKs \
-             it; it does not apply it. {} round(s), each editing one VirtualService file (weights shifted by 10).\n",
+             {} config streams (node id = workload name), {connections}. Each simulated sidecar assembles every snapshot \
+             from the parts sent and the parts it holds, decoding, converting and validating what is new \
+             (`weft_api::parts::HeldParts::assemble`, as weft-proxy does before applying) and ACKs it; it does not \
+             apply it. {} round(s), each editing one VirtualService file (weights shifted by 10).\n",
             push.services,
             WORKLOADS_PER_SERVICE,
             thousands(push.streams as f64),
@@ -229,7 +230,7 @@ impl Report<'_> {
         let _ = writeln!(
             out,
             "Per pushed snapshot (medians of the rounds, divided by the streams): controller CPU {:.2} ms \
-             ({:.2} user + {:.2} system); simulated sidecar CPU {:.2} ms, of which converting and validating {:.2} ms.\n",
+             ({:.2} user + {:.2} system); simulated sidecar CPU {:.2} ms, of which assembling and validating {:.2} ms.\n",
             per_push(&|r| ticks_ms(r.controller_cpu.total(), clk)),
             per_push(&|r| ticks_ms(r.controller_cpu.user, clk)),
             per_push(&|r| ticks_ms(r.controller_cpu.system, clk)),
@@ -445,7 +446,7 @@ impl Report<'_> {
              `sent_version` = `acked_version` = the version the sidecar ACKed.\n\
              - **pushed**: encoded bytes of the round's responses, all streams. **controller CPU** / **sidecars CPU**: \
              user + system time from `/proc/PID/stat` (ticks of {} Hz) from the write to the last ACK; **validate** is \
-             the sidecars' `Snapshot::try_from` time, summed over streams.\n\
+             the sidecars' `HeldParts::assemble` time, summed over streams.\n\
              - **other load**: CPU used by processes outside the benchmark during the round, in percent of one CPU; \
              before each round the harness waits for it to drop below {:.0}%, and repeats a round during which it \
              passed that (up to {} times).\n\
