@@ -23,6 +23,22 @@ use crate::listener::ListenerSockets;
 use crate::pool::Pools;
 use crate::stats::ListenerStats;
 
+/// Keeps a timer pending on the worker's runtime, a few seconds ahead, for as long as it runs.
+///
+/// tokio's timer wakes its own driver (an `eventfd` write, and one more `epoll_wait` return)
+/// whenever a timer is registered that expires before the driver's next planned wake-up, and
+/// with no timer pending, any timer does. hyper registers its header-read timeout (30 s) anew
+/// for every request on an HTTP/1.1 connection, so an otherwise idle worker paid that wake-up
+/// on almost every request. With this timer pending, those registrations expire later than
+/// the planned wake-up and cost no system call.
+async fn keep_a_timer_pending() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// Runs worker `id` until `shutdown` carries a drain deadline; returns once drained.
 pub(crate) fn run(
     id: usize,
@@ -31,6 +47,7 @@ pub(crate) fn run(
 ) -> std::io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
+        let keeper = tokio::spawn(keep_a_timer_pending());
         let context = Arc::new(WorkerContext {
             id,
             generation: generation.clone(),
@@ -68,6 +85,7 @@ pub(crate) fn run(
         } else {
             tracing::debug!(worker = id, open, "drained");
         }
+        keeper.abort();
     });
     Ok(())
 }
