@@ -24,6 +24,7 @@ pub mod series;
 pub mod wire;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use weft_sdk::proxy_wasm::hostcalls;
@@ -62,6 +63,71 @@ thread_local! {
     // One VM per worker, single-threaded: these are per VM.
     static LOCAL_WORKLOAD: RefCell<Option<Rc<Workload>>> = const { RefCell::new(None) };
     static SERIES: RefCell<SeriesCache<SeriesIds>> = RefCell::new(SeriesCache::new(MAX_SERIES));
+    static FACTS: RefCell<FactsCache> = RefCell::new(FactsCache::default());
+}
+
+/// Everything a request's label set depends on besides the configuration and the local
+/// workload: requests with equal facts have the same series. Looking these up spares a
+/// request computing 25 labels and rendering and hashing a label string of several hundred
+/// bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FactsKey {
+    host: String,
+    cluster: Option<String>,
+    grpc: bool,
+    response_code: u16,
+    grpc_status: Option<String>,
+    code_details: String,
+    flags_override: Option<String>,
+    mtls: bool,
+    peer_principal: Option<String>,
+}
+
+impl FactsKey {
+    fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            host: &self.host,
+            cluster: self.cluster.as_deref(),
+            grpc: self.grpc,
+            response_code: self.response_code,
+            grpc_status: self.grpc_status.as_deref(),
+            code_details: &self.code_details,
+            flags_override: self.flags_override.as_deref(),
+            mtls: self.mtls,
+            peer_principal: self.peer_principal.as_deref(),
+        }
+    }
+}
+
+/// Most request facts one VM remembers the ids of; past it, requests with new facts compute
+/// their labels every time (their series are still bounded by [`MAX_SERIES`]).
+const MAX_FACTS: usize = 4 * MAX_SERIES;
+
+/// Metric ids by request facts, for one configuration (a new configuration starts afresh: the
+/// reporter and extra labels are part of the series).
+#[derive(Default)]
+struct FactsCache {
+    config: Option<Rc<Config>>,
+    ids: HashMap<FactsKey, SeriesIds>,
+}
+
+impl FactsCache {
+    fn get(&self, config: &Rc<Config>, key: &FactsKey) -> Option<SeriesIds> {
+        match &self.config {
+            Some(cached) if Rc::ptr_eq(cached, config) => self.ids.get(key).copied(),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, config: &Rc<Config>, key: &FactsKey, ids: SeriesIds) {
+        if !self.config.as_ref().is_some_and(|cached| Rc::ptr_eq(cached, config)) {
+            self.config = Some(config.clone());
+            self.ids.clear();
+        }
+        if self.ids.len() < MAX_FACTS {
+            self.ids.insert(key.clone(), ids);
+        }
+    }
 }
 
 /// One request's telemetry: what it must remember from the header phases until the log phase
@@ -122,26 +188,22 @@ impl HttpContext for Telemetry {
         if self.config.disable_metrics && !self.config.access_log {
             return;
         }
-        let host = string_property(&["request", "host"]).unwrap_or_default();
-        let cluster = string_property(&["weft", "cluster"]);
-        let code_details = string_property(&["response", "code_details"]).unwrap_or_default();
-        let flags_override = string_property(&RESPONSE_FLAGS_PROPERTY);
-        let peer_principal = string_property(&["source", "principal"]);
-        let facts = RequestFacts {
-            host: &host,
-            cluster: cluster.as_deref(),
+        let key = FactsKey {
+            host: string_property(&["request", "host"]).unwrap_or_default(),
+            cluster: string_property(&["weft", "cluster"]),
             grpc: self.grpc,
             response_code: int_property(&["response", "code"])
                 .and_then(|c| u16::try_from(c).ok())
                 .unwrap_or(0),
-            grpc_status: self.grpc_status.as_deref(),
-            code_details: &code_details,
-            flags_override: flags_override.as_deref(),
+            grpc_status: self.grpc_status.clone(),
+            code_details: string_property(&["response", "code_details"]).unwrap_or_default(),
+            flags_override: string_property(&RESPONSE_FLAGS_PROPERTY),
             mtls: property(&["connection", "mtls"])
                 .and_then(|b| wire::decode_bool(&b))
                 .unwrap_or(false),
-            peer_principal: peer_principal.as_deref(),
+            peer_principal: string_property(&["source", "principal"]),
         };
+        let facts = key.facts();
         let unsigned = |path: &[&str]| int_property(path).map_or(0, |v| u64::try_from(v).unwrap_or(0));
         let duration_ms = unsigned(&["request", "duration"]) / 1_000_000;
         // `request.size` is the declared Content-Length; counting covers chunked bodies.
@@ -149,7 +211,7 @@ impl HttpContext for Telemetry {
         let bytes_sent = unsigned(&["response", "size"]);
 
         if !self.config.disable_metrics {
-            self.record_metrics(&facts, duration_ms, bytes_received, bytes_sent);
+            self.record_metrics(&key, duration_ms, bytes_received, bytes_sent);
         }
         if self.config.access_log {
             self.write_access_log(&facts, duration_ms, bytes_received, bytes_sent);
@@ -158,7 +220,26 @@ impl HttpContext for Telemetry {
 }
 
 impl Telemetry {
-    fn record_metrics(&self, facts: &RequestFacts<'_>, duration_ms: u64, bytes_received: u64, bytes_sent: u64) {
+    fn record_metrics(&self, key: &FactsKey, duration_ms: u64, bytes_received: u64, bytes_sent: u64) {
+        let cached = FACTS.with(|cache| cache.borrow().get(&self.config, key));
+        let ids = match cached {
+            Some(ids) => ids,
+            None => {
+                let ids = self.series_ids(&key.facts());
+                FACTS.with(|cache| cache.borrow_mut().insert(&self.config, key, ids));
+                ids
+            }
+        };
+        // Id 0 (a name the host refused) answers NotFound: nothing to do about it per request.
+        let _ = hostcalls::increment_metric(ids.requests, 1);
+        let _ = hostcalls::record_metric(ids.duration, duration_ms);
+        let _ = hostcalls::record_metric(ids.request_bytes, bytes_received);
+        let _ = hostcalls::record_metric(ids.response_bytes, bytes_sent);
+    }
+
+    /// The metric ids of the label set of `facts`: computes the labels, renders the series
+    /// and looks it up (defining it the first time).
+    fn series_ids(&self, facts: &RequestFacts<'_>) -> SeriesIds {
         let config = &self.config;
         let local = local_workload();
         let series = labels::compute(config.reporter, &local, facts, true).series(&config.extra_labels);
@@ -173,12 +254,7 @@ impl Telemetry {
                 ),
             );
         }
-        let ids = lookup.ids();
-        // Id 0 (a name the host refused) answers NotFound: nothing to do about it per request.
-        let _ = hostcalls::increment_metric(ids.requests, 1);
-        let _ = hostcalls::record_metric(ids.duration, duration_ms);
-        let _ = hostcalls::record_metric(ids.request_bytes, bytes_received);
-        let _ = hostcalls::record_metric(ids.response_bytes, bytes_sent);
+        lookup.ids()
     }
 
     fn write_access_log(&self, facts: &RequestFacts<'_>, duration_ms: u64, bytes_received: u64, bytes_sent: u64) {
@@ -274,3 +350,52 @@ fn log(level: LogLevel, message: &str) {
 }
 
 weft_sdk::filter!(Telemetry);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(code: u16) -> FactsKey {
+        FactsKey {
+            host: "reviews:9080".to_owned(),
+            cluster: Some("outbound|9080||reviews".to_owned()),
+            grpc: false,
+            response_code: code,
+            grpc_status: None,
+            code_details: "via_upstream".to_owned(),
+            flags_override: None,
+            mtls: true,
+            peer_principal: None,
+        }
+    }
+
+    fn ids(n: u32) -> SeriesIds {
+        SeriesIds {
+            requests: n,
+            duration: n,
+            request_bytes: n,
+            response_bytes: n,
+        }
+    }
+
+    #[test]
+    fn facts_map_to_ids_per_configuration() {
+        let config =
+            || Rc::new(serde_json::from_str::<Config>(r#"{"reporter": "destination"}"#).expect("a configuration"));
+        let (first, second) = (config(), config());
+        let mut cache = FactsCache::default();
+        cache.insert(&first, &key(200), ids(1));
+        cache.insert(&first, &key(503), ids(2));
+        assert_eq!(cache.get(&first, &key(200)).map(|i| i.requests), Some(1));
+        assert_eq!(cache.get(&first, &key(503)).map(|i| i.requests), Some(2));
+        assert!(cache.get(&first, &key(404)).is_none());
+        // Another configuration (another reporter, other extra labels) has other series.
+        assert!(cache.get(&second, &key(200)).is_none());
+        cache.insert(&second, &key(200), ids(3));
+        assert_eq!(cache.get(&second, &key(200)).map(|i| i.requests), Some(3));
+        assert!(
+            cache.get(&first, &key(503)).is_none(),
+            "the old configuration's ids are gone"
+        );
+    }
+}
