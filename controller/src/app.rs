@@ -193,13 +193,13 @@ impl Controller {
         );
         let certificates = CertificateService::new(
             authority,
-            bootstrap,
+            bootstrap.clone(),
             ledger.clone(),
             intent_rx.clone(),
             config.workload_cert_ttl,
         );
 
-        let services = Services::new(intent_rx.clone(), ledger.security());
+        let services = Services::new(intent_rx.clone(), ledger.security(), bootstrap);
         let listener = tokio::net::TcpListener::bind(config.grpc_address)
             .await
             .with_context(|| format!("binding the gRPC services to {}", config.grpc_address))?;

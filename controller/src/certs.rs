@@ -89,6 +89,35 @@ impl Bootstrap {
     }
 }
 
+/// The workload (`<namespace>/<name>`) a request's bootstrap credential proves, `None` when it
+/// carries none (neither `authorization` nor the workload header).
+///
+/// # Errors
+/// `UNAUTHENTICATED` when a credential is there but malformed or wrong.
+pub(crate) fn credential(
+    bootstrap: &Bootstrap,
+    metadata: &tonic::metadata::MetadataMap,
+) -> Result<Option<String>, Status> {
+    let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
+    if metadata.get("authorization").is_none() && metadata.get(WORKLOAD_HEADER).is_none() {
+        return Ok(None);
+    }
+    let workload =
+        text(WORKLOAD_HEADER).ok_or_else(|| Status::unauthenticated(format!("missing {WORKLOAD_HEADER} metadata")))?;
+    let token = text("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("missing bearer credential"))?;
+    let (namespace, name) = workload
+        .split_once('/')
+        .ok_or_else(|| Status::unauthenticated(format!("{WORKLOAD_HEADER} must be <namespace>/<workload>")))?;
+    if !bootstrap.verify(namespace, name, token) {
+        return Err(Status::unauthenticated(format!(
+            "bad credential for workload {workload}"
+        )));
+    }
+    Ok(Some(workload.to_owned()))
+}
+
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
@@ -131,21 +160,9 @@ impl CertificateService {
     /// Who the request comes from: the workload named in its metadata, if its token matches
     /// and the intent knows it.
     fn authenticate<T>(&self, request: &Request<T>) -> Result<(Identity, String), Status> {
-        let metadata = request.metadata();
-        let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok());
-        let workload = text(WORKLOAD_HEADER)
-            .ok_or_else(|| Status::unauthenticated(format!("missing {WORKLOAD_HEADER} metadata")))?;
-        let token = text("authorization")
-            .and_then(|v| v.strip_prefix("Bearer "))
+        let workload = credential(&self.bootstrap, request.metadata())?
             .ok_or_else(|| Status::unauthenticated("missing bearer credential"))?;
-        let (namespace, name) = workload
-            .split_once('/')
-            .ok_or_else(|| Status::unauthenticated(format!("{WORKLOAD_HEADER} must be <namespace>/<workload>")))?;
-        if !self.bootstrap.verify(namespace, name, token) {
-            return Err(Status::unauthenticated(format!(
-                "bad credential for workload {workload}"
-            )));
-        }
+        let (namespace, name) = workload.split_once('/').unwrap_or_default();
         let published = self.intent.borrow().clone();
         let known = published
             .mesh

@@ -437,12 +437,23 @@ impl Mesh {
     /// host), so that a sidecar is sent again only what changed (see `weft_api::parts`). The
     /// version is a digest of the content, so equal snapshots get equal versions across
     /// controller restarts.
-    pub fn encoded_for(&self, node: &NodeIdentity, security: &weft_api::Security) -> Encoded {
+    ///
+    /// Without `secrets` (a node that did not prove it is its workload) the private keys of
+    /// its listeners' TLS certificates are left out: a gateway then cannot serve HTTPS and
+    /// NACKs the snapshot, rather than its keys going to whoever asks with its name.
+    pub fn encoded_for(&self, node: &NodeIdentity, security: &weft_api::Security, secrets: bool) -> Encoded {
         use prost::Message as _;
         use sha2::Digest as _;
         let parts = self.node_parts(node);
         let mut own = parts.snapshot;
         own.security = security.clone();
+        if !secrets {
+            for tls in own.listeners.iter_mut().filter_map(|l| l.tls.as_mut()) {
+                for certificate in &mut tls.certificates {
+                    certificate.private_key.clear();
+                }
+            }
+        }
         let own = EncodedPart::new(weft_api::pb::Snapshot::from(&own).encode_to_vec());
         let shared = self.shared_part(&parts.namespace, parts.outbound);
         let mut digest = sha2::Sha256::new();

@@ -92,16 +92,26 @@ fn unix_ms() -> i64 {
 pub struct Services {
     intent: watch::Receiver<Arc<Published>>,
     security: watch::Receiver<Arc<weft_api::Security>>,
+    bootstrap: Arc<crate::certs::Bootstrap>,
     proxies: Arc<Proxies>,
 }
 
 impl Services {
     /// Services reading intent from `intent`; every snapshot carries `security` (the trust
     /// bundle and revocations), and a change of either is pushed.
-    pub fn new(intent: watch::Receiver<Arc<Published>>, security: watch::Receiver<Arc<weft_api::Security>>) -> Self {
+    ///
+    /// `bootstrap` checks the credential a stream may carry (the workload's bootstrap token,
+    /// as for a CSR): only a stream proven to be its node's workload is sent private keys (a
+    /// gateway's TLS certificates); any other is sent its snapshot without them.
+    pub fn new(
+        intent: watch::Receiver<Arc<Published>>,
+        security: watch::Receiver<Arc<weft_api::Security>>,
+        bootstrap: Arc<crate::certs::Bootstrap>,
+    ) -> Self {
         Self {
             intent,
             security,
+            bootstrap,
             proxies: Arc::new(Proxies::default()),
         }
     }
@@ -131,6 +141,7 @@ impl pb::discovery_server::Discovery for Services {
         request: Request<Streaming<pb::DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let peer = request.remote_addr();
+        let authenticated = crate::certs::credential(&self.bootstrap, request.metadata())?;
         let mut inbound = request.into_inner();
         let hello = inbound
             .message()
@@ -143,8 +154,18 @@ impl pb::discovery_server::Discovery for Services {
         if node.id.is_empty() {
             return Err(Status::invalid_argument("node.id is required"));
         }
+        let namespace = if node.namespace.is_empty() {
+            "default"
+        } else {
+            &node.namespace
+        };
+        let secrets = authenticated.as_deref() == Some(&*format!("{namespace}/{}", node.id));
+        if let Some(workload) = authenticated.as_deref().filter(|_| !secrets) {
+            tracing::warn!(node = %node.id, %namespace, credential = %workload, "the stream's credential is another workload's; private keys are withheld");
+        }
         let (tx, rx) = mpsc::channel(4);
         let stream = SidecarStream {
+            secrets,
             node,
             peer,
             running: hello.version_info.clone(),
@@ -205,6 +226,8 @@ fn to_pb_diagnostic(d: &Diagnostic) -> pb::Diagnostic {
 
 /// One sidecar's stream.
 struct SidecarStream {
+    /// Whether the stream proved it is its node's workload: only then are private keys sent.
+    secrets: bool,
     node: pb::Node,
     peer: Option<SocketAddr>,
     /// The version the sidecar says it runs.
@@ -330,7 +353,7 @@ impl SidecarStream {
             }
             let published = self.intent.borrow_and_update().clone();
             let security = self.security.borrow_and_update().clone();
-            let encoded = published.mesh.encoded_for(&identity, &security);
+            let encoded = published.mesh.encoded_for(&identity, &security, self.secrets);
             let version = encoded.version;
             let workload = encoded.workload.unwrap_or_else(|| "-".to_owned());
             // The intent this stream has caught up with; set in the same update as the

@@ -156,6 +156,54 @@ async fn bad_credentials_and_unknown_workloads_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The config stream checks a credential it carries as the Certificates service does: a wrong
+/// token is refused, the right one (or none) opens the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_stream_with_a_bad_credential_is_refused() {
+    let dir = setup("certs-stream");
+    let controller = start(&dir).await;
+    let open = |token: Option<String>| {
+        let controller = &controller;
+        async move {
+            let (tx, requests) = tokio::sync::mpsc::channel(4);
+            tx.send(pb::DiscoveryRequest {
+                node: Some(pb::Node {
+                    id: "productpage".into(),
+                    namespace: "default".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("hello");
+            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
+            if let Some(token) = token {
+                let metadata = request.metadata_mut();
+                metadata.insert("x-weft-workload", "default/productpage".parse().expect("ascii"));
+                metadata.insert("authorization", format!("Bearer {token}").parse().expect("ascii"));
+            }
+            let opened = pb::discovery_client::DiscoveryClient::new(channel(controller).await)
+                .stream_snapshots(request)
+                .await;
+            match opened {
+                Ok(response) => {
+                    let mut stream = response.into_inner();
+                    let first = tokio::time::timeout(Duration::from_secs(5), stream.message()).await;
+                    first.expect("in time").map(|r| r.is_some())
+                }
+                Err(status) => Err(status),
+            }
+        }
+    };
+    let reviews = token(&dir, "reviews-v1").await;
+    let status = open(Some(reviews)).await.expect_err("another workload's token");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status}");
+    let productpage = token(&dir, "productpage").await;
+    assert!(open(Some(productpage)).await.expect("its own token"), "a snapshot");
+    assert!(open(None).await.expect("no credential"), "a snapshot");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ca_survives_a_controller_restart() {
     let dir = setup("certs-restart");

@@ -413,14 +413,14 @@ fn live_memory_by_structure() {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
     };
-    let encoded = mesh.encoded_for(&node, &weft_api::Security::default());
+    let encoded = mesh.encoded_for(&node, &weft_api::Security::default(), true);
     live = step(
         &format!("first encoded_for ({} KB, kept)", encoded.bytes().len() / 1000),
         live,
     );
     drop(encoded);
     live = step("  its bytes dropped (shared part stays cached)", live);
-    let again = mesh.encoded_for(&node, &weft_api::Security::default());
+    let again = mesh.encoded_for(&node, &weft_api::Security::default(), true);
     live = step("second encoded_for (the part cached)", live);
     drop(again);
     live = step("  dropped", live);

@@ -146,11 +146,8 @@ spec:
         "{}",
         controller.log()
     );
-    let state = dir.path().join("state-gateway");
-    let gateway = Process::spawn(
-        "gateway",
-        &binaries().proxy,
-        &[
+    let gateway_args = |state: &std::path::Path| -> Vec<String> {
+        vec![
             "--controller".into(),
             format!("http://127.0.0.1:{grpc}"),
             "--node-id".into(),
@@ -165,9 +162,39 @@ spec:
             state.display().to_string(),
             "--module-dir".into(),
             state.join("modules").display().to_string(),
-        ],
+        ]
+    };
+
+    // A process that says it is the gateway but has no credential is not sent the private key:
+    // it cannot serve HTTPS and refuses the snapshot.
+    let impostor = Process::spawn(
+        "impostor",
+        &binaries().proxy,
+        &gateway_args(&dir.path().join("state-impostor")),
         dir.path(),
     );
+    let refused = eventually(Duration::from_secs(30), || {
+        let log = impostor.log();
+        (log.contains("snapshot refused") && log.contains("private_key: empty")).then_some(())
+    });
+    assert!(
+        refused.is_some(),
+        "the impostor applied the snapshot:\n{}",
+        impostor.log()
+    );
+    assert!(!impostor.log().contains("BEGIN PRIVATE KEY"), "{}", impostor.log());
+    drop(impostor);
+
+    // The gateway proves it is the gateway Workload with its bootstrap token.
+    let token = dir.path().join("controller/bootstrap/istio-system/gateway.token");
+    assert!(
+        eventually(Duration::from_secs(20), || token.is_file().then_some(())).is_some(),
+        "no bootstrap token for the gateway:\n{}",
+        controller.log()
+    );
+    let mut args = gateway_args(&dir.path().join("state-gateway"));
+    args.extend(["--bootstrap-token".to_owned(), token.display().to_string()]);
+    let gateway = Process::spawn("gateway", &binaries().proxy, &args, dir.path());
     let address = SocketAddr::from(([127, 0, 0, 1], gateway_port));
     assert!(
         wait_listening(address, Duration::from_secs(60)),

@@ -32,6 +32,11 @@ pub struct ControlConfig {
     pub metadata: BTreeMap<String, String>,
     /// Where the last good snapshot is kept.
     pub state_dir: PathBuf,
+    /// The bootstrap credential the stream carries, as a CSR does: the workload
+    /// (`<namespace>/<workload>`) and the file holding its token (read at every connect). The
+    /// controller sends private keys (a gateway's TLS certificates) only to a stream that
+    /// proves it is its node's workload.
+    pub credential: Option<(String, PathBuf)>,
 }
 
 impl ControlConfig {
@@ -169,8 +174,21 @@ async fn stream_once(proxy: &Proxy, config: &ControlConfig, wasm: &WasmSettings)
     tx.send(hello)
         .await
         .map_err(|_| failed("request channel closed".into()))?;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some((workload, token_file)) = &config.credential {
+        let token = std::fs::read_to_string(token_file)
+            .map_err(|e| failed(format!("cannot read the token file {}: {e}", token_file.display())))?;
+        let value = |text: &str| {
+            text.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+                .map_err(|_| failed("the workload name or token is not ASCII".to_owned()))
+        };
+        request.metadata_mut().insert("x-weft-workload", value(workload)?);
+        request
+            .metadata_mut()
+            .insert("authorization", value(&format!("Bearer {}", token.trim()))?);
+    }
     let mut responses = client
-        .stream_snapshots(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .stream_snapshots(request)
         .await
         .map_err(|e| failed(format!("stream refused: {e}")))?
         .into_inner();

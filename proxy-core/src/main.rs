@@ -50,8 +50,9 @@ struct Args {
     state_dir: Option<PathBuf>,
     /// The workload's bootstrap token file (issued by the controller: in local mode
     /// `<data-dir>/bootstrap/<namespace>/<workload>.token`). With it, the sidecar gets its
-    /// workload certificate from the controller's CA and renews it at half-life; see `/certs`
-    /// on the admin API. Needs `--controller`.
+    /// workload certificate from the controller's CA and renews it at half-life (see `/certs`
+    /// on the admin API), and its config stream proves its workload, which a gateway needs to
+    /// be sent its TLS private keys. Needs `--controller`.
     #[arg(long, value_name = "FILE", requires = "controller")]
     bootstrap_token: Option<PathBuf>,
     /// A fixed workload certificate chain (PEM, the workload certificate first) instead of
@@ -137,6 +138,13 @@ fn key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The workload the bootstrap token was issued for: `--workload`, else `<namespace>/<node id>`.
+fn workload(args: &Args) -> String {
+    args.workload
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", args.namespace, args.node_id))
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
@@ -155,14 +163,15 @@ fn main() -> anyhow::Result<()> {
             .state_dir
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join(format!("weft-proxy-{}", args.node_id))),
+        credential: args
+            .bootstrap_token
+            .clone()
+            .map(|token_file| (workload(&args), token_file)),
     });
     let identity = match (&control, &args.bootstrap_token) {
         (Some(control), Some(token_file)) => Some(weft_proxy::identity::IdentityConfig {
             address: control.address.clone(),
-            workload: args
-                .workload
-                .clone()
-                .unwrap_or_else(|| format!("{}/{}", args.namespace, args.node_id)),
+            workload: workload(&args),
             token_file: token_file.clone(),
             validity: args.cert_ttl.unwrap_or_default(),
             rotate_at: 0.5,

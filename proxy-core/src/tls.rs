@@ -841,6 +841,14 @@ pub(crate) fn listener_config(
     for (i, certificate) in tls.certificates.iter().enumerate() {
         let what = format!("listener {listener:?} tls.certificates[{i}]");
         let chain = parse_certs(&certificate.cert_chain, &what)?;
+        if certificate.private_key.is_empty() {
+            return Err(TlsError::Verifier {
+                what: format!("{what}.private_key"),
+                message: "empty (a controller sends private keys only to a sidecar that proves its workload \
+                          with its bootstrap token, --bootstrap-token)"
+                    .to_owned(),
+            });
+        }
         let key =
             PrivateKeyDer::from_pem_slice(certificate.private_key.as_bytes()).map_err(|e| TlsError::Verifier {
                 what: format!("{what}.private_key"),
