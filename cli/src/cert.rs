@@ -20,6 +20,10 @@ pub(crate) struct RevokeArgs {
     /// The controller's gRPC address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     controller: String,
+    /// The file holding the operator's token, which the controller writes to
+    /// `<data-dir>/operator.token` (`weftctl demo`: `target/demo/controller/operator.token`).
+    #[arg(long, value_name = "FILE", default_value = "weft-controller-data/operator.token")]
+    token_file: std::path::PathBuf,
 }
 
 /// Prints the ledger of the controller at `address`.
@@ -44,6 +48,15 @@ pub(crate) fn revoke(args: &RevokeArgs) -> anyhow::Result<()> {
         serial: args.serial.clone().unwrap_or_default(),
         spiffe_id: args.identity.clone().unwrap_or_default(),
     };
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading the operator's token from {}", args.token_file.display()))?;
+    let mut request = tonic::Request::new(request);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.trim())
+            .parse()
+            .context("the operator's token is not ASCII")?,
+    );
     let answer = runtime.block_on(async {
         let channel = crate::status::connect(&args.controller).await?;
         pb::certificates_client::CertificatesClient::new(channel)

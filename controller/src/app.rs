@@ -154,6 +154,9 @@ impl Controller {
                 .context("starting the certificate authority")?,
         );
         let bootstrap = Arc::new(Bootstrap::load_or_create(&ca_dir).context("loading the bootstrap secret")?);
+        bootstrap
+            .write_operator_token(&config.data_dir.join(crate::certs::OPERATOR_TOKEN_FILE))
+            .context("writing the operator's token")?;
         let tokens_dir = config.data_dir.join("bootstrap");
         let mut workloads = intent_rx.clone();
         let writer = bootstrap.clone();

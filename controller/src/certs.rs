@@ -17,6 +17,12 @@ use crate::server::Published;
 /// Metadata key naming the workload a bootstrap token was issued for.
 pub const WORKLOAD_HEADER: &str = "x-weft-workload";
 
+/// What the operator's token signs.
+const OPERATOR: &str = "weft-operator";
+
+/// The file, in the controller's data directory, holding the operator's token.
+pub const OPERATOR_TOKEN_FILE: &str = "operator.token";
+
 /// Issues and checks per-workload bootstrap tokens.
 pub struct Bootstrap {
     key: ring::hmac::Key,
@@ -69,6 +75,30 @@ impl Bootstrap {
     pub fn verify(&self, namespace: &str, name: &str, token: &str) -> bool {
         let Some(bytes) = decode_hex(token) else { return false };
         ring::hmac::verify(&self.key, format!("{namespace}/{name}").as_bytes(), &bytes).is_ok()
+    }
+
+    /// The operator's token (64 hex digits): what `RevokeCertificate` asks for. Derived from
+    /// the same secret as the workloads' tokens, under a name no workload has (it has no `/`).
+    pub fn operator_token(&self) -> String {
+        crate::hex(ring::hmac::sign(&self.key, OPERATOR.as_bytes()).as_ref())
+    }
+
+    /// Whether `token` is the operator's token (constant-time comparison).
+    pub fn verify_operator(&self, token: &str) -> bool {
+        let Some(bytes) = decode_hex(token) else { return false };
+        ring::hmac::verify(&self.key, OPERATOR.as_bytes(), &bytes).is_ok()
+    }
+
+    /// Writes the operator's token to `path` (owner-readable only), for `weftctl cert revoke`.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn write_operator_token(&self, path: &Path) -> Result<(), CaError> {
+        crate::ca::write_private(path, self.operator_token().as_bytes()).map_err(|source| CaError::Io {
+            what: "writing",
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Writes the token of every workload in `workloads` under `dir/<ns>/<name>.token`
@@ -228,6 +258,16 @@ impl pb::certificates_server::Certificates for CertificateService {
         &self,
         request: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !token.is_some_and(|t| self.bootstrap.verify_operator(t)) {
+            return Err(Status::unauthenticated(format!(
+                "revoking needs the operator's token (the controller writes it to <data-dir>/{OPERATOR_TOKEN_FILE})"
+            )));
+        }
         let request = request.into_inner();
         match self.ledger.revoke(&request.serial, &request.spiffe_id) {
             Ok(certificates) => Ok(Response::new(pb::RevokeCertificateResponse { certificates })),

@@ -18,7 +18,8 @@ struct Args {
     /// Directory with the first-party filters (`router.wasm`, `retry.wasm`, `fault.wasm`).
     #[arg(long, value_name = "DIR")]
     filters_dir: PathBuf,
-    /// State kept across restarts: the registry's store and fetched modules.
+    /// State kept across restarts: the registry's store and fetched modules, the CA, the
+    /// bootstrap tokens and the operator's token (`operator.token`, for `weftctl cert revoke`).
     #[arg(long, value_name = "DIR", default_value = "weft-controller-data")]
     data_dir: PathBuf,
     /// Address of the config stream and status services.

@@ -271,6 +271,29 @@ async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() 
         assert_eq!(listed.spiffe_id, issued.spiffe_id);
         assert!(!listed.revoked);
 
+        // Revoking needs the operator's token, which the controller wrote to its data dir.
+        let operator = std::fs::read_to_string(dir.join("data/operator.token")).expect("operator token");
+        let as_operator = |request: pb::RevokeCertificateRequest| {
+            let mut request = tonic::Request::new(request);
+            let value = format!("Bearer {operator}").parse().expect("ascii");
+            request.metadata_mut().insert("authorization", value);
+            request
+        };
+        let without = pb::RevokeCertificateRequest {
+            serial: issued.serial.clone(),
+            ..Default::default()
+        };
+        let status = client.revoke_certificate(without.clone()).await.expect_err("no token");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let mut with_a_workload_token = tonic::Request::new(without);
+        let value = format!("Bearer {token}").parse().expect("ascii");
+        with_a_workload_token.metadata_mut().insert("authorization", value);
+        let status = client
+            .revoke_certificate(with_a_workload_token)
+            .await
+            .expect_err("a workload's token");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
         // Bad requests are refused and change nothing.
         for bad in [
             pb::RevokeCertificateRequest::default(),
@@ -283,7 +306,7 @@ async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() 
                 ..Default::default()
             },
         ] {
-            let status = client.revoke_certificate(bad).await.expect_err("refused");
+            let status = client.revoke_certificate(as_operator(bad)).await.expect_err("refused");
             assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         }
         assert!(
@@ -292,10 +315,10 @@ async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() 
         );
 
         let covered = client
-            .revoke_certificate(pb::RevokeCertificateRequest {
+            .revoke_certificate(as_operator(pb::RevokeCertificateRequest {
                 serial: issued.serial.clone(),
                 ..Default::default()
-            })
+            }))
             .await
             .expect("revoke")
             .into_inner();
@@ -306,10 +329,10 @@ async fn revocations_are_listed_pushed_to_every_sidecar_and_survive_a_restart() 
 
         // Revoking the identity also stops the CA from issuing to it.
         client
-            .revoke_certificate(pb::RevokeCertificateRequest {
+            .revoke_certificate(as_operator(pb::RevokeCertificateRequest {
                 spiffe_id: issued.spiffe_id.clone(),
                 ..Default::default()
-            })
+            }))
             .await
             .expect("revoke identity");
         let pushed = sidecar.next(Duration::from_secs(5)).await.expect("pushed");

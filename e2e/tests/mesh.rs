@@ -142,6 +142,11 @@ spec:
         self.dir.path().join("intent")
     }
 
+    /// The controller's `--data-dir`.
+    fn controller_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("controller")
+    }
+
     fn start_controller(&mut self, filters: &Path) {
         let args = vec![
             "--intent-dir".into(),
@@ -149,7 +154,7 @@ spec:
             "--filters-dir".into(),
             filters.display().to_string(),
             "--data-dir".into(),
-            self.dir.path().join("controller").display().to_string(),
+            self.controller_dir().display().to_string(),
             "--grpc".into(),
             format!("127.0.0.1:{}", self.grpc),
             "--registry".into(),
@@ -498,7 +503,30 @@ fn sidecars_talk_mutual_tls_and_a_revoked_certificate_is_refused_after_one_push(
 
     // Revoke productpage's certificate: the next push carries it to every sidecar.
     let before = mesh.status_of("reviews-v1").expect("reviews-v1 listed");
-    let answer = weftctl(&mesh, &["cert", "revoke", "--serial", &serial]);
+    // Not without the operator's token.
+    let refused = std::process::Command::new(&binaries().weftctl)
+        .args(["cert", "revoke", "--serial", &serial, "--token-file", "/dev/null"])
+        .args(["--controller", &format!("127.0.0.1:{}", mesh.grpc)])
+        .output()
+        .expect("weftctl runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("operator's token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let token = mesh.controller_dir().join("operator.token");
+    let answer = weftctl(
+        &mesh,
+        &[
+            "cert",
+            "revoke",
+            "--serial",
+            &serial,
+            "--token-file",
+            &token.display().to_string(),
+        ],
+    );
     assert!(answer.contains("1 issued certificate(s) covered"), "{answer}");
     assert!(
         eventually(Duration::from_secs(10), || mesh
