@@ -7,7 +7,8 @@
 //! Start reading at [`Snapshot`]; [`Snapshot::from_yaml`] parses and validates, and every
 //! error names the path of the offending field (`clusters[1].endpoints[0].weight: ...`).
 //! The config stream's protobuf messages and gRPC services live apart in [`pb`], with the
-//! conversions to and from the domain types (a received snapshot is validated too).
+//! conversions to and from the domain types (a received snapshot is validated too);
+//! [`parts`] assembles a snapshot the stream sends in parts, reusing the parts a sidecar holds.
 
 mod duration;
 pub mod parts;

@@ -18,35 +18,14 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use weft_api::WasmModule;
-use weft_controller::compile::{CompileOptions, NodeIdentity, SystemFilters, compile};
+use weft_controller::compile::{NodeIdentity, compile};
 use weft_controller::store::Store;
 
+#[path = "../tests/common/options.rs"]
+mod common;
+use common::options;
+
 const SERVICES: usize = 10_000;
-
-fn module(name: &str, digit: char) -> WasmModule {
-    let sha256: String = std::iter::repeat_n(digit, 64).collect();
-    WasmModule {
-        file: String::new(),
-        url: format!("oci://127.0.0.1:15012/weft/{name}@sha256:{sha256}"),
-        sha256,
-        vm_config: serde_yaml::Value::Null,
-        root_id: String::new(),
-        vm_id: None,
-    }
-}
-
-fn options() -> CompileOptions {
-    CompileOptions {
-        trust_domain: "cluster.local".to_owned(),
-        system_filters: SystemFilters {
-            router: module("router", 'a'),
-            retry: module("retry", 'b'),
-            fault: module("fault", 'c'),
-        },
-        modules: BTreeMap::new(),
-    }
-}
 
 /// The synthetic intent: one file per 100 services.
 fn store() -> Store {

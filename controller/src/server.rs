@@ -154,18 +154,16 @@ impl pb::discovery_server::Discovery for Services {
         if node.id.is_empty() {
             return Err(Status::invalid_argument("node.id is required"));
         }
-        let namespace = if node.namespace.is_empty() {
-            "default"
-        } else {
-            &node.namespace
-        };
-        let secrets = authenticated.as_deref() == Some(&*format!("{namespace}/{}", node.id));
-        if let Some(workload) = authenticated.as_deref().filter(|_| !secrets) {
-            tracing::warn!(node = %node.id, %namespace, credential = %workload, "the stream's credential is another workload's; private keys are withheld");
+        let identity = node_identity(&node);
+        let workload = format!("{}/{}", identity.namespace, identity.id);
+        let secrets = authenticated.as_deref() == Some(workload.as_str());
+        if let Some(credential) = authenticated.as_deref().filter(|_| !secrets) {
+            tracing::warn!(node = %workload, %credential, "the stream's credential is another workload's; private keys are withheld");
         }
         let (tx, rx) = mpsc::channel(4);
         let stream = SidecarStream {
             secrets,
+            identity,
             node,
             peer,
             running: hello.version_info.clone(),
@@ -228,6 +226,8 @@ fn to_pb_diagnostic(d: &Diagnostic) -> pb::Diagnostic {
 struct SidecarStream {
     /// Whether the stream proved it is its node's workload: only then are private keys sent.
     secrets: bool,
+    /// Who the node is, for the compiler.
+    identity: NodeIdentity,
     node: pb::Node,
     peer: Option<SocketAddr>,
     /// The version the sidecar says it runs.
@@ -238,10 +238,22 @@ struct SidecarStream {
     tx: mpsc::Sender<Result<pb::DiscoveryResponse, Status>>,
 }
 
+/// Who `node` is for the compiler: its namespace and service account default to `default`.
+fn node_identity(node: &pb::Node) -> NodeIdentity {
+    let or_default = |value: &str| if value.is_empty() { "default" } else { value }.to_owned();
+    NodeIdentity {
+        id: node.id.clone(),
+        namespace: or_default(&node.namespace),
+        service_account: or_default(&node.service_account),
+        labels: node.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
 /// What was last sent on a stream.
 struct Sent {
     version: String,
-    nonce: String,
+    /// Its nonce; 0 when nothing was sent because the sidecar already ran `version`.
+    nonce: u64,
 }
 
 /// The snapshot parts a sidecar may hold, as far as its stream can tell.
@@ -294,20 +306,6 @@ impl Holdings {
 
 impl SidecarStream {
     async fn run(mut self, mut inbound: Streaming<pb::DiscoveryRequest>) {
-        let identity = NodeIdentity {
-            id: self.node.id.clone(),
-            namespace: if self.node.namespace.is_empty() {
-                "default".to_owned()
-            } else {
-                self.node.namespace.clone()
-            },
-            service_account: if self.node.service_account.is_empty() {
-                "default".to_owned()
-            } else {
-                self.node.service_account.clone()
-            },
-            labels: self.node.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-        };
         let id = self.proxies.insert(pb::ProxyStatus {
             node: Some(self.node.clone()),
             workload: "-".to_owned(),
@@ -317,7 +315,7 @@ impl SidecarStream {
             last_seen_unix_ms: unix_ms(),
             ..Default::default()
         });
-        tracing::info!(node = %self.node.id, namespace = %identity.namespace, peer = ?self.peer, "sidecar connected");
+        tracing::info!(node = %self.node.id, namespace = %self.identity.namespace, peer = ?self.peer, "sidecar connected");
         let mut sent: Option<Sent> = None;
         let mut holdings = Holdings::default();
         let mut nonce = 0u64;
@@ -353,7 +351,7 @@ impl SidecarStream {
             }
             let published = self.intent.borrow_and_update().clone();
             let security = self.security.borrow_and_update().clone();
-            let encoded = published.mesh.encoded_for(&identity, &security, self.secrets);
+            let encoded = published.mesh.encoded_for(&self.identity, &security, self.secrets);
             let version = encoded.version;
             let workload = encoded.workload.unwrap_or_else(|| "-".to_owned());
             // The intent this stream has caught up with; set in the same update as the
@@ -373,10 +371,7 @@ impl SidecarStream {
                         e.state = pb::SyncState::Synced as i32;
                         e.intent_version = intent_version;
                     });
-                    sent = Some(Sent {
-                        version,
-                        nonce: String::new(),
-                    });
+                    sent = Some(Sent { version, nonce: 0 });
                 } else {
                     self.proxies.update(id, |e| e.intent_version = intent_version);
                 }
@@ -416,10 +411,7 @@ impl SidecarStream {
                 e.state = pb::SyncState::Stale as i32;
                 e.intent_version = intent_version;
             });
-            sent = Some(Sent {
-                version,
-                nonce: nonce.to_string(),
-            });
+            sent = Some(Sent { version, nonce });
         }
         tracing::info!(node = %self.node.id, "sidecar disconnected");
         self.proxies.update(id, |e| e.connected = false);
@@ -433,10 +425,9 @@ impl SidecarStream {
         };
         let missing = !request.missing_parts.is_empty();
         holdings.answered(nonce, request.error_detail.is_empty() && !missing);
-        let Some(last) = sent else { return false };
-        if request.response_nonce != last.nonce {
+        let Some(last) = sent.filter(|last| last.nonce == nonce) else {
             return false; // an answer to an older response
-        }
+        };
         if missing {
             tracing::warn!(node = %self.node.id, version = %last.version, parts = request.missing_parts.len(), "the sidecar lacks snapshot parts; sending it whole");
             return true;

@@ -11,14 +11,16 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
-use weft_api::{FilterConfig, ListenerKind, Snapshot, WasmModule};
-use weft_controller::compile::{CompileOptions, Mesh, NodeIdentity, SystemFilters, compile};
+use weft_api::{FilterConfig, ListenerKind, Snapshot};
+use weft_controller::compile::{Mesh, NodeIdentity, compile};
 use weft_controller::diagnostics::Diagnostic;
 use weft_controller::resources::Kind;
 use weft_controller::store::Store;
+
+#[path = "common/options.rs"]
+mod common;
+use common::{module, options};
 
 /// Every file of `examples/bookinfo/networking/`.
 const MANIFESTS: [&str; 12] = [
@@ -40,30 +42,6 @@ const PRODUCTPAGE: &str = "productpage.default.svc.cluster.local";
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
 const RATINGS: &str = "ratings.default.svc.cluster.local";
 const DETAILS: &str = "details.default.svc.cluster.local";
-
-fn module(name: &str, digit: char) -> WasmModule {
-    let sha256: String = std::iter::repeat_n(digit, 64).collect();
-    WasmModule {
-        file: String::new(),
-        url: format!("oci://127.0.0.1:15012/weft/{name}@sha256:{sha256}"),
-        sha256,
-        vm_config: serde_yaml::Value::Null,
-        root_id: String::new(),
-        vm_id: None,
-    }
-}
-
-fn options() -> CompileOptions {
-    CompileOptions {
-        trust_domain: "cluster.local".to_owned(),
-        system_filters: SystemFilters {
-            router: module("router", 'a'),
-            retry: module("retry", 'b'),
-            fault: module("fault", 'c'),
-        },
-        modules: BTreeMap::new(),
-    }
-}
 
 fn read(path: &str) -> String {
     let file = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));

@@ -2,37 +2,15 @@
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
-use std::collections::BTreeMap;
-
 use serde_json::{Value, json};
-use weft_api::{FilterConfig, Snapshot, WasmModule};
-use weft_controller::compile::{CompileOptions, Mesh, NodeIdentity, SystemFilters, compile};
+use weft_api::{FilterConfig, Snapshot};
+use weft_controller::compile::{Mesh, NodeIdentity, compile};
 use weft_controller::diagnostics::{Diagnostic, Severity};
 use weft_controller::store::Store;
 
-fn module(name: &str, digit: char) -> WasmModule {
-    let sha256: String = std::iter::repeat_n(digit, 64).collect();
-    WasmModule {
-        file: String::new(),
-        url: format!("oci://127.0.0.1:15012/weft/{name}@sha256:{sha256}"),
-        sha256,
-        vm_config: serde_yaml::Value::Null,
-        root_id: String::new(),
-        vm_id: None,
-    }
-}
-
-fn options() -> CompileOptions {
-    CompileOptions {
-        trust_domain: "cluster.local".to_owned(),
-        system_filters: SystemFilters {
-            router: module("router", 'a'),
-            retry: module("retry", 'b'),
-            fault: module("fault", 'c'),
-        },
-        modules: BTreeMap::new(),
-    }
-}
+#[path = "common/options.rs"]
+mod common;
+use common::{module, options};
 
 fn testdata(path: &str) -> String {
     let file = format!("{}/tests/testdata/{path}", env!("CARGO_MANIFEST_DIR"));

@@ -23,6 +23,8 @@ use std::time::Duration;
 use weft_api::pb;
 use weft_controller::{Controller, ControllerConfig};
 
+#[path = "common/options.rs"]
+mod common;
 mod support;
 
 /// The system allocator (glibc malloc), counting the bytes live and their peak.
@@ -339,37 +341,17 @@ fn controller_memory_after_edits() {
     });
 }
 
-fn module(name: &str, digit: char) -> weft_api::WasmModule {
-    let sha256: String = std::iter::repeat_n(digit, 64).collect();
-    weft_api::WasmModule {
-        file: String::new(),
-        url: format!("oci://127.0.0.1:15012/weft/{name}@sha256:{sha256}"),
-        sha256,
-        vm_config: serde_yaml::Value::Null,
-        root_id: String::new(),
-        vm_id: None,
-    }
-}
-
 /// What each structure of the pipeline holds live (single thread, so `live` deltas are
 /// exact), and the peak while it is built.
 #[test]
 #[ignore = "a measurement: 10,000 services, a few seconds in release"]
 fn live_memory_by_structure() {
-    use weft_controller::compile::{CompileOptions, NodeIdentity, SystemFilters, compile};
+    use weft_controller::compile::{NodeIdentity, compile};
     use weft_controller::store::Store;
     let dir = tempfile::tempdir().expect("tempdir");
     let weights = vec![50; SERVICES];
     write_intent(dir.path(), &weights);
-    let options = CompileOptions {
-        trust_domain: "cluster.local".to_owned(),
-        system_filters: SystemFilters {
-            router: module("router", 'a'),
-            retry: module("retry", 'b'),
-            fault: module("fault", 'c'),
-        },
-        modules: Default::default(),
-    };
+    let options = common::options();
     let step = |what: &str, before: usize| {
         let live = LIVE.load(Ordering::Relaxed);
         let peak = PEAK.swap(live, Ordering::Relaxed);

@@ -32,11 +32,10 @@ pub struct ControlConfig {
     pub metadata: BTreeMap<String, String>,
     /// Where the last good snapshot is kept.
     pub state_dir: PathBuf,
-    /// The bootstrap credential the stream carries, as a CSR does: the workload
-    /// (`<namespace>/<workload>`) and the file holding its token (read at every connect). The
-    /// controller sends private keys (a gateway's TLS certificates) only to a stream that
-    /// proves it is its node's workload.
-    pub credential: Option<(String, PathBuf)>,
+    /// The bootstrap credential the stream carries, as a CSR does. The controller sends
+    /// private keys (a gateway's TLS certificates) only to a stream that proves it is its
+    /// node's workload.
+    pub credential: Option<crate::identity::Credential>,
 }
 
 impl ControlConfig {
@@ -175,17 +174,8 @@ async fn stream_once(proxy: &Proxy, config: &ControlConfig, wasm: &WasmSettings)
         .await
         .map_err(|_| failed("request channel closed".into()))?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    if let Some((workload, token_file)) = &config.credential {
-        let token = std::fs::read_to_string(token_file)
-            .map_err(|e| failed(format!("cannot read the token file {}: {e}", token_file.display())))?;
-        let value = |text: &str| {
-            text.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
-                .map_err(|_| failed("the workload name or token is not ASCII".to_owned()))
-        };
-        request.metadata_mut().insert("x-weft-workload", value(workload)?);
-        request
-            .metadata_mut()
-            .insert("authorization", value(&format!("Bearer {}", token.trim()))?);
+    if let Some(credential) = &config.credential {
+        credential.attach(&mut request).map_err(failed)?;
     }
     let mut responses = client
         .stream_snapshots(request)
@@ -209,52 +199,7 @@ async fn stream_once(proxy: &Proxy, config: &ControlConfig, wasm: &WasmSettings)
             }
         };
         delivered = true;
-        let assembled = match held.assemble(response.parts) {
-            Ok(assembled) => Ok(assembled),
-            Err(PartsError::Missing(missing)) => {
-                tracing::warn!(version = %response.version_info, parts = missing.len(), "snapshot refers to parts not held; asking for all of it");
-                let answer = pb::DiscoveryRequest {
-                    version_info: proxy.version(),
-                    response_nonce: response.nonce,
-                    missing_parts: missing,
-                    ..Default::default()
-                };
-                if tx.send(answer).await.is_err() {
-                    return Err(Progress {
-                        error: "request channel closed".into(),
-                        delivered,
-                    });
-                }
-                continue;
-            }
-            Err(error) => Err(error_chain(&error)),
-        };
-        let applied = match assembled {
-            Ok(assembled) => apply(proxy, config, wasm, assembled.snapshot)
-                .await
-                .map(|version| (version, assembled.held)),
-            Err(reason) => Err(reason),
-        };
-        let answer = match applied {
-            Ok((version, parts)) => {
-                tracing::info!(%version, "snapshot from the controller applied");
-                held = parts;
-                pb::DiscoveryRequest {
-                    version_info: version,
-                    response_nonce: response.nonce,
-                    ..Default::default()
-                }
-            }
-            Err(reason) => {
-                tracing::error!(version = %response.version_info, reason, "snapshot refused; the last good one keeps serving");
-                pb::DiscoveryRequest {
-                    version_info: proxy.version(),
-                    response_nonce: response.nonce,
-                    error_detail: reason,
-                    ..Default::default()
-                }
-            }
-        };
+        let answer = answer(proxy, config, wasm, &mut held, response).await;
         if tx.send(answer).await.is_err() {
             return Err(Progress {
                 error: "request channel closed".into(),
@@ -262,6 +207,48 @@ async fn stream_once(proxy: &Proxy, config: &ControlConfig, wasm: &WasmSettings)
             });
         }
     }
+}
+
+/// Assembles, applies and persists the snapshot `response` carries, keeping its parts in
+/// `held` once applied; returns the answer: an ACK, a NACK with the reason, or the parts the
+/// sidecar lacks.
+async fn answer(
+    proxy: &Proxy,
+    config: &ControlConfig,
+    wasm: &WasmSettings,
+    held: &mut HeldParts,
+    response: pb::DiscoveryResponse,
+) -> pb::DiscoveryRequest {
+    let mut answer = pb::DiscoveryRequest {
+        version_info: proxy.version(),
+        response_nonce: response.nonce,
+        ..Default::default()
+    };
+    let assembled = match held.assemble(response.parts) {
+        Ok(assembled) => assembled,
+        Err(PartsError::Missing(missing)) => {
+            tracing::warn!(version = %response.version_info, parts = missing.len(), "snapshot refers to parts not held; asking for all of it");
+            answer.missing_parts = missing;
+            return answer;
+        }
+        Err(error) => {
+            answer.error_detail = error_chain(&error);
+            tracing::error!(version = %response.version_info, reason = answer.error_detail, "snapshot refused; the last good one keeps serving");
+            return answer;
+        }
+    };
+    match apply(proxy, config, wasm, assembled.snapshot).await {
+        Ok(version) => {
+            tracing::info!(%version, "snapshot from the controller applied");
+            *held = assembled.held;
+            answer.version_info = version;
+        }
+        Err(reason) => {
+            tracing::error!(version = %response.version_info, reason, "snapshot refused; the last good one keeps serving");
+            answer.error_detail = reason;
+        }
+    }
+    answer
 }
 
 /// Fetches the modules of, applies and persists one snapshot; returns its version.

@@ -40,16 +40,43 @@ impl std::fmt::Debug for WorkloadIdentity {
     }
 }
 
+/// A workload's bootstrap credential, which the controller's calls take: the CSR, and the
+/// config stream (which sends private keys only to a proven workload).
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The workload the bootstrap token was issued for, `<namespace>/<workload>`.
+    pub workload: String,
+    /// The file holding the bootstrap token, read at every call (so a rotated token is
+    /// picked up).
+    pub token_file: std::path::PathBuf,
+}
+
+impl Credential {
+    /// Adds the credential to `request`: `x-weft-workload` and `authorization: Bearer`.
+    ///
+    /// # Errors
+    /// The token file cannot be read, or the workload or token is not ASCII.
+    pub fn attach<T>(&self, request: &mut tonic::Request<T>) -> Result<(), String> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| format!("cannot read the token file {}: {e}", self.token_file.display()))?;
+        let value = |text: &str| {
+            text.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+                .map_err(|_| "the workload name or token is not ASCII".to_owned())
+        };
+        let metadata = request.metadata_mut();
+        metadata.insert("x-weft-workload", value(&self.workload)?);
+        metadata.insert("authorization", value(&format!("Bearer {}", token.trim()))?);
+        Ok(())
+    }
+}
+
 /// How the sidecar obtains its identity.
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
     /// The controller's gRPC address, `http://127.0.0.1:15010`.
     pub address: String,
-    /// The workload the bootstrap token was issued for, `<namespace>/<workload>`.
-    pub workload: String,
-    /// The file holding the bootstrap token, read at every request (so a rotated token is
-    /// picked up).
-    pub token_file: std::path::PathBuf,
+    /// The workload's bootstrap credential.
+    pub credential: Credential,
     /// Requested certificate lifetime (`0`: the CA's maximum).
     pub validity: Duration,
     /// Fraction of the lifetime after which the certificate is renewed. Default 0.5.
@@ -86,12 +113,6 @@ pub enum IdentityError {
 pub async fn request_certificate(
     config: &IdentityConfig,
 ) -> Result<(WorkloadIdentity, pb::CreateCertificateRequest), IdentityError> {
-    let token = std::fs::read_to_string(&config.token_file).map_err(|e| {
-        IdentityError::Invalid(format!(
-            "cannot read the token file {}: {e}",
-            config.token_file.display()
-        ))
-    })?;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
     let request = pb::CreateCertificateRequest {
@@ -111,14 +132,7 @@ pub async fn request_certificate(
             message: e.to_string(),
         })?;
     let mut call = tonic::Request::new(request.clone());
-    let header = |value: &str| {
-        value
-            .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
-            .map_err(|_| IdentityError::Invalid("the workload name or token is not ASCII".into()))
-    };
-    call.metadata_mut().insert("x-weft-workload", header(&config.workload)?);
-    call.metadata_mut()
-        .insert("authorization", header(&format!("Bearer {}", token.trim()))?);
+    config.credential.attach(&mut call).map_err(IdentityError::Invalid)?;
     let issued = SystemTime::now();
     let response = pb::certificates_client::CertificatesClient::new(channel)
         .create_certificate(call)

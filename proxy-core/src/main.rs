@@ -138,13 +138,6 @@ fn key_value(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// The workload the bootstrap token was issued for: `--workload`, else `<namespace>/<node id>`.
-fn workload(args: &Args) -> String {
-    args.workload
-        .clone()
-        .unwrap_or_else(|| format!("{}/{}", args.namespace, args.node_id))
-}
-
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
@@ -152,6 +145,16 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let credential = args
+        .bootstrap_token
+        .clone()
+        .map(|token_file| weft_proxy::identity::Credential {
+            workload: args
+                .workload
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}", args.namespace, args.node_id)),
+            token_file,
+        });
     let control = args.controller.as_ref().map(|address| ControlConfig {
         address: address.clone(),
         node_id: args.node_id.clone(),
@@ -163,16 +166,12 @@ fn main() -> anyhow::Result<()> {
             .state_dir
             .clone()
             .unwrap_or_else(|| std::env::temp_dir().join(format!("weft-proxy-{}", args.node_id))),
-        credential: args
-            .bootstrap_token
-            .clone()
-            .map(|token_file| (workload(&args), token_file)),
+        credential: credential.clone(),
     });
-    let identity = match (&control, &args.bootstrap_token) {
-        (Some(control), Some(token_file)) => Some(weft_proxy::identity::IdentityConfig {
+    let identity = match (&control, credential) {
+        (Some(control), Some(credential)) => Some(weft_proxy::identity::IdentityConfig {
             address: control.address.clone(),
-            workload: workload(&args),
-            token_file: token_file.clone(),
+            credential,
             validity: args.cert_ttl.unwrap_or_default(),
             rotate_at: 0.5,
         }),

@@ -58,7 +58,7 @@ fn join(errors: &[ValidationError]) -> String {
 }
 
 #[derive(Default)]
-pub(crate) struct Errors(pub(crate) Vec<ValidationError>);
+pub(crate) struct Errors(Vec<ValidationError>);
 
 impl Errors {
     fn push(&mut self, path: impl fmt::Display, message: impl Into<String>) {

@@ -91,6 +91,12 @@ pub(crate) fn outbound_cluster(port: Option<u16>, subset: &str, host: &str) -> S
     }
 }
 
+/// The host an outbound cluster name ends in (`reviews.default.svc.cluster.local` for
+/// `outbound|9080|v1|reviews.default.svc.cluster.local`); the whole name for any other.
+pub(crate) fn cluster_host(name: &str) -> &str {
+    name.rsplit('|').next().unwrap_or(name)
+}
+
 /// Istio's inbound cluster name: `inbound|<port>||`.
 pub(crate) fn inbound_cluster(port: u16) -> String {
     format!("inbound|{port}||")

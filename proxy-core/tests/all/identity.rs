@@ -105,8 +105,10 @@ fn config(address: &str, token: &str) -> IdentityConfig {
     std::fs::write(&token_file, format!("{token}\n")).expect("token file");
     IdentityConfig {
         address: address.into(),
-        workload: "default/reviews-v1".into(),
-        token_file,
+        credential: weft_proxy::identity::Credential {
+            workload: "default/reviews-v1".into(),
+            token_file,
+        },
         validity: Duration::from_secs(3600),
         rotate_at: 0.5,
     }
