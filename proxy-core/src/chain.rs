@@ -18,6 +18,8 @@ struct Inner {
     filters: Vec<Box<dyn HttpFilter>>,
     /// A local reply a request-body phase asked for; the exchange answers with it.
     reply: Option<LocalReply>,
+    /// A filter paused the `request_headers` phase.
+    request_paused: bool,
 }
 
 /// A request's filter instances, shared by the request path and the body streams (request
@@ -28,7 +30,11 @@ pub(crate) struct SharedFilters(Arc<Mutex<Inner>>);
 
 impl SharedFilters {
     pub(crate) fn new(filters: Vec<Box<dyn HttpFilter>>) -> Self {
-        Self(Arc::new(Mutex::new(Inner { filters, reply: None })))
+        Self(Arc::new(Mutex::new(Inner {
+            filters,
+            reply: None,
+            request_paused: false,
+        })))
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -45,6 +51,7 @@ impl SharedFilters {
             let action = self.lock().filters[i].on_request_headers(parts, end);
             let action = match action {
                 FilterAction::Pause => {
+                    self.lock().request_paused = true;
                     poll_fn(|cx| self.lock().filters[i].poll_resume(cx, Head::Request(&mut *parts))).await
                 }
                 other => other,
@@ -72,6 +79,12 @@ impl SharedFilters {
             }
         }
         None
+    }
+
+    /// Whether a filter paused the `request_headers` phase: the request then gets a body
+    /// phase even when its headers ended it.
+    pub(crate) fn request_paused(&self) -> bool {
+        self.lock().request_paused
     }
 
     /// The last upstream wish of any filter (later filters override earlier ones per field).
@@ -183,6 +196,7 @@ fn run(
     let Inner {
         filters: list,
         reply: slot,
+        ..
     } = &mut *inner;
     // Requests go through the chain in order, responses in reverse (each filter has its own
     // buffer either way).

@@ -539,14 +539,16 @@ impl FilterHarness {
     ///
     /// 1. `request_headers` (end of stream when the body is empty), resumed when it pauses
     ///    (callouts answered by the [`CalloutHandler`], `weft.delay` waited for);
-    /// 2. unless it answered: `request_body` over the chunks (one empty chunk for no body),
-    ///    buffering as the proxy does (over the limit: 413);
+    /// 2. unless it answered: `request_body` over the chunks, buffering as the proxy does
+    ///    (over the limit: 413); with no body, no body phase, unless `request_headers` paused
+    ///    (then one empty chunk at the end of the stream);
     /// 3. unless a reply: the responses in turn (the upstream's answer to each attempt):
     ///    `response_headers`; a retry the filter asks for (`weft.retry`) is honoured while
     ///    responses remain (at most 5, backoff not waited);
     /// 4. a local reply (from the filter or the failure policy) becomes the response as the
     ///    proxy builds it and goes through `response_headers` unless it came from there;
-    /// 5. `response_body` over the chunks (a reply or too much buffered resets the stream);
+    /// 5. `response_body` over the chunks, if there are any (a reply or too much buffered
+    ///    resets the stream);
     /// 6. `log`.
     ///
     /// The request and response are as given: the proxy's own edits (hop-by-hop headers,
@@ -568,13 +570,19 @@ impl FilterHarness {
 
         // request_headers, request_body.
         let body_empty = request_chunks.iter().all(Bytes::is_empty);
-        let mut reply = match stream.request_headers_resumed(&mut request, body_empty) {
+        let (action, paused) = match stream.request_headers(&mut request, body_empty) {
+            FilterAction::Pause => (stream.resume(Head::Request(&mut request)), true),
+            other => (other, false),
+        };
+        let mut reply = match action {
             FilterAction::Reply(reply) => Some(reply),
             _ => None,
         };
         let upstream_choice = stream.take_upstream_choice();
         let mut request_body = Bytes::new();
-        if reply.is_none() {
+        // As the proxy does (and Envoy): no body phase for a request its headers ended, unless
+        // a filter paused them.
+        if reply.is_none() && (!body_empty || paused) {
             stream.settle();
             let (passed, stop) = stream.body_phase(false, request_chunks, limit);
             request_body = passed;
@@ -652,7 +660,7 @@ impl FilterHarness {
         };
 
         // response_body, log.
-        let (response_body, reset) = if filter_body {
+        let (response_body, reset) = if filter_body && !response.body.iter().all(Bytes::is_empty) {
             stream.settle();
             let (passed, stop) = stream.body_phase(true, response.body, limit);
             (passed, stop.is_some())
@@ -910,13 +918,6 @@ impl HarnessStream {
     /// The retry the filter asked for in `response_headers` (its backoff), taken once.
     pub fn take_retry(&mut self) -> Option<Duration> {
         self.filter.take_retry()
-    }
-
-    fn request_headers_resumed(&mut self, request: &mut http::request::Parts, end: bool) -> FilterAction {
-        match self.request_headers(request, end) {
-            FilterAction::Pause => self.resume(Head::Request(request)),
-            other => other,
-        }
     }
 
     fn response_headers_resumed(&mut self, response: &mut http::response::Parts, end: bool) -> FilterAction {

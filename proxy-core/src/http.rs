@@ -142,8 +142,12 @@ enum Replay {
 /// Buffers a request body of known, bounded length so it can be sent again.
 async fn replayable(head: &http::request::Parts, body: ProxyBody, empty: bool, limit: usize) -> Result<Bytes, Replay> {
     use http_body_util::BodyExt;
+    if body.is_end_stream() {
+        // No body, and no body phase either.
+        return Ok(Bytes::new());
+    }
     if empty {
-        // Still run the body through its filters (they see the end of the stream).
+        // No body, but a body phase (after a paused headers phase): run it.
         return body
             .collect()
             .await
@@ -583,7 +587,13 @@ impl Exchange<'_> {
             Some(limit) => body::boxed(body::Limited::new(body, limit)),
             None => body::boxed(body),
         };
-        if let Some(filters) = self.filters.as_ref().filter(|_| self.listener.chain.wants_body()) {
+        // As in Envoy, a stream its headers ended has no body phase, unless a filter paused
+        // its headers phase: that filter is called once more before the request goes on.
+        if let Some(filters) = self
+            .filters
+            .as_ref()
+            .filter(|f| self.listener.chain.wants_body() && (!body.is_end_stream() || f.request_paused()))
+        {
             body = body::boxed(FilteredBody::new(
                 body,
                 filters.clone(),
@@ -636,7 +646,7 @@ impl Exchange<'_> {
                     filter_reply(reply)
                 }
                 None => {
-                    let body = if self.listener.chain.wants_body() {
+                    let body = if self.listener.chain.wants_body() && !end {
                         body::boxed(FilteredBody::new(
                             body,
                             filters.clone(),

@@ -10,8 +10,8 @@
 //! - abort only: a local reply with the status and body `fault filter abort`; the request never
 //!   reaches the upstream;
 //! - both: the delay, then the abort from the request's first body phase (the proxy resumes a
-//!   delayed request without calling the filter back, but always runs the body phase before it
-//!   forwards a request whose body it buffers: see `README.md`).
+//!   delayed request without calling the filter back, but a request whose headers phase paused
+//!   always gets a body phase, even without a body: see `README.md` and `docs/abi.md`).
 //!
 //! Metrics: `fault_delays_injected_total`, `fault_aborts_injected_total`.
 

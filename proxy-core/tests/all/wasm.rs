@@ -91,6 +91,26 @@ async fn bodies_are_buffered_and_rewritten() {
 }
 
 #[tokio::test]
+async fn a_stream_its_headers_end_has_no_body_phase() {
+    // As in Envoy: `test_body` appends to every response body it sees at its end, so a
+    // response that ends with its headers (204, or a zero Content-Length) must come back
+    // empty, and one with a body must come back extended.
+    let up = upstream(|request: Request<hyper::body::Incoming>| async move {
+        let body = if request.uri().path() == "/empty" { "" } else { "full" };
+        Response::new(Full::new(Bytes::from_static(body.as_bytes())))
+    })
+    .await;
+    let filters = wasm_filter("body", "test_body", "null", "fail_closed");
+    let proxy = start_proxy(&with_filters(&filters, &endpoints(&[up.addr]), ""), 1);
+    let addr = proxy.listener_addr("main").expect("listener");
+    let r = get(addr, "svc", "/empty").await;
+    assert_eq!(r.status, StatusCode::OK, "{r:?}");
+    assert_eq!(r.body, "", "no response body phase: {r:?}");
+    let r = get(addr, "svc", "/full").await;
+    assert_eq!(r.body, "full\n-- rewritten by wasm\n", "{r:?}");
+}
+
+#[tokio::test]
 async fn an_http_callout_authorizer_pauses_and_resumes() {
     let up = body_echo().await;
     let calls = Arc::new(AtomicUsize::new(0));

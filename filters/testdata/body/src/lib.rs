@@ -4,7 +4,8 @@
 //!   as reported by the end-of-stream callback) with its ASCII-uppercased copy.
 //! - response headers: remove `content-length` (the response body grows); Continue.
 //! - response body: Pause until `end_of_stream`, then replace the whole body with the original
-//!   bytes followed by `"\n-- rewritten by wasm\n"` (also when the body is empty).
+//!   bytes followed by `"\n-- rewritten by wasm\n"` (a response its headers end has no body
+//!   phase, so it stays empty).
 //!
 //! The host must report, in the end-of-stream body callback, the size of everything buffered so
 //! far (Envoy's semantics for a paused body), since this filter reads and replaces
