@@ -172,16 +172,6 @@ pub(crate) fn deserialize_map(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     Some(pairs)
 }
 
-/// Encodes an integer property as Envoy does: 8 bytes little-endian.
-pub(crate) fn int_property(value: i64) -> Vec<u8> {
-    value.to_le_bytes().to_vec()
-}
-
-/// Encodes a boolean property as Envoy does: one byte.
-pub(crate) fn bool_property(value: bool) -> Vec<u8> {
-    vec![u8::from(value)]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -334,17 +334,31 @@ impl Key {
 /// Reads a header name (UTF-8, bounds-checked) and lowercases it, without allocating for
 /// ordinary names.
 fn read_key(caller: &mut Ctx<'_>, ptr: i32, len: i32) -> Result<Key, Status> {
+    read_small(caller, ptr, len, <[u8]>::make_ascii_lowercase).map_err(|s| match s {
+        Status::SerializationFailure => Status::BadArgument,
+        other => other,
+    })
+}
+
+/// Reads a short UTF-8 string (bounds-checked; not UTF-8: `SerializationFailure`) and edits
+/// it with `edit`, which must keep it UTF-8 (ASCII-only changes do), on the stack when it
+/// fits.
+fn read_small(caller: &mut Ctx<'_>, ptr: i32, len: i32, edit: impl Fn(&mut [u8])) -> Result<Key, Status> {
     let memory = memory(caller).ok_or(Status::InternalFailure)?;
     let range = range(ptr, len).ok_or(Status::BadArgument)?;
     let bytes = memory.data(&caller).get(range).ok_or(Status::BadArgument)?;
-    let key = std::str::from_utf8(bytes).map_err(|_| Status::BadArgument)?;
-    if key.len() <= KEY_INLINE {
+    let text = std::str::from_utf8(bytes).map_err(|_| Status::SerializationFailure)?;
+    if text.len() <= KEY_INLINE {
         let mut buf = [0u8; KEY_INLINE];
-        buf[..key.len()].copy_from_slice(key.as_bytes());
-        buf[..key.len()].make_ascii_lowercase();
-        Ok(Key::Inline(buf, key.len()))
+        buf[..text.len()].copy_from_slice(text.as_bytes());
+        edit(&mut buf[..text.len()]);
+        Ok(Key::Inline(buf, text.len()))
     } else {
-        Ok(Key::Heap(key.to_ascii_lowercase()))
+        let mut owned = text.as_bytes().to_vec();
+        edit(&mut owned);
+        String::from_utf8(owned)
+            .map(Key::Heap)
+            .map_err(|_| Status::SerializationFailure)
     }
 }
 
@@ -742,19 +756,18 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
         ENV,
         "proxy_get_property",
         |mut c: Ctx<'_>, path_ptr: i32, path_len: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
-            let path = match read(&mut c, path_ptr, path_len) {
+            // Segments joined by `.`, read without allocating for ordinary paths; a path
+            // that is not UTF-8 names no property.
+            let path = match read_small(&mut c, path_ptr, path_len, |b| {
+                b.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b'.');
+            }) {
                 Ok(p) => p,
+                Err(Status::SerializationFailure) => return Ok(Status::NotFound.code()),
                 Err(s) => return Ok(s.code()),
             };
-            let path: Vec<String> = path
-                .split(|b| *b == 0)
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .collect();
-            let value = props::get(&c.data().host, &path);
-            match value {
-                Some(v) => Ok(status(give_value(&mut c, &v, ret_ptr, ret_len)?)),
-                None => Ok(Status::NotFound.code()),
-            }
+            give_scratch(&mut c, true, ret_ptr, ret_len, |host, out| {
+                props::get(host, path.as_str(), out)
+            })
         },
     )?;
     linker.func_wrap(

@@ -36,8 +36,16 @@ pub(crate) struct StreamInfo {
     pub(crate) cluster: Option<Arc<str>>,
 }
 
-fn string(s: &str) -> Option<Vec<u8>> {
-    Some(s.as_bytes().to_vec())
+/// A property's value, before encoding.
+enum Value<'a> {
+    Bytes(&'a [u8]),
+    Owned(Vec<u8>),
+    Int(i64),
+    Bool(bool),
+}
+
+fn string(s: &str) -> Option<Value<'_>> {
+    Some(Value::Bytes(s.as_bytes()))
 }
 
 impl StreamInfo {
@@ -56,23 +64,34 @@ impl StreamInfo {
     }
 }
 
-/// The property at `path`, or `None` (`NotFound`).
-pub(crate) fn get(state: &HostState, path: &[String]) -> Option<Vec<u8>> {
-    let joined = path.join(".");
-    if let Some(value) = state.stream.properties.get(&joined) {
-        return Some(value.clone());
+/// Appends the property at `path` (segments joined by `.`) to `out`; `false` when there is
+/// none (`NotFound`).
+pub(crate) fn get(state: &HostState, path: &str, out: &mut Vec<u8>) -> bool {
+    let Some(value) = lookup(state, path) else { return false };
+    match value {
+        Value::Bytes(bytes) => out.extend_from_slice(bytes),
+        Value::Owned(bytes) => out.extend_from_slice(&bytes),
+        Value::Int(value) => out.extend_from_slice(&value.to_le_bytes()),
+        Value::Bool(value) => out.push(u8::from(value)),
+    }
+    true
+}
+
+fn lookup<'a>(state: &'a HostState, joined: &str) -> Option<Value<'a>> {
+    if let Some(value) = state.stream.properties.get(joined) {
+        return Some(Value::Bytes(value));
     }
     let plugin = &state.plugin;
-    match joined.as_str() {
+    match joined {
         "plugin_name" => return string(&plugin.name),
         "plugin_root_id" => return string(&plugin.root_id),
         "plugin_vm_id" => return string(&plugin.vm_id),
         "node.id" => return string(&state.shared.node.id),
         "node.metadata.LABELS" => {
             let labels = &state.shared.node.labels;
-            return Some(abi::serialize_map(
+            return Some(Value::Owned(abi::serialize_map(
                 labels.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
-            ));
+            )));
         }
         other => {
             if let Some(key) = other.strip_prefix("node.metadata.") {
@@ -83,7 +102,7 @@ pub(crate) fn get(state: &HostState, path: &[String]) -> Option<Vec<u8>> {
     let info = state.stream.info.as_deref()?;
     let request = state.stream.request.visible();
     let response = state.stream.response.visible();
-    match joined.as_str() {
+    match joined {
         "request.path" => string(info.path()),
         "request.url_path" => string(info.path().split('?').next().unwrap_or("")),
         "request.query" => string(info.path().split_once('?').map_or("", |(_, q)| q)),
@@ -92,58 +111,58 @@ pub(crate) fn get(state: &HostState, path: &[String]) -> Option<Vec<u8>> {
         "request.method" => string(info.method.as_str()),
         "request.id" => string(info.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")),
         "request.protocol" => string(info.protocol),
-        "request.size" | "request.total_size" => Some(abi::int_property(info.request_size as i64)),
+        "request.size" | "request.total_size" => Some(Value::Int(info.request_size as i64)),
         "request.time" => {
             let nanos = info
                 .start
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos());
-            Some(abi::int_property(i64::try_from(nanos).unwrap_or(i64::MAX)))
+            Some(Value::Int(i64::try_from(nanos).unwrap_or(i64::MAX)))
         }
         "request.duration" => {
             let nanos = info.start.elapsed().map_or(0, |d| d.as_nanos());
-            Some(abi::int_property(i64::try_from(nanos).unwrap_or(i64::MAX)))
+            Some(Value::Int(i64::try_from(nanos).unwrap_or(i64::MAX)))
         }
         "request.useragent" => request
             .and_then(|r| r.map.get("user-agent"))
-            .map(|v| v.as_bytes().to_vec()),
+            .map(|v| Value::Bytes(v.as_bytes())),
         "request.referer" => request
             .and_then(|r| r.map.get("referer"))
-            .map(|v| v.as_bytes().to_vec()),
+            .map(|v| Value::Bytes(v.as_bytes())),
         "request.headers" => request.map(|r| {
             let pairs: Vec<(&[u8], &[u8])> = r
                 .map
                 .iter()
                 .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
                 .collect();
-            abi::serialize_map(pairs.into_iter())
+            Value::Owned(abi::serialize_map(pairs.into_iter()))
         }),
-        "response.code" => info.response_code.map(|c| abi::int_property(i64::from(c))),
+        "response.code" => info.response_code.map(|c| Value::Int(i64::from(c))),
         "response.code_details" => string(info.response_code_details),
-        "response.size" | "response.total_size" => Some(abi::int_property(info.response_size as i64)),
+        "response.size" | "response.total_size" => Some(Value::Int(info.response_size as i64)),
         "response.headers" => response.map(|r| {
             let pairs: Vec<(&[u8], &[u8])> = r
                 .map
                 .iter()
                 .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
                 .collect();
-            abi::serialize_map(pairs.into_iter())
+            Value::Owned(abi::serialize_map(pairs.into_iter()))
         }),
-        "source.address" => string(&info.source.to_string()),
-        "source.port" => Some(abi::int_property(i64::from(info.source.port()))),
-        "destination.address" => string(&info.destination.to_string()),
-        "destination.port" => Some(abi::int_property(i64::from(info.destination.port()))),
-        "connection.mtls" => Some(abi::bool_property(info.mtls)),
+        "source.address" => Some(Value::Owned(info.source.to_string().into_bytes())),
+        "source.port" => Some(Value::Int(i64::from(info.source.port()))),
+        "destination.address" => Some(Value::Owned(info.destination.to_string().into_bytes())),
+        "destination.port" => Some(Value::Int(i64::from(info.destination.port()))),
+        "connection.mtls" => Some(Value::Bool(info.mtls)),
         "connection.requested_server_name" => string(""),
         "source.principal" | "connection.uri_san_peer_certificate" | "weft.peer_principal" => {
             info.peer_principal.as_deref().and_then(string)
         }
-        "upstream.address" => info.upstream.map(|a| a.to_string().into_bytes()),
-        "upstream.port" => info.upstream.map(|a| abi::int_property(i64::from(a.port()))),
+        "upstream.address" => info.upstream.map(|a| Value::Owned(a.to_string().into_bytes())),
+        "upstream.port" => info.upstream.map(|a| Value::Int(i64::from(a.port()))),
         "route_name" | "xds.route_name" | "weft.route_name" => info.route.as_deref().and_then(string),
         "cluster_name" | "xds.cluster_name" | "weft.cluster" => info.cluster.as_deref().and_then(string),
         "weft.listener" => string(&info.listener),
-        "weft.worker" => Some(abi::int_property(info.worker as i64)),
+        "weft.worker" => Some(Value::Int(info.worker as i64)),
         _ => None,
     }
 }
