@@ -139,6 +139,8 @@ pub struct Telemetry {
     user_agent: Option<String>,
     x_forwarded_for: Option<String>,
     request_body_bytes: u64,
+    /// The request headers ended the request: it has no body to count.
+    bodiless: bool,
 }
 
 impl Filter for Telemetry {
@@ -152,6 +154,7 @@ impl Filter for Telemetry {
             user_agent: None,
             x_forwarded_for: None,
             request_body_bytes: 0,
+            bodiless: false,
         }
     }
 }
@@ -159,7 +162,8 @@ impl Filter for Telemetry {
 impl Context for Telemetry {}
 
 impl HttpContext for Telemetry {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.bodiless = end_of_stream;
         self.grpc = request_header(self, "content-type").is_some_and(|ct| labels::is_grpc(&ct));
         if self.config.access_log {
             self.user_agent = request_header(self, "user-agent");
@@ -188,6 +192,10 @@ impl HttpContext for Telemetry {
         if self.config.disable_metrics && !self.config.access_log {
             return;
         }
+        // Properties cost a hostcall each: those known to be absent are not read.
+        let mtls = property(&["connection", "mtls"])
+            .and_then(|b| wire::decode_bool(&b))
+            .unwrap_or(false);
         let key = FactsKey {
             host: string_property(&["request", "host"]).unwrap_or_default(),
             cluster: string_property(&["weft", "cluster"]),
@@ -198,16 +206,23 @@ impl HttpContext for Telemetry {
             grpc_status: self.grpc_status.clone(),
             code_details: string_property(&["response", "code_details"]).unwrap_or_default(),
             flags_override: string_property(&RESPONSE_FLAGS_PROPERTY),
-            mtls: property(&["connection", "mtls"])
-                .and_then(|b| wire::decode_bool(&b))
-                .unwrap_or(false),
-            peer_principal: string_property(&["source", "principal"]),
+            mtls,
+            // Only a mutual TLS peer has a principal.
+            peer_principal: if mtls {
+                string_property(&["source", "principal"])
+            } else {
+                None
+            },
         };
         let facts = key.facts();
         let unsigned = |path: &[&str]| int_property(path).map_or(0, |v| u64::try_from(v).unwrap_or(0));
         let duration_ms = unsigned(&["request", "duration"]) / 1_000_000;
         // `request.size` is the declared Content-Length; counting covers chunked bodies.
-        let bytes_received = self.request_body_bytes.max(unsigned(&["request", "size"]));
+        let bytes_received = if self.bodiless {
+            0
+        } else {
+            self.request_body_bytes.max(unsigned(&["request", "size"]))
+        };
         let bytes_sent = unsigned(&["response", "size"]);
 
         if !self.config.disable_metrics {

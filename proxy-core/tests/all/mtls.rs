@@ -778,6 +778,33 @@ async fn the_authz_filter_allows_by_peer_principal() {
 }
 
 #[tokio::test]
+async fn telemetry_labels_a_mutual_tls_request_with_the_peer_principal() {
+    let ca = Ca::new("mesh");
+    let filter = wasm_filter("telemetry", "telemetry", "{ reporter: destination }", "fail_closed");
+    let pair = Pair::start_with("{ mode: strict }", &filter, NO_SECURITY, MUTUAL).await;
+    pair.server.set_identity(ca.identity("reviews", 2)).expect("identity");
+    pair.client
+        .set_identity(ca.identity("productpage", 1))
+        .expect("identity");
+    assert_eq!(pair.call().await.status, StatusCode::OK);
+    // The log phase runs as the response ends, so the series may lag the reply a little.
+    let labelled = |series: &str| {
+        series.contains("connection_security_policy=\"mutual_tls\"")
+            && series.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\"")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = admin(&pair.server, "/stats/prometheus").await.body;
+        let series = text.lines().find(|l| l.starts_with("istio_requests_total{"));
+        if series.is_some_and(labelled) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{series:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_identity_loads_from_files() {
     let ca = Ca::new("mesh");
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
