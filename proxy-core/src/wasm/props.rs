@@ -40,6 +40,8 @@ pub(crate) struct StreamInfo {
 enum Value<'a> {
     Bytes(&'a [u8]),
     Owned(Vec<u8>),
+    /// A header map, serialized in the header-map format.
+    Headers(&'a http::HeaderMap),
     Int(i64),
     Bool(bool),
 }
@@ -71,6 +73,9 @@ pub(crate) fn get(state: &HostState, path: &str, out: &mut Vec<u8>) -> bool {
     match value {
         Value::Bytes(bytes) => out.extend_from_slice(bytes),
         Value::Owned(bytes) => out.extend_from_slice(&bytes),
+        Value::Headers(map) => {
+            abi::serialize_map_with(|| map.iter().map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes())), out);
+        }
         Value::Int(value) => out.extend_from_slice(&value.to_le_bytes()),
         Value::Bool(value) => out.push(u8::from(value)),
     }
@@ -129,25 +134,11 @@ fn lookup<'a>(state: &'a HostState, joined: &str) -> Option<Value<'a>> {
         "request.referer" => request
             .and_then(|r| r.map.get("referer"))
             .map(|v| Value::Bytes(v.as_bytes())),
-        "request.headers" => request.map(|r| {
-            let pairs: Vec<(&[u8], &[u8])> = r
-                .map
-                .iter()
-                .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
-                .collect();
-            Value::Owned(abi::serialize_map(pairs.into_iter()))
-        }),
+        "request.headers" => request.map(|r| Value::Headers(&r.map)),
         "response.code" => info.response_code.map(|c| Value::Int(i64::from(c))),
         "response.code_details" => string(info.response_code_details),
         "response.size" | "response.total_size" => Some(Value::Int(info.response_size as i64)),
-        "response.headers" => response.map(|r| {
-            let pairs: Vec<(&[u8], &[u8])> = r
-                .map
-                .iter()
-                .map(|(k, v)| (k.as_str().as_bytes(), v.as_bytes()))
-                .collect();
-            Value::Owned(abi::serialize_map(pairs.into_iter()))
-        }),
+        "response.headers" => response.map(|r| Value::Headers(&r.map)),
         "source.address" => Some(Value::Owned(info.source.to_string().into_bytes())),
         "source.port" => Some(Value::Int(i64::from(info.source.port()))),
         "destination.address" => Some(Value::Owned(info.destination.to_string().into_bytes())),

@@ -168,7 +168,7 @@ async fn series(proxy: &Proxy, name: &str, want: &[(&str, &str)]) -> Option<f64>
 
 /// Waits until the series reaches `expected` (the log phase runs as the response body ends,
 /// which may be just after the client has read it).
-async fn wait_for(proxy: &Proxy, name: &str, want: &[(&str, &str)], expected: f64) {
+pub(crate) async fn wait_for(proxy: &Proxy, name: &str, want: &[(&str, &str)], expected: f64) {
     let reached = eventually(Duration::from_secs(5), || async {
         series(proxy, name, want).await == Some(expected)
     })

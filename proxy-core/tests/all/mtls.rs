@@ -787,21 +787,11 @@ async fn telemetry_labels_a_mutual_tls_request_with_the_peer_principal() {
         .set_identity(ca.identity("productpage", 1))
         .expect("identity");
     assert_eq!(pair.call().await.status, StatusCode::OK);
-    // The log phase runs as the response ends, so the series may lag the reply a little.
-    let labelled = |series: &str| {
-        series.contains("connection_security_policy=\"mutual_tls\"")
-            && series.contains("source_principal=\"spiffe://cluster.local/ns/default/sa/productpage\"")
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = admin(&pair.server, "/stats/prometheus").await.body;
-        let series = text.lines().find(|l| l.starts_with("istio_requests_total{"));
-        if series.is_some_and(labelled) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{series:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let labels = [
+        ("connection_security_policy", "mutual_tls"),
+        ("source_principal", "spiffe://cluster.local/ns/default/sa/productpage"),
+    ];
+    crate::filter_telemetry::wait_for(&pair.server, "istio_requests_total", &labels, 1.0).await;
 }
 
 #[tokio::test]

@@ -269,6 +269,7 @@ async fn properties_read_back_with_envoy_encodings() {
     assert_eq!(prop("response-code"), "200");
     assert_eq!(prop("upstream-address"), up.addr.to_string());
     assert_eq!(prop("weft-route_name"), "default");
+    assert_eq!(prop("request-headers"), "rid-1");
     assert_eq!(r.header("x-authority"), Some("svc.local:8080"));
 }
 

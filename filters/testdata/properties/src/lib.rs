@@ -14,8 +14,8 @@
 //! `request.url_path`, `request.host`, `request.scheme`, `request.method`, `request.id`,
 //! `request.protocol`, `source.address`, `source.port` (int), `destination.address`,
 //! `destination.port` (int), `connection.mtls` (bool), `plugin_name`, `plugin_root_id`,
-//! `weft.route_name`; plus the request header `:authority` → response header `x-authority`
-//! (`(none)` if absent).
+//! `weft.route_name`, `request.headers` (a map, rendered as its `x-request-id` entry); plus
+//! the request header `:authority` → response header `x-authority` (`(none)` if absent).
 //!
 //! Read in response headers: `response.code` (int), `upstream.address`.
 
@@ -28,6 +28,26 @@ enum Kind {
     Str,
     Int,
     Bool,
+    /// A map in the header-map format, rendered as its `x-request-id` entry.
+    Map,
+}
+
+/// The value of `key` in a map in the header-map format (count, then key and value lengths,
+/// then each key and value followed by a NUL); `None` if absent or malformed.
+fn map_entry<'a>(bytes: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let word = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize);
+    let count = word(0)?;
+    let mut data = 4 + 8 * count;
+    for i in 0..count {
+        let (k, v) = (word(4 + 8 * i)?, word(8 + 8 * i)?);
+        let name = bytes.get(data..data + k)?;
+        let value = bytes.get(data + k + 1..data + k + 1 + v)?;
+        if name == key.as_bytes() {
+            return Some(value);
+        }
+        data += k + v + 2;
+    }
+    None
 }
 
 const REQUEST_PROPERTIES: &[(&[&str], Kind)] = &[
@@ -46,6 +66,7 @@ const REQUEST_PROPERTIES: &[(&[&str], Kind)] = &[
     (&["plugin_name"], Kind::Str),
     (&["plugin_root_id"], Kind::Str),
     (&["weft", "route_name"], Kind::Str),
+    (&["request", "headers"], Kind::Map),
 ];
 
 const RESPONSE_PROPERTIES: &[(&[&str], Kind)] = &[
@@ -75,6 +96,10 @@ fn read(path: &[&str], kind: Kind) -> (String, String) {
                 [1] => "true".to_string(),
                 _ => format!("(invalid {} bytes)", bytes.len()),
             },
+            Kind::Map => map_entry(&bytes, "x-request-id").map_or_else(
+                || "(no x-request-id)".to_string(),
+                |v| String::from_utf8_lossy(v).into_owned(),
+            ),
         },
     };
     (name, value)
