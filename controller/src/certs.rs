@@ -134,9 +134,7 @@ pub(crate) fn credential(
     }
     let workload =
         text(WORKLOAD_HEADER).ok_or_else(|| Status::unauthenticated(format!("missing {WORKLOAD_HEADER} metadata")))?;
-    let token = text("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| Status::unauthenticated("missing bearer credential"))?;
+    let token = bearer(metadata).ok_or_else(|| Status::unauthenticated("missing bearer credential"))?;
     let (namespace, name) = workload
         .split_once('/')
         .ok_or_else(|| Status::unauthenticated(format!("{WORKLOAD_HEADER} must be <namespace>/<workload>")))?;
@@ -146,6 +144,14 @@ pub(crate) fn credential(
         )));
     }
     Ok(Some(workload.to_owned()))
+}
+
+/// The token of a request's `authorization: Bearer <token>` metadata.
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
@@ -258,12 +264,7 @@ impl pb::certificates_server::Certificates for CertificateService {
         &self,
         request: Request<pb::RevokeCertificateRequest>,
     ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !token.is_some_and(|t| self.bootstrap.verify_operator(t)) {
+        if !bearer(request.metadata()).is_some_and(|t| self.bootstrap.verify_operator(t)) {
             return Err(Status::unauthenticated(format!(
                 "revoking needs the operator's token (the controller writes it to <data-dir>/{OPERATOR_TOKEN_FILE})"
             )));
