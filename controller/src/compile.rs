@@ -618,16 +618,34 @@ impl Mesh {
                 }
             }
             for (gateway, p) in servers {
-                for (domain, v) in &gateway.ports[p].hosts {
+                let port = &gateway.ports[p];
+                for (domain, v) in &port.hosts {
                     let vs = &self.vss[*v];
                     let Some(routes) = gateway.routes.get(v) else { continue };
+                    let https_redirect = port.redirects.contains(domain);
                     plans.push(VhostPlan {
                         name: domain.clone(),
                         domains: vec![domain.clone()],
                         router_hosts: vec![domain.clone()],
                         port: Some(number),
                         fallback: None,
-                        vs: Some((vs, routes)),
+                        vs: (!https_redirect).then_some((vs, routes)),
+                        https_redirect,
+                    });
+                }
+                for domain in port
+                    .redirects
+                    .iter()
+                    .filter(|d| !port.hosts.iter().any(|(h, _)| h == *d))
+                {
+                    plans.push(VhostPlan {
+                        name: domain.clone(),
+                        domains: vec![domain.clone()],
+                        router_hosts: vec![domain.clone()],
+                        port: Some(number),
+                        fallback: None,
+                        vs: None,
+                        https_redirect: true,
                     });
                 }
             }
@@ -746,6 +764,7 @@ impl Mesh {
                     port: Some(port.number),
                     fallback: Some(names::outbound_cluster(Some(port.number), "", &host.fqdn)),
                     vs,
+                    https_redirect: false,
                 });
             }
         }
@@ -763,6 +782,7 @@ impl Mesh {
                 port: None,
                 fallback: None,
                 vs: Some((&self.vss[v], routes)),
+                https_redirect: false,
             });
         }
         routing::build("outbound", &plans, namespace, &self.system)

@@ -293,6 +293,68 @@ fn gateway_https_servers_terminate_tls_with_their_secrets_by_sni() {
     assert!(tls.certificates[0].server_names.is_empty(), "`*` serves any name");
 }
 
+/// The router's virtual hosts of a gateway listener: (name, routes).
+fn gateway_router(mesh: &Mesh, port: u16) -> Vec<(String, serde_json::Value)> {
+    let listener = gateway_listener(mesh, port);
+    let router = listener
+        .filters
+        .iter()
+        .find(|f| f.name == "weft.router")
+        .expect("a router filter");
+    let serde_yaml::Value::String(text) = &router.config else {
+        panic!("the router's config is JSON text: {:?}", router.config)
+    };
+    let config: serde_json::Value = serde_json::from_str(text).expect("json");
+    config["virtual_hosts"]
+        .as_array()
+        .expect("virtual_hosts")
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap_or_default().to_owned(), v["routes"].clone()))
+        .collect()
+}
+
+#[test]
+fn gateway_https_redirect_answers_every_plaintext_request_of_its_hosts_with_a_301() {
+    // Port 8080 redirects its hosts (one routed by the VirtualService, one routed by
+    // nothing); port 8081 serves the same VirtualService without redirecting; 8443 is HTTPS.
+    let servers = "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [bookinfo.example.com, static.example.com]\n    tls: {httpsRedirect: true}\n  - port: {number: 8081, name: http-plain, protocol: HTTP}\n    hosts: [bookinfo.example.com]\n  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [bookinfo.example.com]\n    tls: {mode: SIMPLE, credentialName: bookinfo-cert, httpsRedirect: true}";
+    let (mesh, diagnostics) = compiled(&format!("{}{}", gateway(servers), secret("bookinfo-cert", false)));
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let redirect = serde_json::json!([{
+        "name": "https-redirect",
+        "redirect": {"scheme": "https", "derive_port": "FROM_REQUEST_PORT", "redirect_code": 301}
+    }]);
+    let redirecting = gateway_router(&mesh, 8080);
+    let names: Vec<&str> = redirecting.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["bookinfo.example.com", "static.example.com"]);
+    assert!(
+        redirecting.iter().all(|(_, routes)| *routes == redirect),
+        "{redirecting:#?}"
+    );
+    // The route table has each host, without a cluster: nothing is forwarded from there.
+    let table = gateway_listener(&mesh, 8080).route_table;
+    let mesh_table = sidecar(&mesh, "istio-ingressgateway")
+        .route_tables
+        .into_iter()
+        .find(|t| t.name == table)
+        .expect("the listener's table");
+    assert_eq!(mesh_table.virtual_hosts.len(), 2);
+    assert!(
+        mesh_table
+            .virtual_hosts
+            .iter()
+            .all(|v| v.routes.iter().all(|r| r.forward.is_none())),
+        "{mesh_table:#?}"
+    );
+    // Without httpsRedirect, and on HTTPS, the VirtualService routes.
+    for port in [8081, 8443] {
+        let routes = gateway_router(&mesh, port);
+        assert_eq!(routes.len(), 1, "{routes:#?}");
+        assert_ne!(routes[0].1, redirect, "port {port}");
+        assert!(routes[0].1.to_string().contains("productpage"), "{routes:#?}");
+    }
+}
+
 #[test]
 fn gateway_tls_problems_are_reported_and_the_server_left_out() {
     let servers = "  - port: {number: 8443, name: a, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: missing}\n  - port: {number: 9443, name: b, protocol: HTTPS}\n    hosts: [b.example.com]\n    tls: {mode: MUTUAL, credentialName: bookinfo-cert}\n  - port: {number: 7443, name: c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 8080, name: d, protocol: HTTP}\n    hosts: [\"*\"]\n    tls: {httpsRedirect: true}";
@@ -305,7 +367,6 @@ fn gateway_tls_problems_are_reported_and_the_server_left_out() {
     );
     assert!(has("MUTUAL needs a client CA"), "{text:#?}");
     assert!(has("PASSTHROUGH is not supported yet"), "{text:#?}");
-    assert!(has("httpsRedirect: not supported yet"), "{text:#?}");
     let gateway = sidecar(&mesh, "istio-ingressgateway");
     let ports: Vec<&str> = gateway.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(ports, ["gateway-8080"], "only the plaintext server runs");

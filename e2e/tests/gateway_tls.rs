@@ -1,7 +1,8 @@
 //! Gateway TLS end to end: a Gateway's HTTPS server whose certificate is a `v1 Secret`
 //! (`credentialName`), compiled by a real controller and served by a real gateway proxy; a
 //! TLS client that trusts only the test CA and sends the server's name gets the application's
-//! answer, and plaintext gets no HTTP answer.
+//! answer, and plaintext gets no HTTP answer. The Gateway's plaintext server with
+//! `httpsRedirect` answers every request for its hosts with a `301` to `https`.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -56,13 +57,24 @@ fn get_tls(address: SocketAddr, name: &str, ca: &str) -> Result<String, String> 
     Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
+/// A plaintext `GET path` with `host`: the raw response.
+fn get_plain(address: SocketAddr, host: &str, path: &str) -> String {
+    let mut tcp = TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut response = Vec::new();
+    let _ = tcp.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 #[test]
 fn a_gateway_https_server_terminates_tls_with_its_secret() {
     binaries();
     let filters = filters_dir();
     let dir = TempDir::new("gateway-tls");
     let app = Upstream::start("web-app");
-    let (grpc, registry, gateway_port) = (free_port(), free_port(), free_port());
+    let (grpc, registry, gateway_port, http_port) = (free_port(), free_port(), free_port(), free_port());
     let (ca, cert, key) = certificates("web.example.com");
     let intent = dir.path().join("intent");
     std::fs::create_dir_all(&intent).expect("intent dir");
@@ -108,6 +120,9 @@ spec:
     - port: {{ number: {gateway_port}, name: https, protocol: HTTPS }}
       hosts: [web.example.com]
       tls: {{ mode: SIMPLE, credentialName: web-cert }}
+    - port: {{ number: {http_port}, name: http, protocol: HTTP }}
+      hosts: [web.example.com, old.example.com]
+      tls: {{ httpsRedirect: true }}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -215,6 +230,31 @@ spec:
         )
     });
     assert!(reply.contains("web-app"), "{reply}");
+
+    // The plaintext server redirects every request for its hosts to https, the host as sent
+    // (port included) and the path and query kept; whether a VirtualService routes the host
+    // (web) or not (old). Other hosts are not served there.
+    let plain_address = SocketAddr::from(([127, 0, 0, 1], http_port));
+    assert!(
+        wait_listening(plain_address, Duration::from_secs(20)),
+        "{}",
+        gateway.log()
+    );
+    let location = |response: &str| {
+        response
+            .lines()
+            .find_map(|l| l.strip_prefix("location: ").map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let redirected = get_plain(plain_address, "web.example.com", "/reviews/1?page=2");
+    assert!(redirected.starts_with("HTTP/1.1 301"), "{redirected}");
+    assert_eq!(location(&redirected), "https://web.example.com/reviews/1?page=2");
+    assert!(!redirected.contains("web-app"), "forwarded: {redirected}");
+    let redirected = get_plain(plain_address, &format!("old.example.com:{http_port}"), "/");
+    assert!(redirected.starts_with("HTTP/1.1 301"), "{redirected}");
+    assert_eq!(location(&redirected), format!("https://old.example.com:{http_port}/"));
+    let other = get_plain(plain_address, "else.example.com", "/");
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
 
     // Another CA's client does not trust it; plaintext gets no HTTP answer.
     let (other_ca, _, _) = certificates("web.example.com");

@@ -40,6 +40,10 @@ pub(crate) struct GatewayPort {
     pub(crate) tls: Option<weft_api::ServerTls>,
     /// (domain, VirtualService index): hosts routed on this port, first VirtualService first.
     pub(crate) hosts: Vec<(String, usize)>,
+    /// Domains answered with a redirect to `https` (`tls.httpsRedirect` on a plaintext
+    /// server): those of `hosts` matched through such a server, and that server's hosts no
+    /// VirtualService routes.
+    pub(crate) redirects: Vec<String>,
 }
 
 /// A server host: an optional namespace restriction on the VirtualServices that may bind, and
@@ -47,6 +51,8 @@ pub(crate) struct GatewayPort {
 struct ServerHost {
     namespace: Option<String>,
     host: String,
+    /// The server redirects plaintext requests to `https`.
+    https_redirect: bool,
 }
 
 pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Diagnostic>) -> Vec<GatewayInfo> {
@@ -70,8 +76,10 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
         for (i, server) in spec.servers.iter().enumerate() {
             let field = format!("spec.servers[{i}]");
             let protocol = server.port.protocol.to_ascii_uppercase();
+            let mut https_redirect = false;
             let tls = match protocol.as_str() {
                 "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => {
+                    https_redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
                     let terminates = server.tls.as_ref().is_some_and(|t| {
                         t.mode.is_some() || t.credential_name.is_some() || t.server_certificate.is_some()
                     });
@@ -148,7 +156,11 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                 };
                 let name = name.trim_end_matches('.').to_ascii_lowercase();
                 match names::check_host(&name) {
-                    Ok(()) => hosts.push(ServerHost { namespace, host: name }),
+                    Ok(()) => hosts.push(ServerHost {
+                        namespace,
+                        host: name,
+                        https_redirect,
+                    }),
                     Err(why) => diagnostics.push(Diagnostic::error(
                         &at,
                         format!("{field}.hosts[{j}]"),
@@ -166,6 +178,7 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                 number,
                 tls: port_tls.get(&number).cloned().flatten(),
                 hosts: Vec::new(),
+                redirects: Vec::new(),
             })
             .collect();
         // VirtualServices are in precedence order: the first to claim a host on a port keeps it.
@@ -178,14 +191,14 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
             for port in &mut ports {
                 let server_hosts = &servers[&port.number];
                 for (i, host) in &vs.hosts {
-                    let Some(domain) = server_hosts
+                    let Some((domain, redirect)) = server_hosts
                         .iter()
                         .filter(|s| s.namespace.as_deref().is_none_or(|ns| ns == vs.namespace))
                         .find_map(|s| {
                             if names::host_matches(&s.host, host) {
-                                Some(host.clone())
+                                Some((host.clone(), s.https_redirect))
                             } else if names::host_matches(host, &s.host) {
-                                Some(s.host.clone())
+                                Some((s.host.clone(), s.https_redirect))
                             } else {
                                 None
                             }
@@ -213,6 +226,9 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                         }
                         continue;
                     }
+                    if redirect {
+                        port.redirects.push(domain.clone());
+                    }
                     port.hosts.push((domain, v));
                 }
             }
@@ -228,6 +244,15 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                         stored.name()
                     ),
                 ));
+            }
+        }
+        // A redirecting server's hosts redirect even where no VirtualService routes them.
+        for port in &mut ports {
+            for server_host in servers[&port.number].iter().filter(|s| s.https_redirect) {
+                let domain = &server_host.host;
+                if !port.hosts.iter().any(|(d, _)| d == domain) && !port.redirects.contains(domain) {
+                    port.redirects.push(domain.clone());
+                }
             }
         }
         ports.retain(|p| !servers[&p.number].is_empty());

@@ -35,7 +35,14 @@ pub(crate) struct VhostPlan<'a> {
     pub(crate) fallback: Option<String>,
     /// The VirtualService routing these hosts.
     pub(crate) vs: Option<(&'a CompiledVs, &'a ContextRoutes)>,
+    /// Every request to these hosts is answered with a `301` to the same URL over `https`
+    /// (a gateway server's `tls.httpsRedirect`); `vs` is then unused.
+    pub(crate) https_redirect: bool,
 }
+
+/// The router routes of a virtual host that redirects everything to `https`: the host and
+/// path as the request gave them (Envoy's `require_tls: ALL` keeps the `Host` header whole).
+const HTTPS_REDIRECT_ROUTES: &str = r#"[{"name":"https-redirect","redirect":{"scheme":"https","derive_port":"FROM_REQUEST_PORT","redirect_code":301}}]"#;
 
 /// A listener's route table and first-party filters (faults, retries, router, in chain
 /// order).
@@ -106,7 +113,13 @@ pub(crate) fn build(table: &str, plans: &[VhostPlan<'_>], namespace: &str, syste
             .filter(|d| used_domains.insert(d.as_str()))
             .cloned()
             .collect();
-        if let (Some((_, routes)), false) = (plan.vs, plan.router_hosts.is_empty()) {
+        if plan.https_redirect && !plan.router_hosts.is_empty() {
+            router_hosts.push(RouterVirtualHost {
+                name: &plan.name,
+                hosts: &plan.router_hosts,
+                routes: HTTPS_REDIRECT_ROUTES,
+            });
+        } else if let (Some((_, routes)), false) = (plan.vs, plan.router_hosts.is_empty()) {
             router_hosts.push(RouterVirtualHost {
                 name: &plan.name,
                 hosts: &plan.router_hosts,

@@ -829,6 +829,10 @@ pub struct ServerTlsSettings {
     /// The client CA file (PEM), for MUTUAL.
     #[serde(default)]
     pub ca_certificates: Option<String>,
+    /// On a plaintext (`HTTP`) server: answer every request with a `301` to the same URL over
+    /// `https` (Envoy's `require_tls: ALL` on the server's virtual hosts).
+    #[serde(default)]
+    pub https_redirect: bool,
 }
 
 /// A gateway server's port.
@@ -871,7 +875,7 @@ static SERVER_TLS: Node = Node::Object(&[
     ("serverCertificate", Field::Known(&SCALAR)),
     ("privateKey", Field::Known(&SCALAR)),
     ("caCertificates", Field::Known(&SCALAR)),
-    ("httpsRedirect", Field::Unsupported("no redirect to HTTPS yet")),
+    ("httpsRedirect", Field::Known(&SCALAR)),
     ("credentialNames", Field::Unsupported("one credential per server")),
     ("tlsCertificates", Field::Unsupported("one credential per server")),
     (
