@@ -361,6 +361,8 @@ fn full_snapshot() -> Snapshot {
                     subject_alt_names: vec!["spiffe://cluster.local/ns/default/sa/random".to_owned()],
                     ca_certificates: None,
                     mesh_endpoints_only: true,
+                    client_certificate: None,
+                    private_key: None,
                 }),
                 ..cluster("random", LbPolicy::Random, None, 9120)
             },
@@ -371,8 +373,22 @@ fn full_snapshot() -> Snapshot {
                     subject_alt_names: vec![],
                     ca_certificates: Some("-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n".to_owned()),
                     mesh_endpoints_only: false,
+                    client_certificate: None,
+                    private_key: None,
                 }),
                 ..cluster("plain", LbPolicy::RoundRobin, None, 9130)
+            },
+            Cluster {
+                tls: Some(UpstreamTls {
+                    mode: UpstreamTlsMode::Mutual,
+                    sni: Some("partner.example.com".to_owned()),
+                    subject_alt_names: vec!["api.partner.example.com".to_owned()],
+                    ca_certificates: None,
+                    mesh_endpoints_only: false,
+                    client_certificate: Some("/etc/certs/client.pem".to_owned()),
+                    private_key: Some("/etc/certs/client-key.pem".to_owned()),
+                }),
+                ..cluster("partner", LbPolicy::RoundRobin, None, 9140)
             },
             sticky,
             by_client,

@@ -200,6 +200,22 @@ fn destination_rule_modes_override_auto_mtls() {
         .unwrap();
     assert_eq!(tls.subject_alt_names, ["spiffe://cluster.local/ns/default/sa/other"]);
     assert!(!tls.mesh_endpoints_only);
+
+    // MUTUAL: the certificate and key stay files on the sidecar; only their paths travel.
+    let (mesh, diagnostics) = compiled(&rule(
+        "{mode: MUTUAL, sni: reviews.example.com, clientCertificate: /etc/certs/client.pem, privateKey: /etc/certs/key.pem}",
+    ));
+    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+    let tls = sidecar(&mesh, "productpage-v1")
+        .cluster(REVIEWS)
+        .unwrap()
+        .tls
+        .clone()
+        .unwrap();
+    assert_eq!(tls.mode, UpstreamTlsMode::Mutual);
+    assert_eq!(tls.client_certificate.as_deref(), Some("/etc/certs/client.pem"));
+    assert_eq!(tls.private_key.as_deref(), Some("/etc/certs/key.pem"));
+    assert_eq!(tls.sni.as_deref(), Some("reviews.example.com"));
 }
 
 #[test]
@@ -222,10 +238,7 @@ fn bad_settings_are_reported_and_the_rest_compiles() {
     assert!(has("unknown mode \"SOMETIMES\""), "{text:#?}");
     assert!(has("cannot read /nonexistent/ca.pem"), "{text:#?}");
     assert!(has("insecureSkipVerify: not supported yet"), "{text:#?}");
-    assert!(
-        has("MUTUAL (client certificates from files) is not supported yet"),
-        "{text:#?}"
-    );
+    assert!(has("MUTUAL needs clientCertificate and privateKey"), "{text:#?}");
     // The first namespace-wide policy holds; the bad one is ignored.
     assert_eq!(inbound_mtls(&mesh, "reviews-v1"), strict());
     let s = sidecar(&mesh, "productpage-v1");

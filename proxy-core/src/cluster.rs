@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use weft_api::{CircuitBreakers, HashOn, HealthCheck, LbPolicy, OutlierDetection, UpstreamProtocol};
 
 use crate::stats::{ClusterGauges, ClusterStats, Stats};
+use crate::tls::ClientFiles;
 
 pub(crate) mod health;
 mod lb;
@@ -241,20 +242,27 @@ impl ClusterSet {
                     )
                 })
                 .collect();
+            // A client certificate from files is read at every snapshot, so new files apply
+            // with the next one.
+            let client = match &config.tls {
+                Some(wanted) => ClientFiles::read(wanted, &config.name).map_err(|e| (config.name.clone(), e))?,
+                None => None,
+            };
             let connector = match (&config.tls, old) {
                 (None, _) => None,
-                // Same settings: keep the connector (and its TLS session cache).
+                // Same settings and files: keep the connector (and its TLS session cache).
                 (Some(wanted), Some(old))
-                    if old
-                        .tls
-                        .as_ref()
-                        .is_some_and(|(c, _)| c == wanted && old.protocol == config.protocol) =>
+                    if old.tls.as_ref().is_some_and(|(c, connector)| {
+                        c == wanted
+                            && old.protocol == config.protocol
+                            && connector.client_digest == client.as_ref().map(|c| c.digest)
+                    }) =>
                 {
                     old.tls.clone()
                 }
                 (Some(wanted), _) => Some((
                     wanted.clone(),
-                    tls.connector(wanted, config.protocol, &config.name)
+                    tls.connector(wanted, config.protocol, &config.name, client)
                         .map_err(|e| (config.name.clone(), e))?,
                 )),
             };

@@ -66,6 +66,63 @@ pub enum TlsError {
         /// The cause.
         message: String,
     },
+    /// A file named in the snapshot could not be read.
+    #[error("{what}: cannot read {path}: {source}")]
+    Read {
+        /// Which material.
+        what: String,
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A client certificate read from the files a cluster's `mutual` TLS names.
+pub(crate) struct ClientFiles {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// SHA-256 of both files: a connector is kept across snapshots only while they are the same.
+    pub(crate) digest: [u8; 32],
+}
+
+impl ClientFiles {
+    /// Reads the certificate and key of `tls` (mode `mutual`); `None` for the other modes.
+    pub(crate) fn read(tls: &UpstreamTls, cluster: &str) -> Result<Option<Self>, TlsError> {
+        use sha2::Digest as _;
+        let (UpstreamTlsMode::Mutual, Some(cert_path), Some(key_path)) =
+            (tls.mode, &tls.client_certificate, &tls.private_key)
+        else {
+            return Ok(None);
+        };
+        let read = |path: &str, field: &str| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                what: format!("cluster {cluster:?} tls.{field}"),
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let cert_pem = read(cert_path, "client_certificate")?;
+        let key_pem = read(key_path, "private_key")?;
+        let chain = parse_certs(
+            &String::from_utf8_lossy(&cert_pem),
+            &format!("cluster {cluster:?} tls.client_certificate {cert_path}"),
+        )?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Verifier {
+            what: format!("cluster {cluster:?} tls.private_key {key_path}"),
+            message: e.to_string(),
+        })?;
+        let mut digest = sha2::Sha256::new();
+        digest.update(&cert_pem);
+        digest.update([0]);
+        digest.update(&key_pem);
+        Ok(Some(Self {
+            chain,
+            key,
+            digest: digest.finalize().into(),
+        }))
+    }
 }
 
 /// The TLS material of one moment; replaced whole when any part changes.
@@ -298,12 +355,16 @@ impl MeshTls {
     }
 
     /// The client side of TLS to a cluster's endpoints.
+    ///
+    /// `client` is the certificate of `mutual` TLS, read with [`ClientFiles::read`].
     pub(crate) fn connector(
         self: &Arc<Self>,
         tls: &UpstreamTls,
         protocol: UpstreamProtocol,
         cluster: &str,
+        client: Option<ClientFiles>,
     ) -> Result<Arc<UpstreamConnector>, TlsError> {
+        let client_digest = client.as_ref().map(|c| c.digest);
         let alpn: Vec<Vec<u8>> = match protocol {
             UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
             UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
@@ -323,7 +384,7 @@ impl MeshTls {
                     algorithms: self.provider.signature_verification_algorithms,
                 }))
                 .with_client_cert_resolver(Arc::new(ClientCertResolver(Arc::downgrade(self)))),
-            UpstreamTlsMode::Simple => {
+            UpstreamTlsMode::Simple | UpstreamTlsMode::Mutual => {
                 let mut roots = RootCertStore::empty();
                 match &tls.ca_certificates {
                     Some(pem) => {
@@ -339,13 +400,43 @@ impl MeshTls {
                         roots.add_parsable_certificates(native.certs);
                     }
                 }
-                let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                     .build()
                     .map_err(|e| TlsError::Verifier {
                         what: format!("cluster {cluster:?} roots"),
                         message: e.to_string(),
                     })?;
-                builder.with_webpki_verifier(verifier).with_no_client_auth()
+                let verifier: Arc<dyn ServerCertVerifier> = if tls.subject_alt_names.is_empty() {
+                    webpki
+                } else {
+                    let names = tls
+                        .subject_alt_names
+                        .iter()
+                        .map(|name| {
+                            ServerName::try_from(name.clone()).map_err(|e| TlsError::Verifier {
+                                what: format!("cluster {cluster:?} tls.subject_alt_names {name:?}"),
+                                message: e.to_string(),
+                            })
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Arc::new(AnyNameVerifier { inner: webpki, names })
+                };
+                let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
+                match (tls.mode, client) {
+                    (UpstreamTlsMode::Mutual, Some(client)) => builder
+                        .with_client_auth_cert(client.chain, client.key)
+                        .map_err(|source| TlsError::Rustls {
+                            what: format!("cluster {cluster:?} tls.client_certificate"),
+                            source,
+                        })?,
+                    (UpstreamTlsMode::Mutual, None) => {
+                        return Err(TlsError::Verifier {
+                            what: format!("cluster {cluster:?} tls"),
+                            message: "mode mutual needs client_certificate and private_key".to_owned(),
+                        });
+                    }
+                    _ => builder.with_no_client_auth(),
+                }
             }
         };
         config.alpn_protocols = alpn;
@@ -361,6 +452,7 @@ impl MeshTls {
             server_name,
             mesh_endpoints_only: tls.mesh_endpoints_only,
             mutual: tls.mode == UpstreamTlsMode::IstioMutual,
+            client_digest,
             tls: Arc::downgrade(self),
             revocation_epoch: self.revocation_epoch.clone(),
             id: NEXT_CONNECTOR.fetch_add(1, Ordering::Relaxed),
@@ -384,6 +476,8 @@ pub(crate) struct UpstreamConnector {
     pub(crate) mesh_endpoints_only: bool,
     /// Mesh mutual TLS (needs the workload certificate).
     pub(crate) mutual: bool,
+    /// The [`ClientFiles::digest`] of the client certificate it presents (mode `mutual`).
+    pub(crate) client_digest: Option<[u8; 32]>,
     tls: std::sync::Weak<MeshTls>,
     /// [`MeshTls`]'s count of revocation changes.
     revocation_epoch: Arc<AtomicU64>,
@@ -667,6 +761,66 @@ impl ServerCertVerifier for MeshServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// One-way TLS's server check when a cluster lists the names its servers may present: the
+/// chain verified as by `inner`, and the certificate valid for one of `names` (whatever name
+/// was sent in SNI), as Envoy's `match_subject_alt_names`.
+#[derive(Debug)]
+struct AnyNameVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for AnyNameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut last = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        for name in &self.names {
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
+            {
+                Ok(verified) => return Ok(verified),
+                // Only a name mismatch moves on to the next name; a bad chain fails at once.
+                Err(e @ rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+                | Err(e @ rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) =>
+                {
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

@@ -219,12 +219,15 @@ fn cluster_to_pb(cluster: &domain::Cluster) -> pb::Cluster {
             mode: match tls.mode {
                 domain::UpstreamTlsMode::IstioMutual => pb::UpstreamTlsMode::IstioMutual,
                 domain::UpstreamTlsMode::Simple => pb::UpstreamTlsMode::Simple,
+                domain::UpstreamTlsMode::Mutual => pb::UpstreamTlsMode::Mutual,
             }
             .into(),
             sni: tls.sni.clone(),
             subject_alt_names: tls.subject_alt_names.clone(),
             ca_certificates: tls.ca_certificates.clone(),
             mesh_endpoints_only: tls.mesh_endpoints_only,
+            client_certificate: tls.client_certificate.clone(),
+            private_key: tls.private_key.clone(),
         }),
     }
 }
@@ -535,6 +538,7 @@ fn upstream_tls_from_pb(wire: pb::UpstreamTls, path: Path<'_>) -> Result<domain:
     let mode = match enum_from_pb::<pb::UpstreamTlsMode>(wire.mode, path.field("mode"))? {
         pb::UpstreamTlsMode::IstioMutual => domain::UpstreamTlsMode::IstioMutual,
         pb::UpstreamTlsMode::Simple => domain::UpstreamTlsMode::Simple,
+        pb::UpstreamTlsMode::Mutual => domain::UpstreamTlsMode::Mutual,
         pb::UpstreamTlsMode::Unspecified => {
             return Err(InvalidSnapshot::UnknownEnumValue {
                 path: path.field("mode").to_string(),
@@ -548,6 +552,8 @@ fn upstream_tls_from_pb(wire: pb::UpstreamTls, path: Path<'_>) -> Result<domain:
         subject_alt_names: wire.subject_alt_names,
         ca_certificates: wire.ca_certificates,
         mesh_endpoints_only: wire.mesh_endpoints_only,
+        client_certificate: wire.client_certificate,
+        private_key: wire.private_key,
     })
 }
 

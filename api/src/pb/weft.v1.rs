@@ -858,12 +858,18 @@ pub struct UpstreamTls {
     /// Identities the server may present (SPIFFE IDs, or DNS names for `simple`).
     #[prost(string, repeated, tag = "3")]
     pub subject_alt_names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// Roots for `simple`, PEM. Unset: the system's roots.
+    /// Roots for `simple` and `mutual`, PEM. Unset: the system's roots.
     #[prost(string, optional, tag = "4")]
     pub ca_certificates: ::core::option::Option<::prost::alloc::string::String>,
     /// Only endpoints marked `mesh` get TLS (auto mTLS).
     #[prost(bool, tag = "5")]
     pub mesh_endpoints_only: bool,
+    /// For `mutual`: path of the client certificate chain (PEM) on the proxy's file system.
+    #[prost(string, optional, tag = "6")]
+    pub client_certificate: ::core::option::Option<::prost::alloc::string::String>,
+    /// For `mutual`: path of its private key (PEM) on the proxy's file system.
+    #[prost(string, optional, tag = "7")]
+    pub private_key: ::core::option::Option<::prost::alloc::string::String>,
 }
 /// One upstream endpoint.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1161,6 +1167,8 @@ pub enum UpstreamTlsMode {
     IstioMutual = 1,
     /// One-way TLS (egress origination).
     Simple = 2,
+    /// TLS with a client certificate from files (egress origination).
+    Mutual = 3,
 }
 impl UpstreamTlsMode {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -1172,6 +1180,7 @@ impl UpstreamTlsMode {
             Self::Unspecified => "UPSTREAM_TLS_MODE_UNSPECIFIED",
             Self::IstioMutual => "UPSTREAM_TLS_MODE_ISTIO_MUTUAL",
             Self::Simple => "UPSTREAM_TLS_MODE_SIMPLE",
+            Self::Mutual => "UPSTREAM_TLS_MODE_MUTUAL",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -1180,6 +1189,7 @@ impl UpstreamTlsMode {
             "UPSTREAM_TLS_MODE_UNSPECIFIED" => Some(Self::Unspecified),
             "UPSTREAM_TLS_MODE_ISTIO_MUTUAL" => Some(Self::IstioMutual),
             "UPSTREAM_TLS_MODE_SIMPLE" => Some(Self::Simple),
+            "UPSTREAM_TLS_MODE_MUTUAL" => Some(Self::Mutual),
             _ => None,
         }
     }

@@ -109,6 +109,9 @@ pub enum UpstreamTlsMode {
     /// One-way TLS (egress origination): the server verified against `ca_certificates`, or the
     /// system's roots, and its name.
     Simple,
+    /// TLS with a client certificate from files (egress origination to a server that wants
+    /// one): the server verified as with `simple`, the proxy presenting `client_certificate`.
+    Mutual,
 }
 
 /// TLS towards a cluster's endpoints.
@@ -127,9 +130,18 @@ pub struct UpstreamTls {
     /// `sni` name (`simple`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subject_alt_names: Vec<String>,
-    /// Roots for `simple`, PEM. Default: the system's roots.
+    /// Roots for `simple` and `mutual`, PEM. Default: the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<String>,
+    /// For `mutual`: the path, on the proxy's file system, of the certificate chain (PEM, leaf
+    /// first) the proxy presents. Read when the snapshot is applied; a file that cannot be read
+    /// rejects the snapshot. Required with `mutual`, refused with the other modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// For `mutual`: the path of the certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    /// It stays on the proxy's machine; only the path travels in the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
     /// Only endpoints marked `mesh: true` get TLS; the others get plaintext (Istio's auto
     /// mTLS: workloads with a sidecar get mutual TLS, the rest plaintext).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -285,6 +285,21 @@ fn check_cluster(errors: &mut Errors, path: Path<'_>, cluster: &Cluster) {
             errors.push(path.field("base_ejection_time"), "must be greater than zero");
         }
     }
+    if let Some(tls) = &cluster.tls {
+        let path = path.field("tls");
+        let mutual = tls.mode == crate::UpstreamTlsMode::Mutual;
+        for (name, value) in [
+            ("client_certificate", &tls.client_certificate),
+            ("private_key", &tls.private_key),
+        ] {
+            match value {
+                None if mutual => errors.push(path.field(name), "required with mode mutual"),
+                Some(p) if mutual && p.is_empty() => errors.push(path.field(name), "empty path"),
+                Some(_) if !mutual => errors.push(path.field(name), "only with mode mutual"),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Checks what ties the elements of `snapshot` together: unique names and listener
@@ -555,6 +570,36 @@ clusters:
                 "missing {expected:?} in {errors:#?}"
             );
         }
+    }
+
+    #[test]
+    fn client_certificates_go_with_mutual_upstream_tls_only() {
+        let with_tls = |tls: &str| {
+            GOOD.replace(
+                "    hash_on: { header: x-user }\n",
+                &format!("    hash_on: {{ header: x-user }}\n    tls: {tls}\n"),
+            )
+        };
+        assert!(
+            errors_of(&with_tls(
+                "{ mode: mutual, client_certificate: c.pem, private_key: k.pem }"
+            ))
+            .is_empty()
+        );
+        let errors = errors_of(&with_tls("{ mode: mutual, client_certificate: c.pem }"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("clusters[0].tls.private_key: required with mode mutual")),
+            "{errors:?}"
+        );
+        let errors = errors_of(&with_tls("{ mode: simple, private_key: k.pem }"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("clusters[0].tls.private_key: only with mode mutual")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -47,11 +47,13 @@ enum ClientTls {
     Disable,
     /// Mesh mutual TLS; identities to accept (empty: the endpoints' own).
     IstioMutual { sni: Option<String>, sans: Vec<String> },
-    /// One-way TLS (egress origination).
+    /// One-way TLS (egress origination); with `client` (a certificate and key file on the
+    /// sidecar), mutual.
     Simple {
         sni: Option<String>,
         sans: Vec<String>,
         ca: Option<String>,
+        client: Option<(String, String)>,
     },
 }
 
@@ -303,13 +305,21 @@ fn upstream_tls(parts: &Parts, endpoints: &[Endpoint], mesh: &MeshEndpoints) -> 
             subject_alt_names: if sans.is_empty() { identities() } else { sans.clone() },
             ca_certificates: None,
             mesh_endpoints_only: false,
+            client_certificate: None,
+            private_key: None,
         }),
-        Some(ClientTls::Simple { sni, sans, ca }) => Some(UpstreamTls {
-            mode: UpstreamTlsMode::Simple,
+        Some(ClientTls::Simple { sni, sans, ca, client }) => Some(UpstreamTls {
+            mode: if client.is_some() {
+                UpstreamTlsMode::Mutual
+            } else {
+                UpstreamTlsMode::Simple
+            },
             sni: sni.clone(),
             subject_alt_names: sans.clone(),
             ca_certificates: ca.clone(),
             mesh_endpoints_only: false,
+            client_certificate: client.as_ref().map(|(cert, _)| cert.clone()),
+            private_key: client.as_ref().map(|(_, key)| key.clone()),
         }),
         None if endpoints.iter().any(|e| e.mesh) => Some(UpstreamTls {
             mode: UpstreamTlsMode::IstioMutual,
@@ -317,6 +327,8 @@ fn upstream_tls(parts: &Parts, endpoints: &[Endpoint], mesh: &MeshEndpoints) -> 
             subject_alt_names: identities(),
             ca_certificates: None,
             mesh_endpoints_only: true,
+            client_certificate: None,
+            private_key: None,
         }),
         None => None,
     }
@@ -428,9 +440,43 @@ fn client_tls(
                     "ISTIO_MUTUAL verifies with the mesh's trust bundle; ignored",
                 ));
             }
+            if tls.client_certificate.is_some() || tls.private_key.is_some() {
+                diagnostics.push(Diagnostic::warning(
+                    at,
+                    format!("{field}.clientCertificate"),
+                    "ISTIO_MUTUAL presents the workload certificate; ignored",
+                ));
+            }
             Some(ClientTls::IstioMutual { sni, sans })
         }
-        "SIMPLE" => {
+        mode @ ("SIMPLE" | "MUTUAL") => {
+            let client = if mode == "MUTUAL" {
+                match (&tls.client_certificate, &tls.private_key) {
+                    (Some(cert), Some(key)) if !cert.is_empty() && !key.is_empty() => Some((cert.clone(), key.clone())),
+                    _ => {
+                        diagnostics.push(Diagnostic::error(
+                            at,
+                            format!("{field}.mode"),
+                            "MUTUAL needs clientCertificate and privateKey (files on the sidecar); the setting is ignored",
+                        ));
+                        return None;
+                    }
+                }
+            } else {
+                for (name, value) in [
+                    ("clientCertificate", &tls.client_certificate),
+                    ("privateKey", &tls.private_key),
+                ] {
+                    if value.is_some() {
+                        diagnostics.push(Diagnostic::warning(
+                            at,
+                            format!("{field}.{name}"),
+                            "only MUTUAL presents a client certificate; ignored",
+                        ));
+                    }
+                }
+                None
+            };
             let ca = match &tls.ca_certificates {
                 None => None,
                 Some(path) => match std::fs::read_to_string(path) {
@@ -453,15 +499,7 @@ fn client_tls(
                     }
                 },
             };
-            Some(ClientTls::Simple { sni, sans, ca })
-        }
-        "MUTUAL" => {
-            diagnostics.push(Diagnostic::warning(
-                at,
-                format!("{field}.mode"),
-                "MUTUAL (client certificates from files) is not supported yet; the setting is ignored",
-            ));
-            None
+            Some(ClientTls::Simple { sni, sans, ca, client })
         }
         other => {
             diagnostics.push(Diagnostic::error(

@@ -517,9 +517,16 @@ pub struct ClientTls {
     /// Identities the server may present.
     #[serde(default, deserialize_with = "de::strings")]
     pub subject_alt_names: Vec<String>,
-    /// A PEM file of roots to verify the server with (`SIMPLE`).
+    /// A PEM file of roots to verify the server with (`SIMPLE`, `MUTUAL`), read by the
+    /// controller.
     #[serde(default)]
     pub ca_certificates: Option<String>,
+    /// `MUTUAL`: the client certificate chain file (PEM) on the sidecar's file system.
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    /// `MUTUAL`: its private key file (PEM) on the sidecar's file system.
+    #[serde(default)]
+    pub private_key: Option<String>,
 }
 
 /// A per-port traffic policy.
@@ -734,17 +741,13 @@ static CLIENT_TLS: Node = Node::Object(&[
     ("sni", Field::Known(&SCALAR)),
     ("subjectAltNames", Field::Known(&SCALARS)),
     ("caCertificates", Field::Known(&SCALAR)),
-    (
-        "clientCertificate",
-        Field::Unsupported("client certificates from files (MUTUAL) are not built yet"),
-    ),
-    (
-        "privateKey",
-        Field::Unsupported("client certificates from files (MUTUAL) are not built yet"),
-    ),
+    ("clientCertificate", Field::Known(&SCALAR)),
+    ("privateKey", Field::Known(&SCALAR)),
     (
         "credentialName",
-        Field::Unsupported("no secret references for clients yet"),
+        Field::Unsupported(
+            "no secret references for clients yet (MUTUAL takes clientCertificate and privateKey files)",
+        ),
     ),
     ("insecureSkipVerify", Field::Unsupported("servers are always verified")),
     (

@@ -7,6 +7,7 @@ mod support;
 
 mod balancing;
 mod basics;
+mod egress_tls;
 mod examples;
 mod filter_authz;
 mod filter_fault;
