@@ -201,8 +201,13 @@ pub trait FilterFactory: Send + Sync {
     /// A fresh instance for one request.
     fn create(&self, context: &FilterContext) -> Box<dyn HttpFilter>;
 
-    /// Whether the body phases should be called (they cost a lock per chunk).
-    fn wants_body(&self) -> bool {
+    /// Whether the `request_body` phase should be called (it costs a lock per chunk).
+    fn wants_request_body(&self) -> bool {
+        false
+    }
+
+    /// Whether the `response_body` phase should be called.
+    fn wants_response_body(&self) -> bool {
         false
     }
 
@@ -257,7 +262,8 @@ pub enum FilterError {
 #[derive(Clone, Default)]
 pub struct FilterChain {
     factories: Arc<[Arc<dyn FilterFactory>]>,
-    wants_body: bool,
+    wants_request_body: bool,
+    wants_response_body: bool,
     wants_callouts: bool,
     may_retry: bool,
     shares_properties: bool,
@@ -296,13 +302,15 @@ impl FilterChain {
 
     /// A chain of the given factories, in order.
     pub fn from_factories(factories: Vec<Arc<dyn FilterFactory>>) -> Self {
-        let wants_body = factories.iter().any(|f| f.wants_body());
+        let wants_request_body = factories.iter().any(|f| f.wants_request_body());
+        let wants_response_body = factories.iter().any(|f| f.wants_response_body());
         let wants_callouts = factories.iter().any(|f| f.wants_callouts());
         let may_retry = factories.iter().any(|f| f.may_retry());
         let shares_properties = factories.iter().filter(|f| f.uses_properties()).count() > 1;
         Self {
             factories: factories.into(),
-            wants_body,
+            wants_request_body,
+            wants_response_body,
             wants_callouts,
             may_retry,
             shares_properties,
@@ -314,9 +322,14 @@ impl FilterChain {
         self.factories.is_empty()
     }
 
-    /// Whether any filter wants the body phases.
-    pub fn wants_body(&self) -> bool {
-        self.wants_body
+    /// Whether any filter wants the `request_body` phase.
+    pub fn wants_request_body(&self) -> bool {
+        self.wants_request_body
+    }
+
+    /// Whether any filter wants the `response_body` phase.
+    pub fn wants_response_body(&self) -> bool {
+        self.wants_response_body
     }
 
     /// Whether any filter may make HTTP callouts.

@@ -336,6 +336,19 @@ impl Exchange<'_> {
                     return Err(Local(Reason::BadRequest).into());
                 }
             }
+        } else if body_empty && self.filters.as_ref().is_some_and(SharedFilters::request_paused) {
+            // A paused request's one body phase runs before it goes on, even with no body
+            // (hyper would not poll the empty body of a `GET`).
+            use http_body_util::BodyExt;
+            match body.collect().await {
+                Ok(collected) => (Some(body::full(collected.to_bytes())), None),
+                Err(_) => {
+                    if let Some(reply) = self.filters.as_ref().and_then(SharedFilters::take_reply) {
+                        return Err(LocalOrFilter::Filter(reply));
+                    }
+                    return Err(Local(Reason::BadRequest).into());
+                }
+            }
         } else {
             (Some(body), None)
         };
@@ -592,7 +605,7 @@ impl Exchange<'_> {
         if let Some(filters) = self
             .filters
             .as_ref()
-            .filter(|f| self.listener.chain.wants_body() && (!body.is_end_stream() || f.request_paused()))
+            .filter(|f| self.listener.chain.wants_request_body() && (!body.is_end_stream() || f.request_paused()))
         {
             body = body::boxed(FilteredBody::new(
                 body,
@@ -646,7 +659,7 @@ impl Exchange<'_> {
                     filter_reply(reply)
                 }
                 None => {
-                    let body = if self.listener.chain.wants_body() && !end {
+                    let body = if self.listener.chain.wants_response_body() && !end {
                         body::boxed(FilteredBody::new(
                             body,
                             filters.clone(),

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod abi;
+mod capabilities;
 mod extensions;
 mod filter;
 mod host;

@@ -136,8 +136,16 @@ impl<F: Filter> RootContext for Root<F> {
 }
 
 /// Registers `$filter` (a [`Filter`]) as the module's filter.
+///
+/// With a `capabilities` list, the module also declares what the filter uses (see
+/// [`capabilities!`]): `weft_sdk::filter!(Router, capabilities: [request_headers, response_headers, properties]);`.
+/// Without one, the proxy assumes the filter may use everything.
 #[macro_export]
 macro_rules! filter {
+    ($filter:ty, capabilities: [$($capability:ident),* $(,)?] $(,)?) => {
+        $crate::capabilities!($($capability),*);
+        $crate::filter!($filter);
+    };
     ($filter:ty) => {
         #[doc(hidden)]
         mod __weft_filter_entry {
@@ -153,9 +161,129 @@ macro_rules! filter {
     };
 }
 
+/// Declares what the module's filter uses, in a `weft.capabilities` custom section, so that
+/// Weft skips the work for what it does not: a phase not listed is never called (the filter
+/// behaves as if it returned `Continue` there), requests keep no copy for retries unless
+/// `retry` is listed, and carry no callout handle unless `callouts` is.
+///
+/// The names: `request_headers`, `request_body`, `response_headers`, `response_body`, `log`
+/// (the `on_log` callback; `on_done` and `on_delete` always run), `callouts`
+/// (`dispatch_http_call`), `retry` ([`weft::retry`] and [`weft::retry_after`]), `properties`
+/// (reading or setting properties, [`weft::peer_principal`] included). A name not in this list
+/// does not compile. List everything the filter relies on: what is left out is off. Other
+/// proxy-wasm hosts ignore the section.
+///
+/// ```
+/// weft_sdk::capabilities!(request_headers, log, properties);
+/// # fn main() {}
+/// ```
+///
+/// A misspelt name fails the build:
+///
+/// ```compile_fail
+/// weft_sdk::capabilities!(request_headers, retyr);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! capabilities {
+    ($($capability:ident),* $(,)?) => {
+        $(const _: () = $crate::__private::check_capability(stringify!($capability));)*
+        #[doc(hidden)]
+        #[used]
+        #[cfg_attr(target_arch = "wasm32", unsafe(link_section = "weft.capabilities"))]
+        static __WEFT_CAPABILITIES: [u8; $crate::__private::declaration_len(&[$(stringify!($capability)),*])] =
+            $crate::__private::declaration(&[$(stringify!($capability)),*]);
+    };
+}
+
+/// Helpers of [`capabilities!`]; not an API.
+#[doc(hidden)]
+pub mod __private {
+    /// The capabilities Weft knows.
+    const KNOWN: [&str; 8] = [
+        "request_headers",
+        "request_body",
+        "response_headers",
+        "response_body",
+        "log",
+        "callouts",
+        "retry",
+        "properties",
+    ];
+
+    const fn same(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Fails the build for a name Weft does not know.
+    pub const fn check_capability(name: &str) {
+        let mut i = 0;
+        while i < KNOWN.len() {
+            if same(KNOWN[i], name) {
+                return;
+            }
+            i += 1;
+        }
+        panic!(
+            "unknown Weft capability (known: request_headers, request_body, response_headers, response_body, log, callouts, retry, properties)"
+        );
+    }
+
+    /// The length of the section's text: the names, each followed by a space.
+    pub const fn declaration_len(names: &[&str]) -> usize {
+        let mut len = 0;
+        let mut i = 0;
+        while i < names.len() {
+            len += names[i].len() + 1;
+            i += 1;
+        }
+        len
+    }
+
+    /// The section's text.
+    pub const fn declaration<const N: usize>(names: &[&str]) -> [u8; N] {
+        let mut out = [0u8; N];
+        let mut at = 0;
+        let mut i = 0;
+        while i < names.len() {
+            let name = names[i].as_bytes();
+            let mut j = 0;
+            while j < name.len() {
+                out[at] = name[j];
+                at += 1;
+                j += 1;
+            }
+            out[at] = b' ';
+            at += 1;
+            i += 1;
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_declaration_is_the_names_separated_by_spaces() {
+        const NAMES: [&str; 2] = ["request_headers", "log"];
+        const TEXT: [u8; __private::declaration_len(&NAMES)] = __private::declaration(&NAMES);
+        assert_eq!(&TEXT, b"request_headers log ");
+        __private::check_capability("retry");
+        assert_eq!(__private::declaration_len(&[]), 0);
+    }
 
     #[derive(serde::Deserialize, Debug, PartialEq, Default)]
     #[serde(deny_unknown_fields)]

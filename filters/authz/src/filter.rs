@@ -114,4 +114,4 @@ impl HttpContext for AuthzFilter {
     }
 }
 
-weft_sdk::filter!(AuthzFilter);
+weft_sdk::filter!(AuthzFilter, capabilities: [request_headers, properties]);

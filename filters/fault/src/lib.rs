@@ -142,4 +142,4 @@ mod metrics {
     }
 }
 
-weft_sdk::filter!(Fault);
+weft_sdk::filter!(Fault, capabilities: [request_headers, request_body]);

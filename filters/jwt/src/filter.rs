@@ -424,4 +424,4 @@ impl HttpContext for JwtFilter {
     }
 }
 
-weft_sdk::filter!(JwtFilter);
+weft_sdk::filter!(JwtFilter, capabilities: [request_headers, callouts, properties]);

@@ -344,6 +344,8 @@ mod shared {
 /// function carries no documentation. (`weft_sdk::filter!` with [`RateLimitRoot`] instead of
 /// the SDK's [`Root`].)
 mod entry {
+    weft_sdk::capabilities!(request_headers, response_headers, properties);
+
     weft_sdk::proxy_wasm::main! {{
         weft_sdk::proxy_wasm::set_log_level(weft_sdk::LogLevel::Info);
         weft_sdk::proxy_wasm::set_root_context(|_| -> Box<dyn weft_sdk::RootContext> {

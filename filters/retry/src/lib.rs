@@ -256,4 +256,4 @@ mod metrics {
     }
 }
 
-weft_sdk::filter!(Retry);
+weft_sdk::filter!(Retry, capabilities: [request_headers, response_headers, log, retry, properties]);

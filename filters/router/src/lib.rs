@@ -166,4 +166,4 @@ fn apply(map: MapType, ops: &HeaderOperations) {
     }
 }
 
-weft_sdk::filter!(Router);
+weft_sdk::filter!(Router, capabilities: [request_headers, response_headers, properties]);

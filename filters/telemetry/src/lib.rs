@@ -364,7 +364,10 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
-weft_sdk::filter!(Telemetry);
+weft_sdk::filter!(
+    Telemetry,
+    capabilities: [request_headers, request_body, response_headers, log, properties]
+);
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use weft_api::{FailurePolicy, FilterConfig, WasmModule};
 
 use super::abi::BufferType;
+use super::capabilities::Capabilities;
 use super::host::{HeadView, Intents, Plugin, StreamData};
 use super::props::StreamInfo;
 use super::runtime::{LoadedModule, WasmRuntime};
@@ -140,37 +141,6 @@ pub(crate) struct WasmFactory {
     can: Capabilities,
 }
 
-/// What a module can do, from its imports and exports: the request path skips the work a
-/// filter cannot use (body phases, callout handles, retry buffering, shared properties).
-///
-/// Filters built with the Rust SDK import and export (nearly) everything, whatever they
-/// use, so for them every answer is yes.
-#[derive(Debug, Clone, Copy)]
-struct Capabilities {
-    /// Exports `proxy_on_request_body` or `proxy_on_response_body`.
-    body: bool,
-    /// Imports `proxy_http_call` (or `proxy_dispatch_http_call`).
-    callouts: bool,
-    /// Imports `proxy_call_foreign_function` (`weft.retry` is a foreign function).
-    retry: bool,
-    /// Imports `proxy_get_property` or `proxy_set_property`.
-    properties: bool,
-}
-
-impl Capabilities {
-    fn of(module: &wasmtime::Module) -> Self {
-        let imports = || module.imports().filter(|i| i.module() == "env").map(|i| i.name());
-        let imported = |names: &[&str]| imports().any(|n| names.contains(&n));
-        let exported = |names: &[&str]| module.exports().any(|e| names.contains(&e.name()));
-        Self {
-            body: exported(&["proxy_on_request_body", "proxy_on_response_body"]),
-            callouts: imported(&["proxy_http_call", "proxy_dispatch_http_call"]),
-            retry: imported(&["proxy_call_foreign_function"]),
-            properties: imported(&["proxy_get_property", "proxy_set_property"]),
-        }
-    }
-}
-
 /// The bytes a guest receives for a configuration value: a string as is, else JSON.
 fn config_bytes(value: &serde_yaml::Value) -> Bytes {
     match value {
@@ -214,7 +184,7 @@ impl WasmFactory {
             plugin_config: config_bytes(&config.config),
         });
         Vm::new(runtime, &module, plugin.clone(), None).map_err(|e| fail(e.to_string()))?;
-        let can = Capabilities::of(module.pre.module());
+        let can = module.capabilities;
         let shared = Arc::new(Shared {
             runtime: runtime.clone(),
             module,
@@ -283,8 +253,12 @@ impl FilterFactory for WasmFactory {
         })
     }
 
-    fn wants_body(&self) -> bool {
-        self.can.body
+    fn wants_request_body(&self) -> bool {
+        self.can.request_body
+    }
+
+    fn wants_response_body(&self) -> bool {
+        self.can.response_body
     }
 
     fn wants_callouts(&self) -> bool {
@@ -519,6 +493,14 @@ impl WasmFilter {
     }
 
     fn body(&mut self, phase: Phase, kind: BufferType, body: &mut Bytes, end: bool) -> BodyAction {
+        let can = &self.shared.module.capabilities;
+        let wanted = match phase {
+            Phase::RequestBody => can.request_body,
+            _ => can.response_body,
+        };
+        if !wanted {
+            return BodyAction::Continue;
+        }
         let size = body.len();
         let (result, intents) = self.run(Io::Body(kind, body), None, |vm, ctx| vm.phase(phase, ctx, size, end));
         let Some(action) = result else {
@@ -709,6 +691,9 @@ impl HttpFilter for WasmFilter {
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0);
         }
+        if !self.shared.module.capabilities.request_headers {
+            return FilterAction::Continue;
+        }
         // The four pseudo-headers and the map.
         let count = 4 + request.headers.len();
         let (result, intents) = self.run(Io::Request(request), None, |vm, ctx| {
@@ -730,6 +715,9 @@ impl HttpFilter for WasmFilter {
                 info.upstream = Some(upstream.endpoint);
                 info.cluster = Some(upstream.cluster.clone());
             }
+        }
+        if !self.shared.module.capabilities.response_headers {
+            return FilterAction::Continue;
         }
         // `:status` and the map.
         let count = 1 + response.headers.len();
@@ -811,8 +799,10 @@ impl HttpFilter for WasmFilter {
             info.upstream = record.upstream;
             info.cluster = record.cluster.clone();
         }
-        if self.context.is_some() {
-            let _ = self.run(Io::None, None, |vm, ctx| vm.finish_context(ctx, true));
+        let log = self.shared.module.capabilities.log;
+        // A filter that declared only the log phase gets its stream context now.
+        if self.context.is_some() || (log && !self.failed) {
+            let _ = self.run(Io::None, None, |vm, ctx| vm.finish_context(ctx, log));
             self.context = None;
         }
     }
@@ -934,7 +924,7 @@ mod tests {
         let loaded = runtime
             .load_bytes("inline.wat", &sha256_hex(&bytes), &bytes)
             .expect("loads");
-        Capabilities::of(loaded.pre.module())
+        loaded.capabilities
     }
 
     #[test]
@@ -943,8 +933,9 @@ mod tests {
             "",
             r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))"#,
         );
+        assert!(none.request_headers, "{none:?}");
         assert!(
-            !none.body && !none.callouts && !none.retry && !none.properties,
+            !none.request_body && !none.response_body && !none.log && !none.callouts && !none.retry && !none.properties,
             "{none:?}"
         );
 
@@ -954,6 +945,41 @@ mod tests {
                (import "env" "proxy_get_property" (func (param i32 i32 i32 i32) (result i32)))"#,
             r#"(func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) (i32.const 0))"#,
         );
-        assert!(all.body && all.callouts && all.retry && all.properties, "{all:?}");
+        assert!(
+            all.response_body && all.callouts && all.retry && all.properties,
+            "{all:?}"
+        );
+        assert!(!all.request_body && !all.request_headers, "{all:?}");
+
+        // A declaration narrows what the imports and exports allow, and widens nothing.
+        let declared = capabilities(
+            r#"(import "env" "proxy_call_foreign_function" (func (param i32 i32 i32 i32 i32 i32) (result i32)))
+               (@custom "weft.capabilities" "request_headers response_body")"#,
+            r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+               (func (export "proxy_on_log") (param i32))"#,
+        );
+        assert!(declared.request_headers, "{declared:?}");
+        assert!(
+            !declared.response_body && !declared.log && !declared.retry,
+            "{declared:?}"
+        );
+    }
+
+    #[test]
+    fn a_declaration_naming_an_unknown_capability_refuses_the_module() {
+        let runtime = WasmRuntime::new(WasmSettings::default(), Default::default()).expect("runtime");
+        let bytes = wat::parse_str(
+            r#"(module (@custom "weft.capabilities" "request_headers retyr")
+                (memory (export "memory") 1)
+                (func (export "proxy_abi_version_0_2_1"))
+                (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 0)))"#,
+        )
+        .expect("valid wat");
+        let error = runtime
+            .load_bytes("typo.wasm", &sha256_hex(&bytes), &bytes)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains("typo.wasm") && error.contains("\"retyr\""), "{error}");
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
 use super::abi::MetricType;
+use super::capabilities::{Capabilities, DeclarationError};
 use super::vm::VmData;
 
 /// How guest calls are bounded. Process-wide.
@@ -82,11 +83,16 @@ pub(crate) enum ModuleError {
     NoAllocator { file: String },
     #[error("module {file} cannot be linked: {message}")]
     Link { file: String, message: String },
+    #[error("module {file}: {error}")]
+    Capabilities { file: String, error: DeclarationError },
 }
 
 /// A compiled, linked module, ready to instantiate.
 pub(crate) struct LoadedModule {
     pub(crate) pre: InstancePre<VmData>,
+    /// What the module can do: what its imports and exports allow, narrowed by its
+    /// declaration (see [`Capabilities`]).
+    pub(crate) capabilities: Capabilities,
 }
 
 /// The Wasm host's process-wide state.
@@ -162,6 +168,10 @@ impl WasmRuntime {
         if let Some(loaded) = self.cached(sha256) {
             return Ok(loaded);
         }
+        let declared = Capabilities::declared(bytes).map_err(|error| ModuleError::Capabilities {
+            file: file.to_owned(),
+            error,
+        })?;
         let module = match self.read_cached(sha256) {
             Some(module) => module,
             None => {
@@ -190,7 +200,8 @@ impl WasmRuntime {
             file: file.to_owned(),
             message: format!("{e:#}"),
         })?;
-        let loaded = Arc::new(LoadedModule { pre });
+        let capabilities = Capabilities::inferred(&module).and(declared.unwrap_or(Capabilities::ALL));
+        let loaded = Arc::new(LoadedModule { pre, capabilities });
         self.modules
             .lock()
             .unwrap_or_else(|p| p.into_inner())

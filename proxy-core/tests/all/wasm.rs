@@ -110,6 +110,87 @@ async fn a_stream_its_headers_end_has_no_body_phase() {
     assert_eq!(r.body, "full\n-- rewritten by wasm\n", "{r:?}");
 }
 
+/// A module whose every phase but `request_headers` traps; `declaration` is its
+/// `weft.capabilities` section (none when `None`). Written to a file: (path, sha256).
+fn trapping_phases_module(declaration: Option<&str>) -> (String, String) {
+    let section = declaration.map_or_else(String::new, |d| format!("(@custom \"weft.capabilities\" \"{d}\")"));
+    let wat = format!(
+        r#"(module {section}
+            (memory (export "memory") 1)
+            (func (export "proxy_abi_version_0_2_1"))
+            (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+            (func (export "proxy_on_context_create") (param i32 i32))
+            (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+            (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+            (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 0))
+            (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) unreachable)
+            (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) unreachable)
+            (func (export "proxy_on_response_body") (param i32 i32 i32) (result i32) unreachable)
+            (func (export "proxy_on_log") (param i32) unreachable)
+            (func (export "proxy_on_done") (param i32) (result i32) (i32.const 1))
+            (func (export "proxy_on_delete") (param i32)))"#
+    );
+    let bytes = wat::parse_str(&wat).expect("valid wat");
+    use sha2::Digest as _;
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = std::env::temp_dir().join(format!("weft-capabilities-{}-{}.wasm", std::process::id(), &sha[..12]));
+    std::fs::write(&path, bytes).expect("write module");
+    (path.display().to_string(), sha)
+}
+
+#[tokio::test]
+async fn a_declared_filter_is_called_only_for_what_it_declares() {
+    let up = body_echo().await;
+    let snapshot = |declaration: Option<&str>| {
+        let (file, sha) = trapping_phases_module(declaration);
+        let filters = format!(
+            "      - name: declared\n        wasm: {{ file: \"{file}\", sha256: \"{sha}\" }}\n        failure_policy: fail_closed\n"
+        );
+        with_filters(&filters, &endpoints(&[up.addr]), "")
+    };
+    let post = |addr| async move {
+        let mut client = H1::connect(addr).await;
+        client
+            .send(
+                Request::post("/echo")
+                    .header("host", "svc")
+                    .body(Full::new(Bytes::from_static(b"hello")))
+                    .expect("request"),
+            )
+            .await
+    };
+
+    // Undeclared, the module gets every phase it exports, and its traps fail the request.
+    let proxy = start_proxy(&snapshot(None), 1);
+    let addr = proxy.listener_addr("main").expect("listener");
+    assert_eq!(post(addr).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    proxy.shutdown();
+
+    // Declaring `request_headers` only: no other phase is called, so nothing traps.
+    let proxy = start_proxy(&snapshot(Some("request_headers")), 1);
+    let addr = proxy.listener_addr("main").expect("listener");
+    for _ in 0..3 {
+        let r = post(addr).await;
+        assert_eq!(r.status, StatusCode::OK, "{r:?}");
+        assert!(r.body.contains("hello"), "the body went through: {r:?}");
+    }
+    assert_eq!(
+        metric(&proxy, "weft_wasm_failures_total{filter=\"declared\",kind=\"trap\"}").await,
+        None,
+        "no phase trapped"
+    );
+
+    // A name the proxy does not know refuses the snapshot, naming it; the old one serves on.
+    let typo = weft_api::Snapshot::from_yaml(&snapshot(Some("request_headers respone_body"))).expect("yaml");
+    let error = format!("{:#}", anyhow::Error::from(proxy.update(typo).expect_err("refused")));
+    assert!(error.contains("\"respone_body\""), "{error}");
+    assert_eq!(post(addr).await.status, StatusCode::OK);
+    proxy.shutdown();
+}
+
 #[tokio::test]
 async fn an_http_callout_authorizer_pauses_and_resumes() {
     let up = body_echo().await;

@@ -32,7 +32,10 @@ impl FilterConfig for Config {
 
 /// Decides whether a path is denied (pure logic, unit-tested on the host).
 pub fn denied(config: &Config, path: &str) -> bool {
-    config.deny_prefix.as_deref().is_some_and(|prefix| path.starts_with(prefix))
+    config
+        .deny_prefix
+        .as_deref()
+        .is_some_and(|prefix| path.starts_with(prefix))
 }
 
 /// One request.
@@ -66,7 +69,9 @@ impl HttpContext for Plugin {
     }
 }
 
-weft_sdk::filter!(Plugin);
+// The phases the filter uses: Weft calls no other (and keeps no copy of the request for
+// retries, and no callout handle). Leave the list out and every phase is called.
+weft_sdk::filter!(Plugin, capabilities: [request_headers, response_headers]);
 
 #[cfg(test)]
 mod tests {

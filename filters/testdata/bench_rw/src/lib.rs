@@ -1,10 +1,17 @@
 //! `bench_rw`: one header read and one header write per request, for measuring the cost of a
 //! minimal real filter (`proxy-core/benches/wasm_filter.rs`). Request headers: reads `x-user`
 //! and sets request header `x-seen: <x-user value, or "-" if absent>`; Continue. Every other
-//! callback is the SDK default (Continue). The plugin configuration is ignored (not even read).
+//! callback is the SDK default (Continue), and the module declares that it uses only the request
+//! headers phase, so Weft calls no other. The plugin configuration is ignored (not even read).
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
+
+/// Weft's capability declaration, written by hand (a filter built with `weft-sdk` uses
+/// `weft_sdk::capabilities!`): only the request headers phase is called.
+#[used]
+#[cfg_attr(target_arch = "wasm32", unsafe(link_section = "weft.capabilities"))]
+static WEFT_CAPABILITIES: [u8; 15] = *b"request_headers";
 
 proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(ReadSetRoot) });
