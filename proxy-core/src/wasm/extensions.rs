@@ -12,7 +12,7 @@ pub(crate) fn call(state: &mut HostState, name: &str, args: &[u8]) -> Result<Vec
     match name {
         "weft.set_upstream" => set_upstream(state, args),
         "weft.retry" => {
-            if state.stream.info.is_none() {
+            if !state.stream.in_stream {
                 return Err(Status::BadArgument);
             }
             let backoff = millis(args, "backoff_ms")?.unwrap_or_default();
@@ -20,7 +20,7 @@ pub(crate) fn call(state: &mut HostState, name: &str, args: &[u8]) -> Result<Vec
             Ok(Vec::new())
         }
         "weft.delay" => {
-            if state.stream.info.is_none() {
+            if !state.stream.in_stream {
                 return Err(Status::BadArgument);
             }
             let delay = millis(args, "ms")?.ok_or(Status::BadArgument)?;
@@ -56,7 +56,7 @@ fn millis(args: &[u8], field: &str) -> Result<Option<std::time::Duration>, Statu
 /// `{"cluster": "reviews", "subset": {"version": "v2"}, "hash_key": "jason", "timeout_ms": 3000,
 /// "per_try_timeout_ms": 1000}`, every field optional.
 fn set_upstream(state: &mut HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
-    if state.stream.info.is_none() {
+    if !state.stream.in_stream {
         return Err(Status::BadArgument);
     }
     let value: Value = serde_json::from_slice(args).map_err(|_| Status::SerializationFailure)?;

@@ -219,28 +219,31 @@ impl FilterFactory for WasmFactory {
             worker_context: context.worker_context.clone(),
             context: None,
             failed: false,
-            info: Some(Box::new(StreamInfo {
-                source: context.source,
-                destination: context.destination,
-                listener: context.listener.clone(),
-                route: context.route.clone(),
-                mtls: context.mtls,
-                peer_principal: context.peer_principal.as_deref().map(str::to_owned),
-                worker: context.worker,
-                start: SystemTime::now(),
-                method: Method::GET,
-                uri: Uri::default(),
-                host: None,
-                scheme: "http",
-                protocol: "HTTP/1.1",
-                request_id: None,
-                request_size: 0,
-                response_code: None,
-                response_code_details: "",
-                response_size: 0,
-                upstream: None,
-                cluster: None,
-            })),
+            // Only properties read it.
+            info: self.can.properties.then(|| {
+                Box::new(StreamInfo {
+                    source: context.source,
+                    destination: context.destination,
+                    listener: context.listener.clone(),
+                    route: context.route.clone(),
+                    mtls: context.mtls,
+                    peer_principal: context.peer_principal.as_deref().map(str::to_owned),
+                    worker: context.worker,
+                    start: SystemTime::now(),
+                    method: Method::GET,
+                    uri: Uri::default(),
+                    host: None,
+                    scheme: "http",
+                    protocol: "HTTP/1.1",
+                    request_id: None,
+                    request_size: 0,
+                    response_code: None,
+                    response_code_details: "",
+                    response_size: 0,
+                    upstream: None,
+                    cluster: None,
+                })
+            }),
             shared_properties: context.properties.clone(),
             properties: HashMap::new(),
             callouts: context.callouts.clone(),
@@ -392,6 +395,7 @@ impl WasmFilter {
         };
         let host = vm.host();
         io.load(&mut host.stream);
+        host.stream.in_stream = true;
         host.stream.info = self.info.take();
         match &self.shared_properties {
             Some(shared) => std::mem::swap(
@@ -405,6 +409,7 @@ impl WasmFilter {
         let result = call(vm, context);
         let host = vm.host();
         io.unload(&mut host.stream);
+        host.stream.in_stream = false;
         self.info = host.stream.info.take();
         match &self.shared_properties {
             Some(shared) => std::mem::swap(

@@ -166,6 +166,10 @@ pub(crate) struct StreamData {
     pub(crate) body_kind: Option<BufferType>,
     pub(crate) body: Bytes,
     pub(crate) body_edit: Option<Vec<u8>>,
+    /// The call is on a stream context (a request's phase or callout), not the root.
+    pub(crate) in_stream: bool,
+    /// What properties read of the stream; `None` when the filter does not declare
+    /// `properties`.
     pub(crate) info: Option<Box<StreamInfo>>,
     pub(crate) properties: HashMap<String, Vec<u8>>,
 }
