@@ -14,7 +14,10 @@
 //! - `noop_request`: filter `bench_noop` (every callback Continue, no hostcalls): the host's
 //!   fixed cost per request.
 //! - `read_set_request`: filter `bench_rw` (reads `x-user`, sets `x-seen`): a minimal real
-//!   filter.
+//!   filter. It declares that it uses only `request_headers` (`weft.capabilities`), so the
+//!   host calls no other phase and skips its `log` call.
+//! - `read_set_undeclared_request`: the same module with its declaration removed, so every
+//!   phase is called, as for a filter that declares nothing.
 //! - `empty_baseline`: the same loop with the same heads and no filter calls; subtract it from
 //!   the others.
 //!
@@ -73,6 +76,50 @@ fn bench_filter(crate_name: &str) -> PathBuf {
 fn harness(crate_name: &str) -> FilterHarness {
     let path = bench_filter(crate_name);
     FilterHarness::wasm(&path, "").unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// `crate_name`'s module without its `weft.capabilities` custom sections, written next to it.
+fn undeclared_harness(crate_name: &str) -> FilterHarness {
+    /// An unsigned LEB128 at `bytes[*at..]`.
+    fn leb(bytes: &[u8], at: &mut usize) -> usize {
+        let (mut value, mut shift) = (0usize, 0);
+        loop {
+            let byte = bytes[*at];
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return value;
+            }
+            shift += 7;
+        }
+    }
+    let path = bench_filter(crate_name);
+    let bytes = std::fs::read(&path).expect("read the module");
+    let mut out = bytes[..8].to_vec();
+    let mut at = 8;
+    let mut removed = 0;
+    while at < bytes.len() {
+        let start = at;
+        let id = bytes[at];
+        at += 1;
+        let size = leb(&bytes, &mut at);
+        let end = at + size;
+        let mut name_at = at;
+        let declaration = id == 0 && {
+            let len = leb(&bytes, &mut name_at);
+            &bytes[name_at..name_at + len] == b"weft.capabilities"
+        };
+        if declaration {
+            removed += 1;
+        } else {
+            out.extend_from_slice(&bytes[start..end]);
+        }
+        at = end;
+    }
+    assert!(removed > 0, "{} declares no capabilities", path.display());
+    let undeclared = path.with_file_name(format!("{crate_name}-undeclared.wasm"));
+    std::fs::write(&undeclared, out).expect("write the module");
+    FilterHarness::wasm(&undeclared, "").unwrap_or_else(|e| panic!("loading {}: {e}", undeclared.display()))
 }
 
 /// A typical API request head: GET, no body, 8 headers.
@@ -167,6 +214,8 @@ fn wasm_filter(c: &mut Criterion) {
     check(&noop, &record, None);
     let rw = harness("bench_rw");
     check(&rw, &record, Some("alice"));
+    let rw_undeclared = undeclared_harness("bench_rw");
+    check(&rw_undeclared, &record, Some("alice"));
 
     let mut group = c.benchmark_group("wasm_filter");
     group.bench_function("noop_request", |b| {
@@ -174,6 +223,13 @@ fn wasm_filter(c: &mut Criterion) {
     });
     group.bench_function("read_set_request", |b| {
         b.iter_batched(heads, |h| one_request(&rw, &record, h), BatchSize::SmallInput)
+    });
+    group.bench_function("read_set_undeclared_request", |b| {
+        b.iter_batched(
+            heads,
+            |h| one_request(&rw_undeclared, &record, h),
+            BatchSize::SmallInput,
+        )
     });
     // `native_headers_request` (the native `headers` filter) is missing: the harness only
     // loads Wasm filters.
