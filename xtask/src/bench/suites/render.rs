@@ -181,7 +181,7 @@ pub(crate) fn render(context: &Context, outcome: &Outcome) -> String {
          target is its own weft-proxy `--workers 1` (release build) with the default run's snapshot plus the \
          filters listed, started together and idle while the others are measured; nginx `worker_processes 1`{}; \
          servers pinned to CPU 1, load generators to CPU 0, all on 127.0.0.1. Wasm filters built by the harness \
-         with `cargo build --release --locked --target wasm32-wasip1` in `filters/` (opt-level `s`, LTO), named \
+         with `cargo build --release --locked --target wasm32-wasip1` in `filters/` (opt-level 3, LTO), named \
          in the snapshot with their sha256; failure policy `fail_closed` (the default). {} round(s) of {} s \
          per measurement (this suite's default is 2 × 5 s, to fit {} targets in about a quarter of an hour), \
          target order rotated each round. Before measuring, every chain target was checked to run its filters \
