@@ -74,6 +74,70 @@ pub fn string_property(path: &[&str]) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// Several properties at once, in the order of `paths` (`None` for an absent one): one
+/// hostcall (`weft.properties`) instead of one per property. On a host without the extension
+/// each is read with `get_property`.
+pub fn properties(paths: &[&[&str]]) -> Vec<Option<Vec<u8>>> {
+    let keys: Vec<String> = paths.iter().map(|p| p.join("\0")).collect();
+    let args = serialize_keys(&keys);
+    match hostcalls::call_foreign_function("weft.properties", Some(&args)) {
+        Ok(found) => {
+            let found = found.as_deref().and_then(deserialize_map).unwrap_or_default();
+            keys.iter()
+                .map(|key| {
+                    found
+                        .iter()
+                        .find(|(k, _)| *k == key.as_bytes())
+                        .map(|(_, v)| v.to_vec())
+                })
+                .collect()
+        }
+        Err(_) => paths
+            .iter()
+            .map(|p| hostcalls::get_property(p.to_vec()).ok().flatten())
+            .collect(),
+    }
+}
+
+/// The ABI's map encoding of `keys` with empty values: a `u32` count, a `u32` key and value
+/// length per pair, then each key and value followed by a NUL (little-endian).
+fn serialize_keys(keys: &[String]) -> Vec<u8> {
+    let size = 4 + keys.iter().map(|k| 10 + k.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+    for key in keys {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+    }
+    for key in keys {
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(&[0, 0]);
+    }
+    out
+}
+
+/// Pairs of the ABI's map encoding (borrowed); `None` when malformed.
+fn deserialize_map(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+    let u32_at = |at: usize| -> Option<usize> {
+        let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        usize::try_from(u32::from_le_bytes(raw)).ok()
+    };
+    let count = u32_at(0)?;
+    let mut sizes = 4;
+    let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
+    let mut pairs = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let (key_len, value_len) = (u32_at(sizes)?, u32_at(sizes + 4)?);
+        sizes += 8;
+        let key = bytes.get(data..data.checked_add(key_len)?)?;
+        data += key_len + 1;
+        let value = bytes.get(data..data.checked_add(value_len)?)?;
+        data += value_len + 1;
+        pairs.push((key, value));
+    }
+    Some(pairs)
+}
+
 /// An integer property (Envoy encodes them as 8 bytes, little-endian), if set.
 pub fn int_property(path: &[&str]) -> Option<i64> {
     let bytes = hostcalls::get_property(path.to_vec()).ok()??;
@@ -82,6 +146,20 @@ pub fn int_property(path: &[&str]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn property_batches_round_trip_the_map_encoding() {
+        let keys = vec!["request\0host".to_owned(), "response\0code".to_owned()];
+        let bytes = super::serialize_keys(&keys);
+        let pairs = super::deserialize_map(&bytes).expect("well formed");
+        assert_eq!(
+            pairs,
+            [(&b"request\0host"[..], &b""[..]), (&b"response\0code"[..], &b""[..])]
+        );
+        assert!(super::deserialize_map(&bytes[..bytes.len() - 3]).is_none());
+        assert_eq!(super::deserialize_map(&[0, 0, 0, 0]), Some(vec![]));
+        assert!(super::deserialize_map(&[255, 255, 255, 255]).is_none());
+    }
+
     use super::*;
 
     #[test]

@@ -50,6 +50,20 @@ pub const RESPONSE_BYTES: &str = "istio_response_bytes";
 /// retries ran out; it takes precedence over the flags the filter derives itself.
 pub const RESPONSE_FLAGS_PROPERTY: [&str; 2] = ["weft", "response_flags"];
 
+/// The properties the log phase reads, in the order `on_log` takes them apart.
+const LOG_PROPERTIES: [&[&str]; 10] = [
+    &["connection", "mtls"],
+    &["request", "host"],
+    &["weft", "cluster"],
+    &["response", "code"],
+    &["response", "code_details"],
+    &RESPONSE_FLAGS_PROPERTY,
+    &["source", "principal"],
+    &["request", "duration"],
+    &["request", "size"],
+    &["response", "size"],
+];
+
 /// The metric ids of one label set.
 #[derive(Debug, Clone, Copy)]
 struct SeriesIds {
@@ -192,38 +206,45 @@ impl HttpContext for Telemetry {
         if self.config.disable_metrics && !self.config.access_log {
             return;
         }
-        // Properties cost a hostcall each: those known to be absent are not read.
-        let mtls = property(&["connection", "mtls"])
-            .and_then(|b| wire::decode_bool(&b))
-            .unwrap_or(false);
+        // Every property in one hostcall (`weft.properties`; one call each on other hosts).
+        let [
+            mtls,
+            host,
+            cluster,
+            code,
+            details,
+            flags,
+            principal,
+            duration,
+            request_size,
+            response_size,
+        ] = <[Option<Vec<u8>>; LOG_PROPERTIES.len()]>::try_from(weft_sdk::weft::properties(&LOG_PROPERTIES))
+            .unwrap_or_default();
+        let text = |value: Option<Vec<u8>>| value.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let int = |value: Option<Vec<u8>>| value.and_then(|b| wire::decode_int(&b));
+        let unsigned = |value: Option<Vec<u8>>| int(value).map_or(0, |v| u64::try_from(v).unwrap_or(0));
+        let mtls = mtls.and_then(|b| wire::decode_bool(&b)).unwrap_or(false);
         let key = FactsKey {
-            host: string_property(&["request", "host"]).unwrap_or_default(),
-            cluster: string_property(&["weft", "cluster"]),
+            host: text(host).unwrap_or_default(),
+            cluster: text(cluster),
             grpc: self.grpc,
-            response_code: int_property(&["response", "code"])
-                .and_then(|c| u16::try_from(c).ok())
-                .unwrap_or(0),
+            response_code: int(code).and_then(|c| u16::try_from(c).ok()).unwrap_or(0),
             grpc_status: self.grpc_status.clone(),
-            code_details: string_property(&["response", "code_details"]).unwrap_or_default(),
-            flags_override: string_property(&RESPONSE_FLAGS_PROPERTY),
+            code_details: text(details).unwrap_or_default(),
+            flags_override: text(flags),
             mtls,
             // Only a mutual TLS peer has a principal.
-            peer_principal: if mtls {
-                string_property(&["source", "principal"])
-            } else {
-                None
-            },
+            peer_principal: if mtls { text(principal) } else { None },
         };
         let facts = key.facts();
-        let unsigned = |path: &[&str]| int_property(path).map_or(0, |v| u64::try_from(v).unwrap_or(0));
-        let duration_ms = unsigned(&["request", "duration"]) / 1_000_000;
+        let duration_ms = unsigned(duration) / 1_000_000;
         // `request.size` is the declared Content-Length; counting covers chunked bodies.
         let bytes_received = if self.bodiless {
             0
         } else {
-            self.request_body_bytes.max(unsigned(&["request", "size"]))
+            self.request_body_bytes.max(unsigned(request_size))
         };
-        let bytes_sent = unsigned(&["response", "size"]);
+        let bytes_sent = unsigned(response_size);
 
         if !self.config.disable_metrics {
             self.record_metrics(&key, duration_ms, bytes_received, bytes_sent);

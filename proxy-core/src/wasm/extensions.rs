@@ -3,8 +3,9 @@
 
 use serde_json::Value;
 
-use super::abi::Status;
+use super::abi::{self, Status};
 use super::host::HostState;
+use super::props;
 use crate::filter::UpstreamChoice;
 
 /// Runs foreign function `name`; the result bytes go back to the guest.
@@ -27,6 +28,7 @@ pub(crate) fn call(state: &mut HostState, name: &str, args: &[u8]) -> Result<Vec
             state.intents.delay = Some(delay);
             Ok(Vec::new())
         }
+        "weft.properties" => properties(state, args),
         "weft.peer_principal" => {
             let info = state.stream.info.as_deref().ok_or(Status::NotFound)?;
             info.peer_principal
@@ -36,6 +38,34 @@ pub(crate) fn call(state: &mut HostState, name: &str, args: &[u8]) -> Result<Vec
         }
         _ => Err(Status::NotFound),
     }
+}
+
+/// Most properties one `weft.properties` call reads.
+const MAX_BATCH: usize = 64;
+
+/// Several properties in one call: `args` is a serialized map (the ABI's header-map encoding)
+/// whose keys are property paths, segments separated by NUL as `proxy_get_property` takes them
+/// (the values are ignored); the result is a serialized map of the paths found and their
+/// values, in the order asked. Absent paths are left out.
+fn properties(state: &HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
+    let asked = abi::deserialize_map(args).ok_or(Status::BadArgument)?;
+    if asked.len() > MAX_BATCH {
+        return Err(Status::BadArgument);
+    }
+    let mut found: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(asked.len());
+    let mut dotted = String::new();
+    for (path, _) in asked {
+        let Ok(text) = std::str::from_utf8(&path) else { continue };
+        dotted.clear();
+        dotted.extend(text.chars().map(|c| if c == '\0' { '.' } else { c }));
+        let mut value = Vec::new();
+        if props::get(state, &dotted, &mut value) {
+            found.push((path, value));
+        }
+    }
+    Ok(abi::serialize_map(
+        found.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+    ))
 }
 
 /// A duration in milliseconds from a JSON object's field (`{}` or empty args: `None`).

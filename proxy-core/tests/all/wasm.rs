@@ -352,6 +352,10 @@ async fn properties_read_back_with_envoy_encodings() {
     assert_eq!(prop("weft-route_name"), "default");
     assert_eq!(prop("request-headers"), "rid-1");
     assert_eq!(r.header("x-authority"), Some("svc.local:8080"));
+    // `weft.properties`: several in one call, absent ones left out.
+    assert_eq!(r.header("x-batch-request-path"), Some("/a/b?c=d"));
+    assert_eq!(r.header("x-batch-plugin_name"), Some("props"));
+    assert_eq!(r.header("x-batch-no-such"), Some("(none)"));
 }
 
 #[tokio::test]

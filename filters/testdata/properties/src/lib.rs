@@ -17,7 +17,10 @@
 //! `weft.route_name`, `request.headers` (a map, rendered as its `x-request-id` entry); plus
 //! the request header `:authority` → response header `x-authority` (`(none)` if absent).
 //!
-//! Read in response headers: `response.code` (int), `upstream.address`.
+//! Read in response headers: `response.code` (int), `upstream.address`; and, in one
+//! `weft.properties` call, `request.path`, `plugin_name` and `no.such`, reported as
+//! `x-batch-request-path`, `x-batch-plugin_name` and `x-batch-no-such` (`(none)` if absent,
+//! `(error N)` if the call failed with status N).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -151,6 +154,28 @@ impl HttpContext for Properties {
         for &(path, kind) in RESPONSE_PROPERTIES {
             let (name, value) = read(path, kind);
             self.add_http_response_header(&name, &value);
+        }
+        // The same in one batch: a map of NUL-joined paths (empty values).
+        let keys: [&[u8]; 3] = [b"request\0path", b"plugin_name", b"no\0such"];
+        let mut args = (keys.len() as u32).to_le_bytes().to_vec();
+        for key in keys {
+            args.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            args.extend_from_slice(&0u32.to_le_bytes());
+        }
+        for key in keys {
+            args.extend_from_slice(key);
+            args.extend_from_slice(&[0, 0]);
+        }
+        let batch = hostcalls::call_foreign_function("weft.properties", Some(&args));
+        for (key, name) in keys.iter().zip(["request-path", "plugin_name", "no-such"]) {
+            let value = match &batch {
+                Err(status) => format!("(error {})", *status as u32),
+                Ok(bytes) => bytes
+                    .as_deref()
+                    .and_then(|b| map_entry(b, std::str::from_utf8(key).unwrap_or_default()))
+                    .map_or_else(|| "(none)".to_owned(), |v| String::from_utf8_lossy(v).into_owned()),
+            };
+            self.add_http_response_header(&format!("x-batch-{name}"), &value);
         }
         Action::Continue
     }
