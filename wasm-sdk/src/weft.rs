@@ -78,64 +78,63 @@ pub fn string_property(path: &[&str]) -> Option<String> {
 /// hostcall (`weft.properties`) instead of one per property. On a host without the extension
 /// each is read with `get_property`.
 pub fn properties(paths: &[&[&str]]) -> Vec<Option<Vec<u8>>> {
-    let keys: Vec<String> = paths.iter().map(|p| p.join("\0")).collect();
-    let args = serialize_keys(&keys);
-    match hostcalls::call_foreign_function("weft.properties", Some(&args)) {
-        Ok(found) => {
-            let found = found.as_deref().and_then(deserialize_map).unwrap_or_default();
-            keys.iter()
-                .map(|key| {
-                    found
-                        .iter()
-                        .find(|(k, _)| *k == key.as_bytes())
-                        .map(|(_, v)| v.to_vec())
-                })
-                .collect()
-        }
-        Err(_) => paths
-            .iter()
-            .map(|p| hostcalls::get_property(p.to_vec()).ok().flatten())
-            .collect(),
+    let args = serialize_paths(paths);
+    let answer = hostcalls::call_foreign_function("weft.properties", Some(&args));
+    if let Ok(Some(bytes)) = &answer
+        && let Some(values) = positional_values(bytes, paths.len())
+    {
+        return values;
     }
+    paths
+        .iter()
+        .map(|p| hostcalls::get_property(p.to_vec()).ok().flatten())
+        .collect()
 }
 
-/// The ABI's map encoding of `keys` with empty values: a `u32` count, a `u32` key and value
-/// length per pair, then each key and value followed by a NUL (little-endian).
-fn serialize_keys(keys: &[String]) -> Vec<u8> {
-    let size = 4 + keys.iter().map(|k| 10 + k.len()).sum::<usize>();
+/// The ABI's map encoding of `paths` (segments joined by NUL) as keys with empty values: a
+/// `u32` count, a `u32` key and value length per pair, then each key and value followed by a
+/// NUL (little-endian).
+fn serialize_paths(paths: &[&[&str]]) -> Vec<u8> {
+    let key_len = |path: &[&str]| path.iter().map(|s| s.len()).sum::<usize>() + path.len().saturating_sub(1);
+    let size = 4 + paths.iter().map(|p| 10 + key_len(p)).sum::<usize>();
     let mut out = Vec::with_capacity(size);
-    out.extend_from_slice(&(keys.len() as u32).to_le_bytes());
-    for key in keys {
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(paths.len() as u32).to_le_bytes());
+    for path in paths {
+        out.extend_from_slice(&(key_len(path) as u32).to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
     }
-    for key in keys {
-        out.extend_from_slice(key.as_bytes());
+    for path in paths {
+        for (i, segment) in path.iter().enumerate() {
+            if i > 0 {
+                out.push(0);
+            }
+            out.extend_from_slice(segment.as_bytes());
+        }
         out.extend_from_slice(&[0, 0]);
     }
     out
 }
 
-/// Pairs of the ABI's map encoding (borrowed); `None` when malformed.
-fn deserialize_map(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+/// The values of a `weft.properties` answer: `count` pairs, key `1` for a set property (with
+/// its value), empty for an unset one. `None` when malformed.
+fn positional_values(bytes: &[u8], count: usize) -> Option<Vec<Option<Vec<u8>>>> {
     let u32_at = |at: usize| -> Option<usize> {
-        let raw: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
         usize::try_from(u32::from_le_bytes(raw)).ok()
     };
-    let count = u32_at(0)?;
-    let mut sizes = 4;
-    let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
-    let mut pairs = Vec::with_capacity(count.min(64));
-    for _ in 0..count {
-        let (key_len, value_len) = (u32_at(sizes)?, u32_at(sizes + 4)?);
-        sizes += 8;
-        let key = bytes.get(data..data.checked_add(key_len)?)?;
-        data += key_len + 1;
-        let value = bytes.get(data..data.checked_add(value_len)?)?;
-        data += value_len + 1;
-        pairs.push((key, value));
+    if u32_at(0)? != count {
+        return None;
     }
-    Some(pairs)
+    let mut data = count.checked_mul(8)?.checked_add(4)?;
+    let mut values = Vec::with_capacity(count);
+    for i in 0..count {
+        let (key_len, value_len) = (u32_at(4 + 8 * i)?, u32_at(8 + 8 * i)?);
+        let value_at = data.checked_add(key_len)?.checked_add(1)?;
+        let value = bytes.get(value_at..value_at.checked_add(value_len)?)?;
+        values.push((key_len == 1).then(|| value.to_vec()));
+        data = value_at.checked_add(value_len)?.checked_add(1)?;
+    }
+    Some(values)
 }
 
 /// An integer property (Envoy encodes them as 8 bytes, little-endian), if set.
@@ -147,17 +146,24 @@ pub fn int_property(path: &[&str]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn property_batches_round_trip_the_map_encoding() {
-        let keys = vec!["request\0host".to_owned(), "response\0code".to_owned()];
-        let bytes = super::serialize_keys(&keys);
-        let pairs = super::deserialize_map(&bytes).expect("well formed");
+    fn property_batches_encode_paths_and_decode_answers_by_position() {
+        let args = super::serialize_paths(&[&["request", "host"], &["plugin_name"]]);
+        let mut expected = vec![2, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0];
+        expected.extend_from_slice(b"request\0host\0\0plugin_name\0\0");
+        assert_eq!(args, expected);
+        // Two answers: the first set ("1" => "a.b"), the second not ("" => "").
+        let mut answer = vec![2, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        answer.extend_from_slice(b"1\0a.b\0\0\0");
         assert_eq!(
-            pairs,
-            [(&b"request\0host"[..], &b""[..]), (&b"response\0code"[..], &b""[..])]
+            super::positional_values(&answer, 2),
+            Some(vec![Some(b"a.b".to_vec()), None])
         );
-        assert!(super::deserialize_map(&bytes[..bytes.len() - 3]).is_none());
-        assert_eq!(super::deserialize_map(&[0, 0, 0, 0]), Some(vec![]));
-        assert!(super::deserialize_map(&[255, 255, 255, 255]).is_none());
+        assert_eq!(super::positional_values(&answer, 3), None, "wrong count");
+        assert_eq!(
+            super::positional_values(&answer[..answer.len() - 4], 2),
+            None,
+            "truncated"
+        );
     }
 
     use super::*;

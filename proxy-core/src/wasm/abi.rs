@@ -143,6 +143,12 @@ pub(crate) fn serialize_map_with<'a, I: Iterator<Item = (&'a [u8], &'a [u8])>>(
 /// Parses the proxy-wasm map format, checking every length against the buffer and the
 /// bounds above. `None` for anything malformed.
 pub(crate) fn deserialize_map(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let pairs = map_pairs(bytes)?;
+    Some(pairs.into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect())
+}
+
+/// As [`deserialize_map`], borrowing the keys and values.
+pub(crate) fn map_pairs(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }
@@ -163,9 +169,9 @@ pub(crate) fn deserialize_map(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut at = 4 + count * 8;
     let mut pairs = Vec::with_capacity(count);
     for (k, v) in lengths {
-        let key = bytes.get(at..at.checked_add(k)?)?.to_vec();
+        let key = bytes.get(at..at.checked_add(k)?)?;
         at = at.checked_add(k + 1)?;
-        let value = bytes.get(at..at.checked_add(v)?)?.to_vec();
+        let value = bytes.get(at..at.checked_add(v)?)?;
         at = at.checked_add(v + 1)?;
         pairs.push((key, value));
     }

@@ -45,27 +45,36 @@ const MAX_BATCH: usize = 64;
 
 /// Several properties in one call: `args` is a serialized map (the ABI's header-map encoding)
 /// whose keys are property paths, segments separated by NUL as `proxy_get_property` takes them
-/// (the values are ignored); the result is a serialized map of the paths found and their
-/// values, in the order asked. Absent paths are left out.
+/// (the values are ignored). The result is a serialized map with one pair per path asked, in
+/// that order: key `1` and the value for a property that is set, an empty key and value for
+/// one that is not.
 fn properties(state: &HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
-    let asked = abi::deserialize_map(args).ok_or(Status::BadArgument)?;
+    let asked = abi::map_pairs(args).ok_or(Status::BadArgument)?;
     if asked.len() > MAX_BATCH {
         return Err(Status::BadArgument);
     }
-    let mut found: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(asked.len());
-    let mut dotted = String::new();
+    // Every value in one buffer; (set, end) per path.
+    let mut values = Vec::new();
+    let mut ends = Vec::with_capacity(asked.len());
+    let mut dotted = Vec::new();
     for (path, _) in asked {
-        let Ok(text) = std::str::from_utf8(&path) else { continue };
         dotted.clear();
-        dotted.extend(text.chars().map(|c| if c == '\0' { '.' } else { c }));
-        let mut value = Vec::new();
-        if props::get(state, &dotted, &mut value) {
-            found.push((path, value));
-        }
+        dotted.extend(path.iter().map(|&b| if b == 0 { b'.' } else { b }));
+        let set = std::str::from_utf8(&dotted).is_ok_and(|path| props::get(state, path, &mut values));
+        ends.push((set, values.len()));
     }
-    Ok(abi::serialize_map(
-        found.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
-    ))
+    let (values, ends) = (&values, &ends);
+    let pairs = || {
+        let mut start = 0;
+        ends.iter().map(move |&(set, end)| {
+            let value = &values[start..end];
+            start = end;
+            if set { (&b"1"[..], value) } else { (&b""[..], value) }
+        })
+    };
+    let mut out = Vec::new();
+    abi::serialize_map_with(pairs, &mut out);
+    Ok(out)
 }
 
 /// A duration in milliseconds from a JSON object's field (`{}` or empty args: `None`).

@@ -19,7 +19,7 @@
 //!
 //! Read in response headers: `response.code` (int), `upstream.address`; and, in one
 //! `weft.properties` call, `request.path`, `plugin_name` and `no.such`, reported as
-//! `x-batch-request-path`, `x-batch-plugin_name` and `x-batch-no-such` (`(none)` if absent,
+//! `x-batch-request-path`, `x-batch-plugin_name` and `x-batch-no-such` (`(none)` if unset,
 //! `(error N)` if the call failed with status N).
 
 use proxy_wasm::hostcalls;
@@ -47,6 +47,21 @@ fn map_entry<'a>(bytes: &'a [u8], key: &str) -> Option<&'a [u8]> {
         let value = bytes.get(data + k + 1..data + k + 1 + v)?;
         if name == key.as_bytes() {
             return Some(value);
+        }
+        data += k + v + 2;
+    }
+    None
+}
+
+/// The `n`th pair of a map in the header-map format; `None` if absent or malformed.
+fn nth_pair(bytes: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
+    let word = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize);
+    let count = word(0)?;
+    let mut data = 4 + 8 * count;
+    for i in 0..count {
+        let (k, v) = (word(4 + 8 * i)?, word(8 + 8 * i)?);
+        if i == n {
+            return Some((bytes.get(data..data + k)?, bytes.get(data + k + 1..data + k + 1 + v)?));
         }
         data += k + v + 2;
     }
@@ -166,14 +181,16 @@ impl HttpContext for Properties {
             args.extend_from_slice(key);
             args.extend_from_slice(&[0, 0]);
         }
+        // The answer has one pair per path, in order: key `1` and the value, or an empty key.
         let batch = hostcalls::call_foreign_function("weft.properties", Some(&args));
-        for (key, name) in keys.iter().zip(["request-path", "plugin_name", "no-such"]) {
+        for (i, name) in ["request-path", "plugin_name", "no-such"].into_iter().enumerate() {
             let value = match &batch {
                 Err(status) => format!("(error {})", *status as u32),
                 Ok(bytes) => bytes
                     .as_deref()
-                    .and_then(|b| map_entry(b, std::str::from_utf8(key).unwrap_or_default()))
-                    .map_or_else(|| "(none)".to_owned(), |v| String::from_utf8_lossy(v).into_owned()),
+                    .and_then(|b| nth_pair(b, i))
+                    .filter(|(key, _)| *key == b"1")
+                    .map_or_else(|| "(none)".to_owned(), |(_, v)| String::from_utf8_lossy(v).into_owned()),
             };
             self.add_http_response_header(&format!("x-batch-{name}"), &value);
         }
