@@ -617,36 +617,30 @@ impl Mesh {
                     _ => {}
                 }
             }
+            let plan = |domain: &String, vs, https_redirect| VhostPlan {
+                name: domain.clone(),
+                domains: vec![domain.clone()],
+                router_hosts: vec![domain.clone()],
+                port: Some(number),
+                fallback: None,
+                vs,
+                https_redirect,
+            };
             for (gateway, p) in servers {
                 let port = &gateway.ports[p];
                 for (domain, v) in &port.hosts {
-                    let vs = &self.vss[*v];
                     let Some(routes) = gateway.routes.get(v) else { continue };
                     let https_redirect = port.redirects.contains(domain);
-                    plans.push(VhostPlan {
-                        name: domain.clone(),
-                        domains: vec![domain.clone()],
-                        router_hosts: vec![domain.clone()],
-                        port: Some(number),
-                        fallback: None,
-                        vs: (!https_redirect).then_some((vs, routes)),
-                        https_redirect,
-                    });
+                    let vs = (!https_redirect).then_some((&self.vss[*v], routes));
+                    plans.push(plan(domain, vs, https_redirect));
                 }
+                // Redirecting hosts no VirtualService routes.
                 for domain in port
                     .redirects
                     .iter()
                     .filter(|d| !port.hosts.iter().any(|(h, _)| h == *d))
                 {
-                    plans.push(VhostPlan {
-                        name: domain.clone(),
-                        domains: vec![domain.clone()],
-                        router_hosts: vec![domain.clone()],
-                        port: Some(number),
-                        fallback: None,
-                        vs: None,
-                        https_redirect: true,
-                    });
+                    plans.push(plan(domain, None, true));
                 }
             }
             let name = format!("gateway-{number}");

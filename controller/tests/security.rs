@@ -160,58 +160,40 @@ fn port_level_modes_name_the_target_port_and_the_service_ports_reaching_it() {
 
 #[test]
 fn destination_rule_modes_override_auto_mtls() {
-    let rule = |mode: &str| {
-        format!(
+    // The productpage sidecar's TLS to reviews under a DestinationRule with `tls: {mode}`,
+    // which must compile without diagnostics.
+    let reviews_tls = |mode: &str| {
+        let (mesh, diagnostics) = compiled(&format!(
             "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: reviews, namespace: default }}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode}\n"
-        )
+        ));
+        assert!(diagnostics.is_empty(), "{diagnostics:#?}");
+        sidecar(&mesh, "productpage-v1").cluster(REVIEWS).unwrap().tls.clone()
     };
-    let (mesh, diagnostics) = compiled(&rule("{mode: DISABLE}"));
-    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-    assert!(sidecar(&mesh, "productpage-v1").cluster(REVIEWS).unwrap().tls.is_none());
+    assert!(reviews_tls("{mode: DISABLE}").is_none());
 
     let ca = std::env::temp_dir().join(format!("weft-security-test-ca-{}.pem", std::process::id()));
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
-    let (mesh, diagnostics) = compiled(&rule(&format!(
+    let tls = reviews_tls(&format!(
         "{{mode: SIMPLE, sni: reviews.example.com, subjectAltNames: [reviews.example.com], caCertificates: {}}}",
         ca.display()
-    )));
-    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-    let tls = sidecar(&mesh, "productpage-v1")
-        .cluster(REVIEWS)
-        .unwrap()
-        .tls
-        .clone()
-        .unwrap();
+    ))
+    .unwrap();
     assert_eq!(tls.mode, UpstreamTlsMode::Simple);
     assert_eq!(tls.sni.as_deref(), Some("reviews.example.com"));
     assert_eq!(tls.subject_alt_names, ["reviews.example.com"]);
     assert!(tls.ca_certificates.unwrap().contains("MIIB"));
     let _ = std::fs::remove_file(&ca);
 
-    let (mesh, diagnostics) = compiled(&rule(
-        "{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/other]}",
-    ));
-    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-    let tls = sidecar(&mesh, "productpage-v1")
-        .cluster(REVIEWS)
-        .unwrap()
-        .tls
-        .clone()
-        .unwrap();
+    let tls =
+        reviews_tls("{mode: ISTIO_MUTUAL, subjectAltNames: [spiffe://cluster.local/ns/default/sa/other]}").unwrap();
     assert_eq!(tls.subject_alt_names, ["spiffe://cluster.local/ns/default/sa/other"]);
     assert!(!tls.mesh_endpoints_only);
 
     // MUTUAL: the certificate and key stay files on the sidecar; only their paths travel.
-    let (mesh, diagnostics) = compiled(&rule(
+    let tls = reviews_tls(
         "{mode: MUTUAL, sni: reviews.example.com, clientCertificate: /etc/certs/client.pem, privateKey: /etc/certs/key.pem}",
-    ));
-    assert!(diagnostics.is_empty(), "{diagnostics:#?}");
-    let tls = sidecar(&mesh, "productpage-v1")
-        .cluster(REVIEWS)
-        .unwrap()
-        .tls
-        .clone()
-        .unwrap();
+    )
+    .unwrap();
     assert_eq!(tls.mode, UpstreamTlsMode::Mutual);
     assert_eq!(tls.client_certificate.as_deref(), Some("/etc/certs/client.pem"));
     assert_eq!(tls.private_key.as_deref(), Some("/etc/certs/key.pem"));

@@ -139,29 +139,22 @@ enum Replay {
     Failed,
 }
 
-/// Buffers a request body of known, bounded length so it can be sent again.
+/// Buffers a request body of known, bounded length so it can be sent again. Collecting runs
+/// the body phase; an `empty` body that still has one (after a paused headers phase) is
+/// collected too.
 async fn replayable(head: &http::request::Parts, body: ProxyBody, empty: bool, limit: usize) -> Result<Bytes, Replay> {
     use http_body_util::BodyExt;
     if body.is_end_stream() {
         // No body, and no body phase either.
         return Ok(Bytes::new());
     }
-    if empty {
-        // No body, but a body phase (after a paused headers phase): run it.
-        return body
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .map_err(|_| Replay::Failed);
+    if !empty && content_length(&head.headers).is_none_or(|length| length > limit as u64) {
+        return Err(Replay::Stream(body));
     }
-    match content_length(&head.headers) {
-        Some(length) if length <= limit as u64 => body
-            .collect()
-            .await
-            .map(http_body_util::Collected::to_bytes)
-            .map_err(|_| Replay::Failed),
-        _ => Err(Replay::Stream(body)),
-    }
+    body.collect()
+        .await
+        .map(http_body_util::Collected::to_bytes)
+        .map_err(|_| Replay::Failed)
 }
 
 /// Why a request was answered locally.
@@ -318,7 +311,10 @@ impl Exchange<'_> {
         // endpoint (`weft.retry`). Only a request whose body is small enough to keep can be
         // sent again; it is buffered up front when the chain may ask.
         let may_retry = !upgrade && self.filters.is_some() && self.listener.chain.may_retry();
-        let (mut first_body, replay) = if may_retry {
+        // A paused request's one body phase also runs before it goes on, even with no body
+        // (hyper would not poll the empty body of a `GET`).
+        let paused_bodiless = body_empty && self.filters.as_ref().is_some_and(SharedFilters::request_paused);
+        let (mut first_body, replay) = if may_retry || paused_bodiless {
             match replayable(
                 &head,
                 body,
@@ -327,22 +323,9 @@ impl Exchange<'_> {
             )
             .await
             {
-                Ok(bytes) => (Some(body::full(bytes.clone())), Some(bytes)),
+                Ok(bytes) => (Some(body::full(bytes.clone())), may_retry.then_some(bytes)),
                 Err(Replay::Stream(body)) => (Some(body), None),
                 Err(Replay::Failed) => {
-                    if let Some(reply) = self.filters.as_ref().and_then(SharedFilters::take_reply) {
-                        return Err(LocalOrFilter::Filter(reply));
-                    }
-                    return Err(Local(Reason::BadRequest).into());
-                }
-            }
-        } else if body_empty && self.filters.as_ref().is_some_and(SharedFilters::request_paused) {
-            // A paused request's one body phase runs before it goes on, even with no body
-            // (hyper would not poll the empty body of a `GET`).
-            use http_body_util::BodyExt;
-            match body.collect().await {
-                Ok(collected) => (Some(body::full(collected.to_bytes())), None),
-                Err(_) => {
                     if let Some(reply) = self.filters.as_ref().and_then(SharedFilters::take_reply) {
                         return Err(LocalOrFilter::Filter(reply));
                     }

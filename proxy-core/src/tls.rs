@@ -400,14 +400,14 @@ impl MeshTls {
                         roots.add_parsable_certificates(native.certs);
                     }
                 }
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                    .build()
-                    .map_err(|e| TlsError::Verifier {
-                        what: format!("cluster {cluster:?} roots"),
-                        message: e.to_string(),
-                    })?;
+                let roots = Arc::new(roots);
                 let verifier: Arc<dyn ServerCertVerifier> = if tls.subject_alt_names.is_empty() {
-                    webpki
+                    WebPkiServerVerifier::builder_with_provider(roots, self.provider.clone())
+                        .build()
+                        .map_err(|e| TlsError::Verifier {
+                            what: format!("cluster {cluster:?} roots"),
+                            message: e.to_string(),
+                        })?
                 } else {
                     let names = tls
                         .subject_alt_names
@@ -419,7 +419,11 @@ impl MeshTls {
                             })
                         })
                         .collect::<Result<_, _>>()?;
-                    Arc::new(AnyNameVerifier { inner: webpki, names })
+                    Arc::new(AnyNameVerifier {
+                        roots,
+                        names,
+                        algorithms: self.provider.signature_verification_algorithms,
+                    })
                 };
                 let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
                 match (tls.mode, client) {
@@ -765,12 +769,13 @@ impl ServerCertVerifier for MeshServerVerifier {
 }
 
 /// One-way TLS's server check when a cluster lists the names its servers may present: the
-/// chain verified as by `inner`, and the certificate valid for one of `names` (whatever name
+/// chain verified against `roots`, and the certificate valid for one of `names` (whatever name
 /// was sent in SNI), as Envoy's `match_subject_alt_names`.
 #[derive(Debug)]
 struct AnyNameVerifier {
-    inner: Arc<WebPkiServerVerifier>,
+    roots: Arc<RootCertStore>,
     names: Vec<ServerName<'static>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl ServerCertVerifier for AnyNameVerifier {
@@ -779,26 +784,27 @@ impl ServerCertVerifier for AnyNameVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
+        _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut last = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
-        for name in &self.names {
-            match self
-                .inner
-                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
-            {
-                Ok(verified) => return Ok(verified),
-                // Only a name mismatch moves on to the next name; a bad chain fails at once.
-                Err(e @ rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-                | Err(e @ rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) =>
-                {
-                    last = e;
-                }
-                Err(e) => return Err(e),
-            }
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        if !self
+            .names
+            .iter()
+            .any(|name| rustls::client::verify_server_name(&parsed, name).is_ok())
+        {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ));
         }
-        Err(last)
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -807,7 +813,7 @@ impl ServerCertVerifier for AnyNameVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -816,11 +822,11 @@ impl ServerCertVerifier for AnyNameVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -3,8 +3,9 @@
 //! All `unsafe` code and every check of a guest-supplied pointer live in this module.
 //! Start with [`WasmHost`] (process-wide), then `filter.rs` (a filter in the chain: VM per
 //! worker, stream context per request, failure policy), `vm.rs` (one instance and its calls,
-//! with deadline and memory cap) and `host.rs` (the hostcalls). The ABI as Weft implements
-//! it, with Weft's extensions, is described in `docs/abi.md`.
+//! with deadline and memory cap) and `host.rs` (the hostcalls); `capabilities.rs` says which
+//! phases and features a module uses, so the request path skips the rest. The ABI as Weft
+//! implements it, with Weft's extensions, is described in `docs/abi.md`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

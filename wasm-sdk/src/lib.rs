@@ -199,7 +199,7 @@ macro_rules! capabilities {
 /// Helpers of [`capabilities!`]; not an API.
 #[doc(hidden)]
 pub mod __private {
-    /// The capabilities Weft knows.
+    /// The capabilities Weft knows (the host's list is `proxy-core/src/wasm/capabilities.rs`).
     const KNOWN: [&str; 8] = [
         "request_headers",
         "request_body",

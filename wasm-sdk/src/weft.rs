@@ -145,28 +145,21 @@ pub fn int_property(path: &[&str]) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn property_batches_encode_paths_and_decode_answers_by_position() {
-        let args = super::serialize_paths(&[&["request", "host"], &["plugin_name"]]);
+        let args = serialize_paths(&[&["request", "host"], &["plugin_name"]]);
         let mut expected = vec![2, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0];
         expected.extend_from_slice(b"request\0host\0\0plugin_name\0\0");
         assert_eq!(args, expected);
         // Two answers: the first set ("1" => "a.b"), the second not ("" => "").
         let mut answer = vec![2, 0, 0, 0, 1, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         answer.extend_from_slice(b"1\0a.b\0\0\0");
-        assert_eq!(
-            super::positional_values(&answer, 2),
-            Some(vec![Some(b"a.b".to_vec()), None])
-        );
-        assert_eq!(super::positional_values(&answer, 3), None, "wrong count");
-        assert_eq!(
-            super::positional_values(&answer[..answer.len() - 4], 2),
-            None,
-            "truncated"
-        );
+        assert_eq!(positional_values(&answer, 2), Some(vec![Some(b"a.b".to_vec()), None]));
+        assert_eq!(positional_values(&answer, 3), None, "wrong count");
+        assert_eq!(positional_values(&answer[..answer.len() - 4], 2), None, "truncated");
     }
-
-    use super::*;
 
     #[test]
     fn upstream_choices_serialize_only_what_is_set() {

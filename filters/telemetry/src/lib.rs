@@ -153,8 +153,6 @@ pub struct Telemetry {
     user_agent: Option<String>,
     x_forwarded_for: Option<String>,
     request_body_bytes: u64,
-    /// The request headers ended the request: it has no body to count.
-    bodiless: bool,
 }
 
 impl Filter for Telemetry {
@@ -168,7 +166,6 @@ impl Filter for Telemetry {
             user_agent: None,
             x_forwarded_for: None,
             request_body_bytes: 0,
-            bodiless: false,
         }
     }
 }
@@ -176,8 +173,7 @@ impl Filter for Telemetry {
 impl Context for Telemetry {}
 
 impl HttpContext for Telemetry {
-    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        self.bodiless = end_of_stream;
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         self.grpc = request_header(self, "content-type").is_some_and(|ct| labels::is_grpc(&ct));
         if self.config.access_log {
             self.user_agent = request_header(self, "user-agent");
@@ -239,11 +235,7 @@ impl HttpContext for Telemetry {
         let facts = key.facts();
         let duration_ms = unsigned(duration) / 1_000_000;
         // `request.size` is the declared Content-Length; counting covers chunked bodies.
-        let bytes_received = if self.bodiless {
-            0
-        } else {
-            self.request_body_bytes.max(unsigned(request_size))
-        };
+        let bytes_received = self.request_body_bytes.max(unsigned(request_size));
         let bytes_sent = unsigned(response_size);
 
         if !self.config.disable_metrics {

@@ -13,12 +13,11 @@
 //!   can. A name the host does not know refuses the module, so a typo cannot silently switch
 //!   a phase off. `weft_sdk::filter!` writes the section from its `capabilities` list.
 
-use std::fmt;
-
 /// The custom section a filter declares its capabilities in.
 pub(crate) const SECTION: &str = "weft.capabilities";
 
-/// The names a declaration may use, in the order of [`Capabilities`]' fields.
+/// The names a declaration may use, in the order of [`Capabilities`]' fields (`weft-sdk`'s
+/// `capabilities!` checks the same list at compile time).
 const NAMES: [&str; 8] = [
     "request_headers",
     "request_body",
@@ -31,7 +30,7 @@ const NAMES: [&str; 8] = [
 ];
 
 /// What a filter module can do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Capabilities {
     /// `proxy_on_request_headers` is called.
     pub(crate) request_headers: bool,
@@ -106,10 +105,7 @@ impl Capabilities {
     /// Parses a declaration: names separated by spaces or commas.
     pub(crate) fn parse(text: &[u8]) -> Result<Self, DeclarationError> {
         let text = std::str::from_utf8(text).map_err(|_| DeclarationError::NotUtf8)?;
-        let mut declared = Self::ALL;
-        for field in declared.fields() {
-            *field = false;
-        }
+        let mut declared = Self::default();
         for name in text.split([' ', ',', '\n', '\t', '\r']).filter(|n| !n.is_empty()) {
             let Some(i) = NAMES.iter().position(|known| *known == name) else {
                 return Err(DeclarationError::Unknown(name.to_owned()));
@@ -135,25 +131,14 @@ impl Capabilities {
 }
 
 /// A declaration the host cannot use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DeclarationError {
     /// The section is not UTF-8.
+    #[error("custom section {SECTION} is not UTF-8")]
     NotUtf8,
     /// A name the host does not know.
+    #[error("custom section {SECTION}: unknown capability {0:?} (known: {known})", known = NAMES.join(", "))]
     Unknown(String),
-}
-
-impl fmt::Display for DeclarationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NotUtf8 => write!(f, "custom section {SECTION} is not UTF-8"),
-            Self::Unknown(name) => write!(
-                f,
-                "custom section {SECTION}: unknown capability {name:?} (known: {})",
-                NAMES.join(", ")
-            ),
-        }
-    }
 }
 
 /// The custom sections of a Wasm binary, as (name, payload). Stops at the first malformed

@@ -59,7 +59,8 @@ fn properties(state: &HostState, args: &[u8]) -> Result<Vec<u8>, Status> {
     let mut dotted = Vec::new();
     for (path, _) in asked {
         dotted.clear();
-        dotted.extend(path.iter().map(|&b| if b == 0 { b'.' } else { b }));
+        dotted.extend_from_slice(path);
+        props::dot_segments(&mut dotted);
         let set = std::str::from_utf8(&dotted).is_ok_and(|path| props::get(state, path, &mut values));
         ends.push((set, values.len()));
     }

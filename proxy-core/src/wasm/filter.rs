@@ -138,7 +138,19 @@ impl SlotState {
 pub(crate) struct WasmFactory {
     shared: Arc<Shared>,
     slots: Vec<Arc<Slot>>,
-    can: Capabilities,
+}
+
+impl Shared {
+    /// What the filter's module can do (and declares).
+    fn can(&self) -> &Capabilities {
+        &self.module.capabilities
+    }
+}
+
+impl WasmFactory {
+    fn can(&self) -> &Capabilities {
+        self.shared.can()
+    }
 }
 
 /// The bytes a guest receives for a configuration value: a string as is, else JSON.
@@ -184,7 +196,6 @@ impl WasmFactory {
             plugin_config: config_bytes(&config.config),
         });
         Vm::new(runtime, &module, plugin.clone(), None).map_err(|e| fail(e.to_string()))?;
-        let can = module.capabilities;
         let shared = Arc::new(Shared {
             runtime: runtime.clone(),
             module,
@@ -195,7 +206,6 @@ impl WasmFactory {
         Ok(Self {
             shared,
             slots: (0..workers.max(1)).map(|_| Arc::new(Slot::default())).collect(),
-            can,
         })
     }
 }
@@ -220,7 +230,7 @@ impl FilterFactory for WasmFactory {
             context: None,
             failed: false,
             // Only properties read it.
-            info: self.can.properties.then(|| {
+            info: self.can().properties.then(|| {
                 Box::new(StreamInfo {
                     source: context.source,
                     destination: context.destination,
@@ -257,23 +267,23 @@ impl FilterFactory for WasmFactory {
     }
 
     fn wants_request_body(&self) -> bool {
-        self.can.request_body
+        self.can().request_body
     }
 
     fn wants_response_body(&self) -> bool {
-        self.can.response_body
+        self.can().response_body
     }
 
     fn wants_callouts(&self) -> bool {
-        self.can.callouts
+        self.can().callouts
     }
 
     fn may_retry(&self) -> bool {
-        self.can.retry
+        self.can().retry
     }
 
     fn uses_properties(&self) -> bool {
-        self.can.properties
+        self.can().properties
     }
 }
 
@@ -498,7 +508,7 @@ impl WasmFilter {
     }
 
     fn body(&mut self, phase: Phase, kind: BufferType, body: &mut Bytes, end: bool) -> BodyAction {
-        let can = &self.shared.module.capabilities;
+        let can = self.shared.can();
         let wanted = match phase {
             Phase::RequestBody => can.request_body,
             _ => can.response_body,
@@ -696,7 +706,7 @@ impl HttpFilter for WasmFilter {
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or(0);
         }
-        if !self.shared.module.capabilities.request_headers {
+        if !self.shared.can().request_headers {
             return FilterAction::Continue;
         }
         // The four pseudo-headers and the map.
@@ -721,7 +731,7 @@ impl HttpFilter for WasmFilter {
                 info.cluster = Some(upstream.cluster.clone());
             }
         }
-        if !self.shared.module.capabilities.response_headers {
+        if !self.shared.can().response_headers {
             return FilterAction::Continue;
         }
         // `:status` and the map.
@@ -804,7 +814,7 @@ impl HttpFilter for WasmFilter {
             info.upstream = record.upstream;
             info.cluster = record.cluster.clone();
         }
-        let log = self.shared.module.capabilities.log;
+        let log = self.shared.can().log;
         // A filter that declared only the log phase gets its stream context now.
         if self.context.is_some() || (log && !self.failed) {
             let _ = self.run(Io::None, None, |vm, ctx| vm.finish_context(ctx, log));

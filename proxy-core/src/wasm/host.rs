@@ -762,9 +762,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
         |mut c: Ctx<'_>, path_ptr: i32, path_len: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
             // Segments joined by `.`, read without allocating for ordinary paths; a path
             // that is not UTF-8 names no property.
-            let path = match read_small(&mut c, path_ptr, path_len, |b| {
-                b.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b'.');
-            }) {
+            let path = match read_small(&mut c, path_ptr, path_len, props::dot_segments) {
                 Ok(p) => p,
                 Err(Status::SerializationFailure) => return Ok(Status::NotFound.code()),
                 Err(s) => return Ok(s.code()),

@@ -66,6 +66,12 @@ impl StreamInfo {
     }
 }
 
+/// Turns a path as the ABI passes it (segments separated by NUL) into the dotted form [`get`]
+/// takes, in place.
+pub(crate) fn dot_segments(path: &mut [u8]) {
+    path.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b'.');
+}
+
 /// Appends the property at `path` (segments joined by `.`) to `out`; `false` when there is
 /// none (`NotFound`).
 pub(crate) fn get(state: &HostState, path: &str, out: &mut Vec<u8>) -> bool {

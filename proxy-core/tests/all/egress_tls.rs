@@ -2,7 +2,8 @@
 //! MUTUAL) against a real TLS server: the server is verified against the cluster's roots and
 //! by the SNI name, or by the `subject_alt_names` when listed; with `mutual` the proxy presents
 //! the client certificate it reads from files, re-reads them with every snapshot, and refuses a
-//! snapshot whose files cannot be read while the old one keeps serving.
+//! snapshot whose files cannot be read, or whose key is not the certificate's, while the old
+//! one keeps serving.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,25 +82,13 @@ fn fingerprint(pem: &str) -> String {
     hex(CertificateDer::from_pem_slice(pem.as_bytes()).expect("cert").as_ref())
 }
 
-/// A snapshot: listener `main` forwarding everything to cluster `ext` at `server` with `tls`.
+/// A snapshot of version `version`: listener `main` forwarding everything to `server` with
+/// `tls`.
 fn egress_yaml(version: &str, server: SocketAddr, tls: &str) -> String {
-    format!(
-        r#"
-version: "{version}"
-listeners:
-  - {{ name: main, address: "127.0.0.1:0", route_table: rt }}
-route_tables:
-  - name: rt
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - forward: {{ cluster: ext }}
-clusters:
-  - name: ext
-    endpoints: [{{ address: "{server}" }}]
-    tls: {tls}
-"#
+    single_cluster(&format!("{}    tls: {tls}\n", endpoints(&[server])), "").replacen(
+        "version: \"test\"",
+        &format!("version: \"{version}\""),
+        1,
     )
 }
 
@@ -214,6 +203,15 @@ async fn mutual_tls_presents_the_client_certificate_from_its_files() {
         "{text}"
     );
     assert_eq!(proxy.version(), "2");
+    assert_eq!(get(main, "ext", "/").await.body, fingerprint(&first.0));
+
+    // A key that is not the certificate's is refused too.
+    write_client(&dir, &(first.0.clone(), client_ca.leaf(&["client.example.com"]).1));
+    let error = proxy
+        .update(weft_api::Snapshot::from_yaml(&egress_yaml("3", server, &mutual(&cert_path, &key_path))).expect("yaml"))
+        .expect_err("refused");
+    let text = format!("{:#}", anyhow::Error::from(error));
+    assert!(text.contains("tls.client_certificate"), "{text}");
     assert_eq!(get(main, "ext", "/").await.body, fingerprint(&first.0));
 
     // New files apply with the next snapshot, on new connections.
