@@ -22,6 +22,6 @@ pub use snapshot::{
     CircuitBreakers, Cluster, DirectResponse, Endpoint, FailurePolicy, FilterConfig, Forward, HashOn, HeaderMatch,
     HealthCheck, LbPolicy, Limits, Listener, ListenerKind, ListenerMtls, ListenerProtocol, LoadError, MtlsMode,
     OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, ServerTls, ServerTlsMode, Snapshot,
-    TlsCertificate, UpstreamProtocol, UpstreamTls, UpstreamTlsMode, ValidationError, VirtualHost, WasmModule,
-    normalize_serial,
+    SniDestination, SniRoute, TlsCertificate, UpstreamProtocol, UpstreamTls, UpstreamTlsMode, ValidationError,
+    VirtualHost, WasmModule, normalize_serial,
 };

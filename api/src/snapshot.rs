@@ -58,11 +58,18 @@ pub struct Listener {
     /// Which traffic this listener takes; decides header handling (see [`ListenerKind`]).
     #[serde(default)]
     pub kind: ListenerKind,
-    /// HTTP versions accepted. Default: auto-detect HTTP/1.1 or HTTP/2 (prior knowledge).
+    /// HTTP versions accepted, or TLS passthrough. Default: auto-detect HTTP/1.1 or HTTP/2
+    /// (prior knowledge).
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// Name of the route table that routes this listener's requests.
+    /// Name of the route table that routes this listener's requests. Required, except on a
+    /// `tls_passthrough` listener, which has none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub route_table: String,
+    /// Where a `tls_passthrough` listener sends each connection, by the server name (SNI)
+    /// of its TLS ClientHello. Only on `tls_passthrough` listeners.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<SniRoute>,
     /// HTTP filters run on every request, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<FilterConfig>,
@@ -88,7 +95,7 @@ pub enum ListenerKind {
     Gateway,
 }
 
-/// HTTP versions a listener accepts.
+/// What a listener speaks: HTTP versions, or TLS passed through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ListenerProtocol {
@@ -99,6 +106,45 @@ pub enum ListenerProtocol {
     /// HTTP/1.1 or HTTP/2, detected from the connection preface.
     #[default]
     Auto,
+    /// TLS the proxy does not terminate (a Gateway server with `tls.mode: PASSTHROUGH`): the
+    /// server name of the ClientHello picks a cluster from `sni_routes`, and the connection's
+    /// bytes are relayed to one of its endpoints as they are. No HTTP, no filters.
+    TlsPassthrough,
+}
+
+impl ListenerProtocol {
+    /// Whether the listener serves HTTP (all but `tls_passthrough`).
+    pub fn is_http(self) -> bool {
+        self != Self::TlsPassthrough
+    }
+}
+
+/// A `tls_passthrough` listener's route: connections whose ClientHello names one of
+/// `server_names` go to one of `destinations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// Server names: exact (`api.example.com`), a leading wildcard (`*.example.com`, one or
+    /// more labels) or `*` (any name, and a ClientHello without one). Matched case-insensitively;
+    /// an exact name wins over wildcards, a longer wildcard over a shorter one.
+    pub server_names: Vec<String>,
+    /// Clusters a connection goes to, chosen by weight.
+    pub destinations: Vec<SniDestination>,
+}
+
+/// One destination of an [`SniRoute`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniDestination {
+    /// Name of the cluster. Its endpoints get the connection over plain TCP: the bytes are the
+    /// client's TLS, so the cluster's own `tls` does not apply.
+    pub cluster: String,
+    /// Only endpoints carrying all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subset: BTreeMap<String, String>,
+    /// Relative weight. Default: 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
 
 /// An HTTP filter in a listener's chain.

@@ -10,7 +10,8 @@ use weft_api::{
     CircuitBreakers, Cluster, DirectResponse, Endpoint, FailurePolicy, FilterConfig, Forward, HashOn, HeaderMatch,
     HealthCheck, InvalidSnapshot, LbPolicy, Limits, Listener, ListenerKind, ListenerMtls, ListenerProtocol, LoadError,
     MtlsMode, OutlierDetection, PathMatch, Route, RouteMatch, RouteTable, Security, ServerTls, ServerTlsMode, Snapshot,
-    TlsCertificate, UpstreamProtocol, UpstreamTls, UpstreamTlsMode, VirtualHost, WasmModule, pb,
+    SniDestination, SniRoute, TlsCertificate, UpstreamProtocol, UpstreamTls, UpstreamTlsMode, VirtualHost, WasmModule,
+    pb,
 };
 
 /// Domain → wire → bytes → wire → domain.
@@ -159,6 +160,7 @@ fn full_snapshot() -> Snapshot {
             filters,
             mtls: Some(ListenerMtls::default()),
             tls: None,
+            sni_routes: vec![],
         },
         Listener {
             name: "inbound".to_owned(),
@@ -172,6 +174,7 @@ fn full_snapshot() -> Snapshot {
                 ports: BTreeMap::from([(9080, MtlsMode::Permissive), (9090, MtlsMode::Disable)]),
             }),
             tls: None,
+            sni_routes: vec![],
         },
         Listener {
             name: "gateway".to_owned(),
@@ -197,6 +200,42 @@ fn full_snapshot() -> Snapshot {
                 ],
                 client_ca: Some("ca".to_owned()),
             }),
+            sni_routes: vec![],
+        },
+        Listener {
+            name: "passthrough".to_owned(),
+            address: "127.0.0.1:8443".to_owned(),
+            kind: ListenerKind::Gateway,
+            protocol: ListenerProtocol::TlsPassthrough,
+            route_table: String::new(),
+            filters: vec![],
+            mtls: None,
+            tls: None,
+            sni_routes: vec![
+                SniRoute {
+                    server_names: vec!["db.example.com".to_owned(), "*.example.org".to_owned()],
+                    destinations: vec![
+                        SniDestination {
+                            cluster: "reviews".to_owned(),
+                            subset: labels(&[("version", "v2")]),
+                            weight: 0,
+                        },
+                        SniDestination {
+                            cluster: "ratings".to_owned(),
+                            subset: BTreeMap::new(),
+                            weight: 3,
+                        },
+                    ],
+                },
+                SniRoute {
+                    server_names: vec!["*".to_owned()],
+                    destinations: vec![SniDestination {
+                        cluster: "reviews".to_owned(),
+                        subset: BTreeMap::new(),
+                        weight: 1,
+                    }],
+                },
+            ],
         },
     ];
 

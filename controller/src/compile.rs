@@ -937,6 +937,7 @@ fn add_listener(
         filters,
         mtls: None,
         tls: None,
+        sni_routes: Vec::new(),
     });
     // The sidecar outbound listener's table is shared by its namespace (`Mesh::shared_part`).
     if kind != ListenerKind::Outbound {

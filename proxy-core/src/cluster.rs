@@ -106,6 +106,9 @@ pub(crate) enum Outcome {
     Status(u16),
     /// Connect failure, reset or timeout: a gateway error without a response.
     LocalGatewayError,
+    /// A connection was made (a passthrough connection, which has no response): ends a
+    /// streak of gateway errors.
+    Connected,
 }
 
 impl Cluster {
@@ -138,6 +141,10 @@ impl Cluster {
         let (is_5xx, is_gateway) = match outcome {
             Outcome::Status(s) => (s >= 500, matches!(s, 502..=504)),
             Outcome::LocalGatewayError => (true, true),
+            Outcome::Connected => {
+                endpoint.consecutive_gateway.store(0, Relaxed);
+                return;
+            }
         };
         let streak_5xx = if is_5xx {
             endpoint.consecutive_5xx.fetch_add(1, Relaxed) + 1

@@ -34,6 +34,8 @@ pub(crate) struct Listener {
     pub(crate) mtls: Option<weft_api::ListenerMtls>,
     /// TLS termination with the listener's own certificates (gateways).
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// A TLS passthrough listener's routes (its `routes` are empty).
+    pub(crate) passthrough: Option<Arc<crate::passthrough::SniTable>>,
 }
 
 /// Why a snapshot could not be compiled.
@@ -41,6 +43,8 @@ pub(crate) struct Listener {
 pub(crate) enum BuildError {
     #[error(transparent)]
     Routes(#[from] CompileError),
+    #[error(transparent)]
+    SniRoutes(#[from] crate::passthrough::CompileError),
     #[error("listener {listener:?}")]
     Filter {
         listener: String,
@@ -76,10 +80,20 @@ impl Generation {
             tables.insert(table.name.as_str(), Arc::new(RouteTable::compile(table, &clusters)?));
         }
         let mut listeners = HashMap::new();
+        let no_routes = Arc::new(RouteTable::empty());
         for config in &snapshot.listeners {
-            let (Some(routes), Some(sockets)) = (tables.get(config.route_table.as_str()), sockets.get(&config.name))
-            else {
+            let routes = if config.protocol.is_http() {
+                tables.get(config.route_table.as_str())
+            } else {
+                Some(&no_routes)
+            };
+            let (Some(routes), Some(sockets)) = (routes, sockets.get(&config.name)) else {
                 continue; // refused by validation or binding before we get here
+            };
+            let passthrough = if config.protocol.is_http() {
+                None
+            } else {
+                Some(Arc::new(crate::passthrough::SniTable::compile(config, &clusters)?))
             };
             let tls = match &config.tls {
                 Some(tls) => Some(
@@ -102,6 +116,7 @@ impl Generation {
                     sockets: sockets.clone(),
                     mtls: config.mtls.clone(),
                     tls,
+                    passthrough,
                 },
             );
         }

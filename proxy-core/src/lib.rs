@@ -25,6 +25,7 @@ pub mod harness;
 mod http;
 pub mod identity;
 mod listener;
+mod passthrough;
 mod pool;
 mod proxy;
 mod reply;

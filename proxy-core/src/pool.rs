@@ -202,7 +202,9 @@ fn take_idle(
 }
 
 /// Counts a connection against the cluster's limits for as long as it lives.
-struct ConnectionGuard {
+/// Holds a slot of the cluster's connection limit, and its active-connection gauge, for as
+/// long as an upstream connection lives.
+pub(crate) struct ConnectionGuard {
     load: Arc<crate::cluster::ClusterLoad>,
     stats: Arc<crate::stats::ClusterStats>,
 }
@@ -229,40 +231,7 @@ async fn open(
     cluster: &Cluster,
     endpoint: &Endpoint,
 ) -> Result<(TokioIo<Stream>, ConnectionGuard, Option<CheckedPeer>), UpstreamError> {
-    let load = &cluster.load;
-    if load.pending.fetch_add(1, Relaxed) >= cluster.breakers.max_pending_requests {
-        load.pending.fetch_sub(1, Relaxed);
-        return Err(UpstreamError::Overflow);
-    }
-    let _pending = PendingGuard(load.clone());
-    if load.connections.fetch_add(1, Relaxed) >= cluster.breakers.max_connections {
-        load.connections.fetch_sub(1, Relaxed);
-        return Err(UpstreamError::Overflow);
-    }
-    cluster.stats.cx_active.fetch_add(1, Relaxed);
-    let guard = ConnectionGuard {
-        load: load.clone(),
-        stats: cluster.stats.clone(),
-    };
-    let stream = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(endpoint.addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
-            return Err(UpstreamError::Connect(Box::new(e)));
-        }
-        Err(_) => {
-            cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
-            return Err(UpstreamError::Connect(
-                format!(
-                    "connect to {} timed out after {:?}",
-                    endpoint.addr, cluster.connect_timeout
-                )
-                .into(),
-            ));
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    cluster.stats.cx_total.fetch_add(1, Relaxed);
+    let (stream, guard) = open_tcp(cluster, endpoint).await?;
     let Some(tls) = cluster.tls_for(endpoint) else {
         return Ok((TokioIo::new(Stream::Plain(stream)), guard, None));
     };
@@ -297,6 +266,49 @@ async fn open(
             ))
         }
     }
+}
+
+/// A new TCP connection to `endpoint`, within the cluster's circuit breakers (pending
+/// connections, connections) and its connect timeout.
+pub(crate) async fn open_tcp(
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+) -> Result<(TcpStream, ConnectionGuard), UpstreamError> {
+    let load = &cluster.load;
+    if load.pending.fetch_add(1, Relaxed) >= cluster.breakers.max_pending_requests {
+        load.pending.fetch_sub(1, Relaxed);
+        return Err(UpstreamError::Overflow);
+    }
+    let _pending = PendingGuard(load.clone());
+    if load.connections.fetch_add(1, Relaxed) >= cluster.breakers.max_connections {
+        load.connections.fetch_sub(1, Relaxed);
+        return Err(UpstreamError::Overflow);
+    }
+    cluster.stats.cx_active.fetch_add(1, Relaxed);
+    let guard = ConnectionGuard {
+        load: load.clone(),
+        stats: cluster.stats.clone(),
+    };
+    let stream = match tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(endpoint.addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
+            return Err(UpstreamError::Connect(Box::new(e)));
+        }
+        Err(_) => {
+            cluster.stats.cx_connect_fail.fetch_add(1, Relaxed);
+            return Err(UpstreamError::Connect(
+                format!(
+                    "connect to {} timed out after {:?}",
+                    endpoint.addr, cluster.connect_timeout
+                )
+                .into(),
+            ));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    cluster.stats.cx_total.fetch_add(1, Relaxed);
+    Ok((stream, guard))
 }
 
 async fn connect_h1(

@@ -12,13 +12,64 @@ use crate::cluster::{Cluster, ClusterSet, LbSet};
 
 /// A route table compiled for lookups.
 pub(crate) struct RouteTable {
-    exact: HashMap<String, usize>,
-    /// `*.example.com` entries as (suffix `.example.com`, vhost), longest first.
-    suffixes: Vec<(String, usize)>,
-    /// `reviews.*` entries as (prefix `reviews.`, vhost), longest first.
-    prefixes: Vec<(String, usize)>,
-    any: Option<usize>,
+    hosts: HostIndex,
     vhosts: Vec<VirtualHost>,
+}
+
+/// Host names to an index: exact names, `*.suffix` and `prefix.*` wildcards, and `*`.
+/// Names are kept lowercase; the most specific entry wins (exact, then the longest wildcard).
+#[derive(Default)]
+pub(crate) struct HostIndex {
+    exact: HashMap<String, usize>,
+    /// `*.example.com` entries as (suffix `.example.com`, index), longest first.
+    suffixes: Vec<(String, usize)>,
+    /// `reviews.*` entries as (prefix `reviews.`, index), longest first.
+    prefixes: Vec<(String, usize)>,
+    /// The `*` entry.
+    pub(crate) any: Option<usize>,
+}
+
+impl HostIndex {
+    /// Builds the index of `(name, index)` entries; the first of equal names wins.
+    pub(crate) fn new<'a>(entries: impl IntoIterator<Item = (&'a str, usize)>) -> Self {
+        let mut hosts = Self::default();
+        for (name, index) in entries {
+            let name = name.to_ascii_lowercase();
+            if name == "*" {
+                hosts.any.get_or_insert(index);
+            } else if let Some(suffix) = name.strip_prefix('*') {
+                hosts.suffixes.push((suffix.to_owned(), index));
+            } else if let Some(prefix) = name.strip_suffix('*') {
+                hosts.prefixes.push((prefix.to_owned(), index));
+            } else {
+                hosts.exact.entry(name).or_insert(index);
+            }
+        }
+        // Stable sorts: among equally long wildcards the first listed stays first.
+        hosts.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        hosts.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+        hosts
+    }
+
+    /// The entry naming `name` (lowercase) exactly.
+    pub(crate) fn exact(&self, name: &str) -> Option<usize> {
+        self.exact.get(name).copied()
+    }
+
+    /// The longest wildcard entry matching `name` (lowercase): `*.suffix`, then `prefix.*`.
+    /// A wildcard stands for at least one character.
+    pub(crate) fn wildcard(&self, name: &str) -> Option<usize> {
+        let suffix = self
+            .suffixes
+            .iter()
+            .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()));
+        let prefix = || {
+            self.prefixes
+                .iter()
+                .find(|(p, _)| name.len() > p.len() && name.starts_with(p.as_str()))
+        };
+        suffix.or_else(prefix).map(|(_, i)| *i)
+    }
 }
 
 struct VirtualHost {
@@ -84,39 +135,37 @@ pub(crate) struct CompileError {
 }
 
 impl RouteTable {
+    /// A table that routes nothing (a passthrough listener's).
+    pub(crate) fn empty() -> Self {
+        Self {
+            hosts: HostIndex::default(),
+            vhosts: Vec::new(),
+        }
+    }
+
     pub(crate) fn compile(table: &weft_api::RouteTable, clusters: &ClusterSet) -> Result<Self, CompileError> {
         let err = |message: String| CompileError {
             table: table.name.clone(),
             message,
         };
+        let hosts = HostIndex::new(
+            table
+                .virtual_hosts
+                .iter()
+                .enumerate()
+                .flat_map(|(index, vhost)| vhost.domains.iter().map(move |d| (d.as_str(), index))),
+        );
         let mut compiled = RouteTable {
-            exact: HashMap::new(),
-            suffixes: Vec::new(),
-            prefixes: Vec::new(),
-            any: None,
+            hosts,
             vhosts: Vec::new(),
         };
-        for (index, vhost) in table.virtual_hosts.iter().enumerate() {
-            for domain in &vhost.domains {
-                let domain = domain.to_ascii_lowercase();
-                if domain == "*" {
-                    compiled.any.get_or_insert(index);
-                } else if let Some(suffix) = domain.strip_prefix('*') {
-                    compiled.suffixes.push((suffix.to_owned(), index));
-                } else if let Some(prefix) = domain.strip_suffix('*') {
-                    compiled.prefixes.push((prefix.to_owned(), index));
-                } else {
-                    compiled.exact.entry(domain).or_insert(index);
-                }
-            }
+        for vhost in &table.virtual_hosts {
             let mut routes = Vec::with_capacity(vhost.routes.len());
             for route in &vhost.routes {
                 routes.push(Arc::new(compile_route(route, clusters).map_err(err)?));
             }
             compiled.vhosts.push(VirtualHost { routes });
         }
-        compiled.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-        compiled.prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
         Ok(compiled)
     }
 
@@ -134,30 +183,13 @@ impl RouteTable {
         } else {
             authority
         };
-        if let Some(&i) = self.exact.get(authority) {
-            return Some(i);
-        }
         let host = strip_port(authority);
-        if let Some(&i) = self.exact.get(host) {
-            return Some(i);
-        }
-        for candidate in [authority, host] {
-            if let Some((_, i)) = self
-                .suffixes
-                .iter()
-                .find(|(s, _)| candidate.len() > s.len() && candidate.ends_with(s.as_str()))
-            {
-                return Some(*i);
-            }
-            if let Some((_, i)) = self
-                .prefixes
-                .iter()
-                .find(|(p, _)| candidate.len() > p.len() && candidate.starts_with(p.as_str()))
-            {
-                return Some(*i);
-            }
-        }
-        self.any
+        self.hosts
+            .exact(authority)
+            .or_else(|| self.hosts.exact(host))
+            .or_else(|| self.hosts.wildcard(authority))
+            .or_else(|| self.hosts.wildcard(host))
+            .or(self.hosts.any)
     }
 }
 

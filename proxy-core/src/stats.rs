@@ -11,6 +11,9 @@
 //!   STRICT listener, a failed handshake: untrusted, expired or revoked peer);
 //!   `weft_listener_downstream_cx_revoked_total{listener}`: established mutual TLS connections
 //!   closed because their peer was revoked afterwards.
+//! - `weft_listener_downstream_cx_passthrough_total{listener}`: connections of a TLS
+//!   passthrough listener relayed to an endpoint (the refused ones, with no route for their
+//!   server name, no ClientHello or no endpoint, count as `..._cx_refused_total`).
 //! - `weft_cluster_upstream_rq_total{cluster,code_class}`: upstream responses by class.
 //! - `weft_cluster_upstream_rq_active{cluster}`, `weft_cluster_upstream_cx_active{cluster}`,
 //!   `weft_cluster_upstream_cx_total{cluster}`, `weft_cluster_upstream_cx_connect_fail_total{cluster}`.
@@ -42,6 +45,7 @@ pub(crate) struct ListenerStats {
     pub(crate) cx_plaintext: AtomicU64,
     pub(crate) cx_refused: AtomicU64,
     pub(crate) cx_revoked: AtomicU64,
+    pub(crate) cx_passthrough: AtomicU64,
     pub(crate) local_replies: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -224,6 +228,15 @@ impl Stats {
             "listener",
             &listeners,
             |s| s.cx_revoked.load(Relaxed) as i64,
+        );
+        simple(
+            &mut out,
+            "weft_listener_downstream_cx_passthrough_total",
+            "counter",
+            "Connections of a TLS passthrough listener relayed to an endpoint.",
+            "listener",
+            &listeners,
+            |s| s.cx_passthrough.load(Relaxed) as i64,
         );
         header(
             &mut out,

@@ -349,7 +349,8 @@ impl MeshTls {
         let index = match protocol {
             ListenerProtocol::Http1 => 0,
             ListenerProtocol::Http2 => 1,
-            ListenerProtocol::Auto => 2,
+            // A passthrough listener terminates no TLS (validation refuses mtls on it).
+            ListenerProtocol::Auto | ListenerProtocol::TlsPassthrough => 2,
         };
         self.servers[index].clone()
     }
@@ -1053,7 +1054,8 @@ pub(crate) fn listener_config(
     config.alpn_protocols = match protocol {
         ListenerProtocol::Http1 => vec![b"http/1.1".to_vec()],
         ListenerProtocol::Http2 => vec![b"h2".to_vec()],
-        ListenerProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        // A passthrough listener terminates no TLS (validation refuses tls on it).
+        ListenerProtocol::Auto | ListenerProtocol::TlsPassthrough => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
     };
     Ok(Arc::new(config))
 }

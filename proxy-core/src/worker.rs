@@ -195,8 +195,17 @@ async fn accept_loop(
         let stats = listener.stats.clone();
         stats.cx_total.fetch_add(1, Relaxed);
         stats.cx_active.fetch_add(1, Relaxed);
-        let local = stream.local_addr().unwrap_or(listener.sockets.addr);
         let guard = tracker.enter();
+        if let Some(table) = &listener.passthrough {
+            let table = table.clone();
+            tokio::spawn(async move {
+                crate::passthrough::serve(stream, table, &stats).await;
+                stats.cx_active.fetch_sub(1, Relaxed);
+                drop(guard);
+            });
+            continue;
+        }
+        let local = stream.local_addr().unwrap_or(listener.sockets.addr);
         let limits = listener.limits;
         let mut shutdown = shutdown.clone();
         let listener_name = listener_name.clone();
@@ -322,7 +331,8 @@ async fn serve_connection(
                 .serve_connection(io, service);
             drive(conn, ends, |c| c.graceful_shutdown()).await;
         }
-        ListenerProtocol::Auto => {
+        // A passthrough listener's connections never get here (`passthrough::serve`).
+        ListenerProtocol::Auto | ListenerProtocol::TlsPassthrough => {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

@@ -102,6 +102,22 @@ fn listener_to_pb(listener: &domain::Listener) -> pb::Listener {
                 .collect(),
             client_ca: tls.client_ca.clone(),
         }),
+        sni_routes: listener
+            .sni_routes
+            .iter()
+            .map(|route| pb::SniRoute {
+                server_names: route.server_names.clone(),
+                destinations: route
+                    .destinations
+                    .iter()
+                    .map(|d| pb::SniDestination {
+                        cluster: d.cluster.clone(),
+                        subset: d.subset.clone(),
+                        weight: Some(d.weight),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
@@ -382,6 +398,22 @@ fn listener_from_pb(wire: pb::Listener, path: Path<'_>) -> Result<domain::Listen
             }),
             None => None,
         },
+        sni_routes: wire
+            .sni_routes
+            .into_iter()
+            .map(|route| domain::SniRoute {
+                server_names: route.server_names,
+                destinations: route
+                    .destinations
+                    .into_iter()
+                    .map(|d| domain::SniDestination {
+                        cluster: d.cluster,
+                        subset: d.subset,
+                        weight: d.weight.unwrap_or(domain::default_weight()),
+                    })
+                    .collect(),
+            })
+            .collect(),
     })
 }
 
@@ -627,7 +659,12 @@ enum_conversions!(ListenerKind {
     Inbound,
     Gateway
 });
-enum_conversions!(ListenerProtocol { Http1, Http2, Auto });
+enum_conversions!(ListenerProtocol {
+    Http1,
+    Http2,
+    Auto,
+    TlsPassthrough
+});
 enum_conversions!(FailurePolicy {
     FailClosed,
     FailOpen,

@@ -610,6 +610,36 @@ pub struct Listener {
     /// TLS termination with the listener's own certificates (gateways). Unset: none.
     #[prost(message, optional, tag = "8")]
     pub tls: ::core::option::Option<ServerTls>,
+    /// Where a TLS passthrough listener sends each connection, by the server name of its
+    /// ClientHello. Only on TLS passthrough listeners.
+    #[prost(message, repeated, tag = "9")]
+    pub sni_routes: ::prost::alloc::vec::Vec<SniRoute>,
+}
+/// A TLS passthrough listener's route.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SniRoute {
+    /// Exact names, `*.suffix` wildcards, or `*`.
+    #[prost(string, repeated, tag = "1")]
+    pub server_names: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Clusters a connection goes to, chosen by weight.
+    #[prost(message, repeated, tag = "2")]
+    pub destinations: ::prost::alloc::vec::Vec<SniDestination>,
+}
+/// One destination of an SniRoute.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct SniDestination {
+    /// Name of the cluster.
+    #[prost(string, tag = "1")]
+    pub cluster: ::prost::alloc::string::String,
+    /// Only endpoints carrying all these labels.
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub subset: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
+    /// Relative weight. Unset: 1.
+    #[prost(uint32, optional, tag = "3")]
+    pub weight: ::core::option::Option<u32>,
 }
 /// TLS termination on a listener, certificates chosen by SNI.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -1094,6 +1124,8 @@ pub enum ListenerProtocol {
     Http2 = 2,
     /// HTTP/1.1 or HTTP/2, detected from the connection preface.
     Auto = 3,
+    /// TLS relayed as it is, routed by the ClientHello's server name.
+    TlsPassthrough = 4,
 }
 impl ListenerProtocol {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -1106,6 +1138,7 @@ impl ListenerProtocol {
             Self::Http1 => "LISTENER_PROTOCOL_HTTP1",
             Self::Http2 => "LISTENER_PROTOCOL_HTTP2",
             Self::Auto => "LISTENER_PROTOCOL_AUTO",
+            Self::TlsPassthrough => "LISTENER_PROTOCOL_TLS_PASSTHROUGH",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -1115,6 +1148,7 @@ impl ListenerProtocol {
             "LISTENER_PROTOCOL_HTTP1" => Some(Self::Http1),
             "LISTENER_PROTOCOL_HTTP2" => Some(Self::Http2),
             "LISTENER_PROTOCOL_AUTO" => Some(Self::Auto),
+            "LISTENER_PROTOCOL_TLS_PASSTHROUGH" => Some(Self::TlsPassthrough),
             _ => None,
         }
     }

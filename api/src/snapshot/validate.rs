@@ -129,6 +129,16 @@ pub(crate) fn check_contents(errors: &mut Errors, snapshot: &Snapshot, offsets: 
                 errors.push(path.field("tls").field("client_ca"), "required with mode mutual");
             }
         }
+        if listener.protocol.is_http() {
+            if !listener.sni_routes.is_empty() {
+                errors.push(
+                    path.field("sni_routes"),
+                    "only a tls_passthrough listener has SNI routes",
+                );
+            }
+        } else {
+            check_passthrough(errors, path, listener);
+        }
         let mut filter_names = HashSet::new();
         for (j, filter) in listener.filters.iter().enumerate() {
             let path = path.index("filters", j);
@@ -302,6 +312,50 @@ fn check_cluster(errors: &mut Errors, path: Path<'_>, cluster: &Cluster) {
     }
 }
 
+/// A `tls_passthrough` listener: nothing of HTTP, and SNI routes that can match.
+fn check_passthrough(errors: &mut Errors, path: Path<'_>, listener: &super::Listener) {
+    let refuse = "a tls_passthrough listener relays TLS as it is";
+    if !listener.route_table.is_empty() {
+        errors.push(path.field("route_table"), format!("{refuse}: it has no route table"));
+    }
+    if !listener.filters.is_empty() {
+        errors.push(path.field("filters"), format!("{refuse}: it runs no HTTP filters"));
+    }
+    if listener.mtls.is_some() {
+        errors.push(path.field("mtls"), format!("{refuse}: it terminates no TLS"));
+    }
+    if listener.tls.is_some() {
+        errors.push(path.field("tls"), format!("{refuse}: it terminates no TLS"));
+    }
+    let mut names = HashSet::new();
+    for (i, route) in listener.sni_routes.iter().enumerate() {
+        let path = path.index("sni_routes", i);
+        if route.server_names.is_empty() {
+            errors.push(path.field("server_names"), "at least one server name is required");
+        }
+        for (j, name) in route.server_names.iter().enumerate() {
+            let path = path.index("server_names", j);
+            let wildcard_ok = name == "*" || name.strip_prefix("*.").is_some_and(|rest| !rest.contains('*'));
+            if name.is_empty() || name.contains(':') || (name.contains('*') && !wildcard_ok) {
+                errors.push(
+                    path,
+                    format!("{name:?} is not a server name (exact, `*.suffix` or `*`)"),
+                );
+            } else if !names.insert(name.to_ascii_lowercase()) {
+                errors.push(path, format!("{name:?} is used by another route"));
+            }
+        }
+        if route.destinations.is_empty() {
+            errors.push(path.field("destinations"), "at least one destination is required");
+        } else if route.destinations.iter().all(|d| d.weight == 0) {
+            errors.push(
+                path.field("destinations"),
+                "at least one destination needs a weight above 0",
+            );
+        }
+    }
+}
+
 /// Checks what ties the elements of `snapshot` together: unique names and listener
 /// addresses, and every reference resolved (listener → route table, route → cluster and
 /// subset, route → disabled filter).
@@ -323,7 +377,7 @@ pub(crate) fn check_references(errors: &mut Errors, snapshot: &Snapshot) {
         {
             errors.push(path.field("address"), format!("{addr} is used by another listener"));
         }
-        if !tables.contains(listener.route_table.as_str()) {
+        if listener.protocol.is_http() && !tables.contains(listener.route_table.as_str()) {
             errors.push(
                 path.field("route_table"),
                 format!("no route table named {:?}", listener.route_table),
@@ -344,6 +398,16 @@ pub(crate) fn check_references(errors: &mut Errors, snapshot: &Snapshot) {
             let path = path.index("virtual_hosts", j);
             for (k, route) in vhost.routes.iter().enumerate() {
                 check_route_references(errors, path.index("routes", k), route, &clusters, &filters);
+            }
+        }
+    }
+    for (i, listener) in snapshot.listeners.iter().enumerate() {
+        let listener_path = root.index("listeners", i);
+        for (j, route) in listener.sni_routes.iter().enumerate() {
+            let path = listener_path.index("sni_routes", j);
+            for (k, destination) in route.destinations.iter().enumerate() {
+                let path = path.index("destinations", k);
+                check_cluster_reference(errors, path, &destination.cluster, &destination.subset, &clusters);
             }
         }
     }
@@ -376,14 +440,30 @@ fn check_route_references(
         }
     }
     let Some(forward) = &route.forward else { return };
-    let path = path.field("forward");
-    match clusters.get(forward.cluster.as_str()) {
-        None => errors.push(path.field("cluster"), format!("no cluster named {:?}", forward.cluster)),
-        Some(cluster) if !forward.subset.is_empty() && !cluster.endpoints.is_empty() => {
+    check_cluster_reference(
+        errors,
+        path.field("forward"),
+        &forward.cluster,
+        &forward.subset,
+        clusters,
+    );
+}
+
+/// A reference to cluster `name` (at `path.cluster`), and to its subset (at `path.subset`).
+fn check_cluster_reference(
+    errors: &mut Errors,
+    path: Path<'_>,
+    name: &str,
+    subset: &std::collections::BTreeMap<String, String>,
+    clusters: &HashMap<&str, &Cluster>,
+) {
+    match clusters.get(name) {
+        None => errors.push(path.field("cluster"), format!("no cluster named {name:?}")),
+        Some(cluster) if !subset.is_empty() && !cluster.endpoints.is_empty() => {
             let any = cluster
                 .endpoints
                 .iter()
-                .any(|e| forward.subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+                .any(|e| subset.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
             // An empty subset is legal (endpoints may come later) but almost always a typo
             // while endpoints are static; say so rather than serve 503s silently.
             if !any {
@@ -599,6 +679,49 @@ clusters:
                 .iter()
                 .any(|e| e.starts_with("clusters[0].tls.private_key: only with mode mutual")),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn passthrough_listeners_route_by_server_name_only() {
+        let with_passthrough = |listener: &str| {
+            GOOD.replace(
+                "    route_table: main\n",
+                &format!(
+                    "    route_table: main\n  - name: tls\n    address: 127.0.0.1:0\n    kind: gateway\n    protocol: tls_passthrough\n{listener}"
+                ),
+            )
+        };
+        let good = with_passthrough(
+            "    sni_routes:\n      - server_names: [\"a.example.com\", \"*.b.example.com\"]\n        destinations: [{ cluster: reviews, subset: { version: v2 }, weight: 0 }, { cluster: reviews }]\n",
+        );
+        let snapshot = Snapshot::from_yaml(&good).expect("valid passthrough listener");
+        assert_eq!(snapshot.listeners[1].sni_routes[0].destinations[1].weight, 1);
+
+        let bad = with_passthrough(
+            "    route_table: main\n    filters: [{ name: h, native: headers }]\n    sni_routes:\n      - server_names: [\"a.*.com\", \"A.example.com\", \"a.example.com\"]\n        destinations: [{ cluster: ratings, weight: 0 }]\n      - server_names: []\n        destinations: []\n",
+        );
+        assert_eq!(
+            errors_of(&bad),
+            [
+                "listeners[1].route_table: a tls_passthrough listener relays TLS as it is: it has no route table",
+                "listeners[1].filters: a tls_passthrough listener relays TLS as it is: it runs no HTTP filters",
+                "listeners[1].sni_routes[0].server_names[0]: \"a.*.com\" is not a server name (exact, `*.suffix` or `*`)",
+                "listeners[1].sni_routes[0].server_names[2]: \"a.example.com\" is used by another route",
+                "listeners[1].sni_routes[0].destinations: at least one destination needs a weight above 0",
+                "listeners[1].sni_routes[1].server_names: at least one server name is required",
+                "listeners[1].sni_routes[1].destinations: at least one destination is required",
+                "listeners[1].sni_routes[0].destinations[0].cluster: no cluster named \"ratings\"",
+            ]
+        );
+
+        let bad = GOOD.replace(
+            "    route_table: main\n",
+            "    route_table: main\n    sni_routes: [{ server_names: [\"*\"], destinations: [{ cluster: reviews }] }]\n",
+        );
+        assert_eq!(
+            errors_of(&bad),
+            ["listeners[0].sni_routes: only a tls_passthrough listener has SNI routes"]
         );
     }
 

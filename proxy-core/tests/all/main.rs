@@ -21,6 +21,7 @@ mod grpc;
 mod identity;
 mod lifecycle;
 mod mtls;
+mod passthrough;
 mod protocols;
 mod resilience;
 mod wasm;
