@@ -604,6 +604,50 @@ impl Mesh {
             }
         }
         for (number, servers) in ports {
+            let name = format!("gateway-{number}");
+            // Gateways sharing a port: the first decides whether it passes TLS through; the
+            // others' servers of the other kind are left out there.
+            if servers
+                .first()
+                .is_some_and(|(gateway, p)| gateway.ports[*p].passthrough)
+            {
+                // A server name routed by two gateways goes the first one's way.
+                let mut seen = BTreeSet::new();
+                let sni_routes = servers
+                    .iter()
+                    .map(|(gateway, p)| &gateway.ports[*p])
+                    .filter(|port| port.passthrough)
+                    .flat_map(|port| port.sni_routes.iter())
+                    .filter_map(|route| {
+                        let server_names: Vec<String> = route
+                            .server_names
+                            .iter()
+                            .filter(|n| seen.insert(n.as_str()))
+                            .cloned()
+                            .collect();
+                        (!server_names.is_empty()).then(|| weft_api::SniRoute {
+                            server_names,
+                            destinations: route.destinations.clone(),
+                        })
+                    })
+                    .collect();
+                let address = SocketAddr::new(workload.ip, number);
+                if addresses.insert(address) {
+                    snapshot.listeners.push(Listener {
+                        name,
+                        address: address.to_string(),
+                        kind: ListenerKind::Gateway,
+                        protocol: ListenerProtocol::TlsPassthrough,
+                        route_table: String::new(),
+                        filters: Vec::new(),
+                        mtls: None,
+                        tls: None,
+                        sni_routes,
+                    });
+                }
+                continue;
+            }
+            let servers: Vec<_> = servers.into_iter().filter(|(g, p)| !g.ports[*p].passthrough).collect();
             let mut plans = Vec::new();
             // The port's TLS: the first gateway's settings, with the certificates of every
             // gateway on the port that terminates TLS the same way.
@@ -643,7 +687,6 @@ impl Mesh {
                     plans.push(plan(domain, None, true));
                 }
             }
-            let name = format!("gateway-{number}");
             let routing = routing::build(&name, &plans, &workload.namespace, &self.system);
             let user = self
                 .extensions
@@ -801,7 +844,9 @@ impl Mesh {
                 if port.port != target {
                     aliases.entry(target).or_default().push(port.port);
                 }
-                if registry::service_port_protocol(port) == Ok(weft_api::UpstreamProtocol::Http2) {
+                if registry::service_port_protocol(port)
+                    == Ok(registry::PortKind::Http(weft_api::UpstreamProtocol::Http2))
+                {
                     http2.insert(target);
                 }
             }

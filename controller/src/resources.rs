@@ -27,7 +27,8 @@ pub use istio::{
     DirectResponseBody, Fault, GatewayPort, GatewayServer, GatewaySpec, HeaderOperations, Headers, HttpConnectionPool,
     HttpCookie, HttpMatch, HttpRoute, HttpRouteDestination, LoadBalancer, OutlierDetection, Percent, PortSelector,
     PortTrafficPolicy, Redirect, RegexRewrite, Retry, Rewrite, ServerTlsSettings, ServiceEntryPort, ServiceEntrySpec,
-    StringMatch, Subset, TcpConnectionPool, TrafficPolicy, VirtualServiceSpec, WorkloadEntrySpec, WorkloadSelector,
+    StringMatch, Subset, TcpConnectionPool, TlsMatch, TlsRoute, TrafficPolicy, VirtualServiceSpec, WorkloadEntrySpec,
+    WorkloadSelector,
 };
 pub use kube::{IntOrString, SecretSpec, ServicePort, ServiceSpec};
 pub use security::{MatchLabels, PeerAuthenticationSpec, PeerMtls};

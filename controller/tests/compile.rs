@@ -1273,11 +1273,14 @@ spec:
     )]);
     assert!(errors(&diagnostics).is_empty(), "{diagnostics:#?}");
     let mesh = compile(&store, &options());
-    assert!(has(
-        mesh.diagnostics(),
-        Severity::Warning,
-        "spec.ports[1]: protocol HTTPS is not supported yet"
-    ));
+    assert!(
+        !mesh
+            .diagnostics()
+            .iter()
+            .any(|d| d.to_string().contains("spec.ports[1]")),
+        "an HTTPS port is a TLS port: {:#?}",
+        mesh.diagnostics()
+    );
     assert!(has(
         mesh.diagnostics(),
         Severity::Warning,
@@ -1288,6 +1291,16 @@ spec:
     assert_eq!(addresses(httpbin), ["192.0.2.10:80", "192.0.2.11:8080"]);
     assert_eq!(httpbin.endpoints[1].weight, 3);
     assert!(cluster(&s, "outbound|80||api.example.com").endpoints.is_empty());
+    // The HTTPS port, for passthrough gateways: a cluster of the TLS port, no sidecar route.
+    let tls = cluster(&s, "outbound|443||httpbin.org");
+    assert_eq!(addresses(tls), ["192.0.2.10:443", "192.0.2.11:443"]);
+    assert!(tls.tls.is_none());
+    assert!(
+        !route_table(&s, "outbound")
+            .virtual_hosts
+            .iter()
+            .any(|v| v.domains.iter().any(|d| d.ends_with(":443")))
+    );
     assert_eq!(
         vhost(route_table(&s, "outbound"), "httpbin.org:80").domains,
         ["httpbin.org:80", "httpbin.org"]

@@ -352,7 +352,7 @@ fn gateway_https_redirect_answers_every_plaintext_request_of_its_hosts_with_a_30
 
 #[test]
 fn gateway_tls_problems_are_reported_and_the_server_left_out() {
-    let servers = "  - port: {number: 8443, name: a, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: missing}\n  - port: {number: 9443, name: b, protocol: HTTPS}\n    hosts: [b.example.com]\n    tls: {mode: MUTUAL, credentialName: bookinfo-cert}\n  - port: {number: 7443, name: c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 8080, name: d, protocol: HTTP}\n    hosts: [\"*\"]\n    tls: {httpsRedirect: true}";
+    let servers = "  - port: {number: 8443, name: a, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: missing}\n  - port: {number: 9443, name: b, protocol: HTTPS}\n    hosts: [b.example.com]\n    tls: {mode: MUTUAL, credentialName: bookinfo-cert}\n  - port: {number: 7443, name: c, protocol: HTTPS}\n    hosts: [c.example.com]\n    tls: {mode: AUTO_PASSTHROUGH}\n  - port: {number: 8080, name: d, protocol: HTTP}\n    hosts: [\"*\"]\n    tls: {httpsRedirect: true}";
     let (mesh, diagnostics) = compiled(&format!("{}{}", gateway(servers), secret("bookinfo-cert", false)));
     let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
     let has = |needle: &str| text.iter().any(|d| d.contains(needle));
@@ -361,8 +361,102 @@ fn gateway_tls_problems_are_reported_and_the_server_left_out() {
         "{text:#?}"
     );
     assert!(has("MUTUAL needs a client CA"), "{text:#?}");
-    assert!(has("PASSTHROUGH is not supported yet"), "{text:#?}");
+    assert!(has("AUTO_PASSTHROUGH is not supported yet"), "{text:#?}");
     let gateway = sidecar(&mesh, "istio-ingressgateway");
     let ports: Vec<&str> = gateway.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(ports, ["gateway-8080"], "only the plaintext server runs");
+}
+
+/// TLS hosts for the passthrough tests: a ServiceEntry with a TLS port, and a Service whose
+/// `https` port selects the reviews workloads (their application port, not their sidecar's).
+const TLS_HOSTS: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: { name: api, namespace: default }\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: tls, protocol: TLS}, {number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.2.1}]\n---\napiVersion: v1\nkind: Service\nmetadata: { name: secure, namespace: default }\nspec:\n  ports: [{port: 443, name: https-web, targetPort: 8443}]\n  selector: {app: reviews}\n---\n";
+
+#[test]
+fn gateway_passthrough_servers_route_connections_by_server_name() {
+    let servers = "  - port: {number: 8443, name: tls, protocol: TLS}\n    hosts: [\"*.example.com\"]\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 9443, name: https, protocol: HTTPS}\n    hosts: [db.example.org]\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"*\"]";
+    let routes = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: passthrough, namespace: default }\nspec:\n  hosts: [api.example.com, \"*.secure.example.com\"]\n  gateways: [istio-system/gw]\n  tls:\n  - match: [{sniHosts: [api.example.com], port: 8443}]\n    route: [{destination: {host: api.example.com}}]\n  - match: [{sniHosts: [\"*.secure.example.com\"]}, {sniHosts: [api.example.com]}]\n    route:\n    - {destination: {host: secure}, weight: 80}\n    - {destination: {host: api.example.com, port: {number: 443}}, weight: 20}\n---\n";
+    let (mesh, diagnostics) = compiled(&format!("{}{TLS_HOSTS}{routes}", gateway(servers)));
+    let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    // The second route's api.example.com is the first route's already.
+    assert_eq!(text.len(), 1, "{text:#?}");
+    assert!(
+        text[0].contains("spec.tls[1]") && text[0].contains("server name api.example.com on port 8443"),
+        "{text:#?}"
+    );
+
+    let api = "outbound|443||api.example.com";
+    let secure = "outbound|443||secure.default.svc.cluster.local";
+    let listener = gateway_listener(&mesh, 8443);
+    assert_eq!(listener.protocol, weft_api::ListenerProtocol::TlsPassthrough);
+    assert!(listener.route_table.is_empty() && listener.filters.is_empty() && listener.tls.is_none());
+    type Route<'a> = (Vec<&'a str>, Vec<(&'a str, u32)>);
+    let routes: Vec<Route<'_>> = listener
+        .sni_routes
+        .iter()
+        .map(|r| {
+            (
+                r.server_names.iter().map(String::as_str).collect(),
+                r.destinations.iter().map(|d| (d.cluster.as_str(), d.weight)).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            (vec!["api.example.com"], vec![(api, 1)]),
+            (vec!["*.secure.example.com"], vec![(secure, 80), (api, 20)]),
+        ]
+    );
+    // A passthrough server no VirtualService routes: a listener that closes every connection.
+    assert!(gateway_listener(&mesh, 9443).sni_routes.is_empty());
+    assert!(
+        !gateway_listener(&mesh, 8080)
+            .protocol
+            .eq(&weft_api::ListenerProtocol::TlsPassthrough)
+    );
+
+    // The clusters: the applications' TLS ports (not the sidecars' inbound port), no TLS of
+    // the mesh's.
+    let snapshot = sidecar(&mesh, "istio-ingressgateway");
+    let cluster = |name: &str| snapshot.clusters.iter().find(|c| c.name == name).cloned().unwrap();
+    let endpoints = |name: &str| -> Vec<String> { cluster(name).endpoints.iter().map(|e| e.address.clone()).collect() };
+    assert_eq!(endpoints(api), ["127.0.2.1:443"]);
+    assert_eq!(
+        endpoints(secure),
+        ["127.0.1.13:8443", "127.0.1.14:8443", "127.0.1.15:8443"]
+    );
+    assert!(cluster(secure).tls.is_none() && cluster(api).tls.is_none());
+    // Sidecars route HTTP only: no route for the TLS port.
+    let productpage = sidecar(&mesh, "productpage-v1");
+    assert!(productpage.listeners.iter().all(|l| l.sni_routes.is_empty()));
+}
+
+#[test]
+fn tls_route_problems_are_reported() {
+    let servers = "  - port: {number: 8443, name: tls, protocol: TLS}\n    hosts: [\"*\"]\n    tls: {mode: PASSTHROUGH}\n  - port: {number: 8443, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n  - port: {number: 9443, name: tcp, protocol: TLS}\n    hosts: [\"*\"]\n    tls: {mode: SIMPLE, credentialName: bookinfo-cert}";
+    let routes = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: { name: passthrough, namespace: default }\nspec:\n  hosts: [api.example.com]\n  gateways: [istio-system/gw, mesh]\n  tls:\n  - match: [{sniHosts: [other.example.com]}, {port: 8443}]\n    route: [{destination: {host: api.example.com}}]\n  - match: [{sniHosts: [api.example.com]}]\n    route: [{destination: {host: api.example.com, port: {number: 80}}}, {destination: {host: nowhere.example.com}}]\n---\n";
+    let (mesh, diagnostics) = compiled(&format!(
+        "{}{}{TLS_HOSTS}{routes}",
+        gateway(servers),
+        secret("bookinfo-cert", false)
+    ));
+    let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+    let has = |needle: &str| text.iter().any(|d| d.contains(needle));
+    for needle in [
+        "a TLS server that terminates TLS forwards TCP",
+        "port 8443 already has servers that pass TLS through; the server is ignored",
+        "TLS routes apply at passthrough Gateway servers only",
+        "other.example.com is not within the VirtualService's hosts; ignored",
+        "spec.tls[0].match[1].sniHosts: required",
+        "spec.tls[0].match: no match block with a usable sniHosts; the route is ignored",
+        "host api.example.com has no TLS port 80",
+        "no Service or ServiceEntry has host nowhere.example.com; connections to this destination are closed",
+    ] {
+        assert!(has(needle), "{needle}: {text:#?}");
+    }
+    // The second route stays, its dangling destinations included (their clusters are empty).
+    let listener = gateway_listener(&mesh, 8443);
+    assert_eq!(listener.sni_routes.len(), 1, "{listener:#?}");
+    assert_eq!(listener.sni_routes[0].server_names, ["api.example.com"]);
+    assert_eq!(listener.sni_routes[0].destinations.len(), 2);
 }

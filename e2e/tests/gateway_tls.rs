@@ -2,7 +2,9 @@
 //! (`credentialName`), compiled by a real controller and served by a real gateway proxy; a
 //! TLS client that trusts only the test CA and sends the server's name gets the application's
 //! answer, and plaintext gets no HTTP answer. The Gateway's plaintext server with
-//! `httpsRedirect` answers every request for its hosts with a `301` to `https`.
+//! `httpsRedirect` answers every request for its hosts with a `301` to `https`. A Gateway's
+//! PASSTHROUGH server relays a client's TLS session, by the name it asks for, to the TLS
+//! server a VirtualService's `tls` route names: the client verifies that server's certificate.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -12,6 +14,57 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 use weft_e2e::{Process, TempDir, Upstream, binaries, eventually, filters_dir, free_port, wait_listening};
+
+/// The controller on `intent`, with its state in `dir`; its gRPC port.
+fn start_controller(dir: &TempDir, intent: &std::path::Path) -> (Process, u16) {
+    let (grpc, registry) = (free_port(), free_port());
+    let controller = Process::spawn(
+        "controller",
+        &binaries().controller,
+        &[
+            "--intent-dir".into(),
+            intent.display().to_string(),
+            "--filters-dir".into(),
+            filters_dir().display().to_string(),
+            "--data-dir".into(),
+            dir.path().join("controller").display().to_string(),
+            "--grpc".into(),
+            format!("127.0.0.1:{grpc}"),
+            "--registry".into(),
+            format!("127.0.0.1:{registry}"),
+        ],
+        dir.path(),
+    );
+    assert!(
+        wait_listening(SocketAddr::from(([127, 0, 0, 1], grpc)), Duration::from_secs(30)),
+        "{}",
+        controller.log()
+    );
+    (controller, grpc)
+}
+
+/// The arguments of the gateway's proxy, node `gateway` in istio-system, state in `state`,
+/// admin API on a free port (tests run side by side).
+fn gateway_args(grpc: u16, state: &std::path::Path) -> Vec<String> {
+    vec![
+        "--admin".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--controller".into(),
+        format!("http://127.0.0.1:{grpc}"),
+        "--node-id".into(),
+        "gateway".into(),
+        "--namespace".into(),
+        "istio-system".into(),
+        "--node-label".into(),
+        "istio=ingressgateway".into(),
+        "--workers".into(),
+        "1".into(),
+        "--state-dir".into(),
+        state.display().to_string(),
+        "--module-dir".into(),
+        state.join("modules").display().to_string(),
+    ]
+}
 
 /// A CA, and a certificate with its key (PEM) for `name`.
 fn certificates(name: &str) -> (String, String, String) {
@@ -71,10 +124,9 @@ fn get_plain(address: SocketAddr, host: &str, path: &str) -> String {
 #[test]
 fn a_gateway_https_server_terminates_tls_with_its_secret() {
     binaries();
-    let filters = filters_dir();
     let dir = TempDir::new("gateway-tls");
     let app = Upstream::start("web-app");
-    let (grpc, registry, gateway_port, http_port) = (free_port(), free_port(), free_port(), free_port());
+    let (gateway_port, http_port) = (free_port(), free_port());
     let (ca, cert, key) = certificates("web.example.com");
     let intent = dir.path().join("intent");
     std::fs::create_dir_all(&intent).expect("intent dir");
@@ -139,53 +191,14 @@ spec:
         ),
     )
     .expect("write intent");
-    let controller = Process::spawn(
-        "controller",
-        &binaries().controller,
-        &[
-            "--intent-dir".into(),
-            intent.display().to_string(),
-            "--filters-dir".into(),
-            filters.display().to_string(),
-            "--data-dir".into(),
-            dir.path().join("controller").display().to_string(),
-            "--grpc".into(),
-            format!("127.0.0.1:{grpc}"),
-            "--registry".into(),
-            format!("127.0.0.1:{registry}"),
-        ],
-        dir.path(),
-    );
-    assert!(
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], grpc)), Duration::from_secs(30)),
-        "{}",
-        controller.log()
-    );
-    let gateway_args = |state: &std::path::Path| -> Vec<String> {
-        vec![
-            "--controller".into(),
-            format!("http://127.0.0.1:{grpc}"),
-            "--node-id".into(),
-            "gateway".into(),
-            "--namespace".into(),
-            "istio-system".into(),
-            "--node-label".into(),
-            "istio=ingressgateway".into(),
-            "--workers".into(),
-            "1".into(),
-            "--state-dir".into(),
-            state.display().to_string(),
-            "--module-dir".into(),
-            state.join("modules").display().to_string(),
-        ]
-    };
+    let (controller, grpc) = start_controller(&dir, &intent);
 
     // A process that says it is the gateway but has no credential is not sent the private key:
     // it cannot serve HTTPS and refuses the snapshot.
     let impostor = Process::spawn(
         "impostor",
         &binaries().proxy,
-        &gateway_args(&dir.path().join("state-impostor")),
+        &gateway_args(grpc, &dir.path().join("state-impostor")),
         dir.path(),
     );
     let refused = eventually(Duration::from_secs(30), || {
@@ -207,7 +220,7 @@ spec:
         "no bootstrap token for the gateway:\n{}",
         controller.log()
     );
-    let mut args = gateway_args(&dir.path().join("state-gateway"));
+    let mut args = gateway_args(grpc, &dir.path().join("state-gateway"));
     args.extend(["--bootstrap-token".to_owned(), token.display().to_string()]);
     let gateway = Process::spawn("gateway", &binaries().proxy, &args, dir.path());
     let address = SocketAddr::from(([127, 0, 0, 1], gateway_port));
@@ -271,4 +284,137 @@ spec:
         !String::from_utf8_lossy(&answer).contains("HTTP/"),
         "plaintext was answered"
     );
+}
+
+/// A TLS server on 127.0.0.1 presenting `cert`/`key` that answers each connection's request
+/// with `200` and `label`, then closes; its port.
+fn labelled_tls_server(cert: &str, key: &str, label: &'static str) -> u16 {
+    use rustls::pki_types::PrivateKeyDer;
+    let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let Ok(connection) = rustls::ServerConnection::new(config) else {
+                    return;
+                };
+                let mut tls = rustls::StreamOwned::new(connection, tcp);
+                let mut request = Vec::new();
+                let mut byte = [0u8; 1];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match tls.read(&mut byte) {
+                        Ok(1) => request.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{label}",
+                    label.len()
+                );
+                let _ = tls.write_all(response.as_bytes());
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_gateway_passthrough_server_relays_tls_to_the_server_the_client_names() {
+    binaries();
+    let dir = TempDir::new("gateway-passthrough");
+    let gateway_port = free_port();
+    let (ca, cert, key) = certificates("secure.example.com");
+    let backend = labelled_tls_server(&cert, &key, "secure-backend");
+    let intent = dir.path().join("intent");
+    std::fs::create_dir_all(&intent).expect("intent dir");
+    std::fs::write(
+        intent.join("platform.yaml"),
+        format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: secure, namespace: default }}
+spec:
+  hosts: [secure.example.com]
+  ports: [{{ number: 443, name: tls, protocol: TLS }}]
+  resolution: STATIC
+  endpoints: [{{ address: 127.0.0.1, ports: {{ tls: {backend} }} }}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Workload
+metadata: {{ name: gateway, namespace: istio-system, labels: {{ istio: ingressgateway }} }}
+spec:
+  address: 127.0.0.1
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: edge, namespace: istio-system }}
+spec:
+  selector: {{ istio: ingressgateway }}
+  servers:
+    - port: {{ number: {gateway_port}, name: tls, protocol: TLS }}
+      hosts: ["*.example.com"]
+      tls: {{ mode: PASSTHROUGH }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: secure, namespace: default }}
+spec:
+  hosts: [secure.example.com]
+  gateways: [istio-system/edge]
+  tls:
+    - match: [{{ sniHosts: [secure.example.com] }}]
+      route: [{{ destination: {{ host: secure.example.com }} }}]
+"#
+        ),
+    )
+    .expect("write intent");
+    let (controller, grpc) = start_controller(&dir, &intent);
+    // No credential needed: the gateway holds no key for these hosts.
+    let gateway = Process::spawn(
+        "gateway",
+        &binaries().proxy,
+        &gateway_args(grpc, &dir.path().join("state-gateway")),
+        dir.path(),
+    );
+    let address = SocketAddr::from(([127, 0, 0, 1], gateway_port));
+    assert!(
+        wait_listening(address, Duration::from_secs(60)),
+        "the gateway never listened:\n{}\n{}",
+        gateway.log(),
+        controller.log()
+    );
+    let reply = eventually(Duration::from_secs(20), || {
+        get_tls(address, "secure.example.com", &ca)
+            .ok()
+            .filter(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no answer through the passthrough server: {:?}\n{}",
+            get_tls(address, "secure.example.com", &ca),
+            gateway.log()
+        )
+    });
+    // The backend's own answer: no header of the proxy's.
+    assert!(reply.ends_with("secure-backend"), "{reply}");
+    assert!(!reply.contains("x-request-id"), "{reply}");
+    // A name no route takes: the connection is closed, no handshake.
+    let refused = get_tls(address, "other.example.com", &ca).expect_err("no route");
+    assert!(!refused.contains("certificate"), "{refused}");
 }

@@ -44,6 +44,11 @@ pub(crate) struct GatewayPort {
     /// server): those of `hosts` matched through such a server, and that server's hosts no
     /// VirtualService routes.
     pub(crate) redirects: Vec<String>,
+    /// The port's servers pass TLS through (`tls.mode: PASSTHROUGH`): it serves no HTTP, and
+    /// `sni_routes` route its connections.
+    pub(crate) passthrough: bool,
+    /// The bound VirtualServices' TLS routes, by server name, first VirtualService first.
+    pub(crate) sni_routes: Vec<weft_api::SniRoute>,
 }
 
 /// A server host: an optional namespace restriction on the VirtualServices that may bind, and
@@ -73,11 +78,15 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
         }
         let mut servers: BTreeMap<u16, Vec<ServerHost>> = BTreeMap::new();
         let mut port_tls: BTreeMap<u16, Option<weft_api::ServerTls>> = BTreeMap::new();
+        let mut passthrough_ports: BTreeMap<u16, bool> = BTreeMap::new();
         for (i, server) in spec.servers.iter().enumerate() {
             let field = format!("spec.servers[{i}]");
             let protocol = server.port.protocol.to_ascii_uppercase();
             let mut https_redirect = false;
+            let passthrough = matches!(protocol.as_str(), "HTTPS" | "TLS")
+                && server.tls.as_ref().and_then(|t| t.mode.as_deref()) == Some("PASSTHROUGH");
             let tls = match protocol.as_str() {
+                _ if passthrough => None,
                 "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => {
                     https_redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
                     let terminates = server.tls.as_ref().is_some_and(|t| {
@@ -99,8 +108,9 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                 "TLS" => {
                     diagnostics.push(Diagnostic::warning(
                         &at,
-                        format!("{field}.port.protocol"),
-                        "TLS (passthrough) servers are not supported yet; the server is ignored",
+                        format!("{field}.tls.mode"),
+                        "a TLS server that terminates TLS forwards TCP, which is not supported (tls.mode PASSTHROUGH \
+                         is); the server is ignored",
                     ));
                     continue;
                 }
@@ -118,6 +128,19 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                     &at,
                     format!("{field}.port.number"),
                     "port 0; the server is ignored",
+                ));
+                continue;
+            }
+            // A port passes TLS through for all its servers, or for none.
+            if *passthrough_ports.entry(server.port.number).or_insert(passthrough) != passthrough {
+                diagnostics.push(Diagnostic::error(
+                    &at,
+                    format!("{field}.tls.mode"),
+                    format!(
+                        "port {} already has servers that {} TLS through; the server is ignored",
+                        server.port.number,
+                        if passthrough { "do not pass" } else { "pass" }
+                    ),
                 ));
                 continue;
             }
@@ -179,8 +202,12 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
                 tls: port_tls.get(&number).cloned().flatten(),
                 hosts: Vec::new(),
                 redirects: Vec::new(),
+                passthrough: passthrough_ports.get(&number).copied().unwrap_or(false),
+                sni_routes: Vec::new(),
             })
             .collect();
+        // Server names claimed on each passthrough port: (VirtualService, TLS route).
+        let mut claimed: BTreeMap<(u16, String), (usize, usize)> = BTreeMap::new();
         // VirtualServices are in precedence order: the first to claim a host on a port keeps it.
         for (v, vs) in vss.iter().enumerate() {
             if !vs.contexts.contains(&context) {
@@ -190,20 +217,70 @@ pub(crate) fn build(store: &Store, vss: &[CompiledVs], diagnostics: &mut Vec<Dia
             let mut bound = false;
             for port in &mut ports {
                 let server_hosts = &servers[&port.number];
-                for (i, host) in &vs.hosts {
-                    let Some((domain, redirect)) = server_hosts
+                // The server host `name` falls under, narrowed to the name when broader.
+                let within = |name: &String| {
+                    server_hosts
                         .iter()
                         .filter(|s| s.namespace.as_deref().is_none_or(|ns| ns == vs.namespace))
                         .find_map(|s| {
-                            if names::host_matches(&s.host, host) {
-                                Some((host.clone(), s.https_redirect))
-                            } else if names::host_matches(host, &s.host) {
+                            if names::host_matches(&s.host, name) {
+                                Some((name.clone(), s.https_redirect))
+                            } else if names::host_matches(name, &s.host) {
                                 Some((s.host.clone(), s.https_redirect))
                             } else {
                                 None
                             }
                         })
-                    else {
+                };
+                if port.passthrough {
+                    for (r, route) in vs.tls_routes.iter().enumerate() {
+                        let mut server_names: Vec<String> = Vec::new();
+                        let blocks = route.blocks.iter().filter(|b| b.applies(&context, port.number));
+                        for sni in blocks.flat_map(|b| &b.sni_hosts) {
+                            let Some((name, _)) = within(sni) else { continue };
+                            bound = true;
+                            let owner = *claimed.entry((port.number, name.clone())).or_insert((v, r));
+                            if owner == (v, r) {
+                                if !server_names.contains(&name) {
+                                    server_names.push(name);
+                                }
+                                continue;
+                            }
+                            let first = &vss[owner.0];
+                            diagnostics.push(Diagnostic::error(
+                                &vs_at,
+                                format!("spec.tls[{}]", route.index),
+                                format!(
+                                    "server name {name} on port {} of Gateway {}/{} is already routed by TLS route \
+                                     {} of VirtualService {}/{}; ignored here",
+                                    port.number,
+                                    stored.namespace(),
+                                    stored.name(),
+                                    first.tls_routes[owner.1].index,
+                                    first.namespace,
+                                    first.name
+                                ),
+                            ));
+                        }
+                        if !server_names.is_empty() {
+                            port.sni_routes.push(weft_api::SniRoute {
+                                server_names,
+                                destinations: route
+                                    .destinations
+                                    .iter()
+                                    .map(|(cluster, weight)| weft_api::SniDestination {
+                                        cluster: cluster.clone(),
+                                        subset: BTreeMap::new(),
+                                        weight: *weight,
+                                    })
+                                    .collect(),
+                            });
+                        }
+                    }
+                    continue;
+                }
+                for (i, host) in &vs.hosts {
+                    let Some((domain, redirect)) = within(host) else {
                         continue;
                     };
                     bound = true;
@@ -293,11 +370,12 @@ fn server_tls(
     let mode = match tls.mode.as_deref().unwrap_or("SIMPLE") {
         "SIMPLE" => weft_api::ServerTlsMode::Simple,
         "MUTUAL" => weft_api::ServerTlsMode::Mutual,
-        other @ ("PASSTHROUGH" | "AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL") => {
+        // PASSTHROUGH servers are not terminated: the caller takes them apart.
+        other @ ("AUTO_PASSTHROUGH" | "ISTIO_MUTUAL" | "OPTIONAL_MUTUAL") => {
             diagnostics.push(Diagnostic::warning(
                 at,
                 format!("{field}.tls.mode"),
-                format!("{other} is not supported yet (SIMPLE and MUTUAL are); the server is ignored"),
+                format!("{other} is not supported yet (SIMPLE, MUTUAL and PASSTHROUGH are); the server is ignored"),
             ));
             return None;
         }

@@ -242,8 +242,18 @@ pub(crate) fn build(
 
     for (h, host) in registry.hosts.iter().enumerate() {
         let rule = policies.rule_for(h);
-        for port in &host.ports {
+        let http = host.ports.iter().map(|port| (port, false));
+        for (port, passthrough) in http.chain(host.tls_ports.iter().map(|port| (port, true))) {
             let base = rule.map(|r| r.policy.at_port(port.number)).unwrap_or_default();
+            // A passthrough port's bytes are the client's TLS: no TLS of the rule's, nor
+            // auto mTLS, applies to them.
+            let cluster = |name, endpoints, parts: &Parts| {
+                let mut built = cluster(name, port.protocol, endpoints, parts, mesh);
+                if passthrough {
+                    built.tls = None;
+                }
+                built
+            };
             let name = names::outbound_cluster(Some(port.number), "", &host.fqdn);
             let endpoints: Vec<Endpoint> = port
                 .endpoints
@@ -253,10 +263,7 @@ pub(crate) fn build(
                     ..e.clone()
                 })
                 .collect();
-            clusters.insert(
-                name.clone(),
-                cluster(name, port.protocol, endpoints.clone(), &base, mesh),
-            );
+            clusters.insert(name.clone(), cluster(name, endpoints.clone(), &base));
             for (subset, (labels, subset_policy)) in rule.map(|r| &r.subsets).into_iter().flatten() {
                 let parts = base.overlay(&subset_policy.at_port(port.number));
                 let endpoints: Vec<Endpoint> = endpoints
@@ -265,7 +272,7 @@ pub(crate) fn build(
                     .cloned()
                     .collect();
                 let name = names::outbound_cluster(Some(port.number), subset, &host.fqdn);
-                clusters.insert(name.clone(), cluster(name, port.protocol, endpoints, &parts, mesh));
+                clusters.insert(name.clone(), cluster(name, endpoints, &parts));
             }
         }
     }

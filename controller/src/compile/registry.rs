@@ -64,6 +64,9 @@ pub(crate) struct HostEntry {
     /// The defining resource, for diagnostics.
     pub(crate) owner: String,
     pub(crate) ports: Vec<HostPort>,
+    /// TLS ports (`tls`, `https`): relayed as they are by passthrough Gateway servers, never
+    /// routed by sidecars. Their endpoints are the application's ports, not a sidecar's.
+    pub(crate) tls_ports: Vec<HostPort>,
 }
 
 impl HostEntry {
@@ -88,6 +91,20 @@ impl HostEntry {
     pub(crate) fn port(&self, number: u16) -> Option<&HostPort> {
         self.ports.iter().find(|p| p.number == number)
     }
+
+    /// The TLS port `number`.
+    pub(crate) fn tls_port(&self, number: u16) -> Option<&HostPort> {
+        self.tls_ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// What a Service or ServiceEntry port carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortKind {
+    /// HTTP, routed by sidecars and HTTP Gateway servers.
+    Http(UpstreamProtocol),
+    /// TLS the mesh does not terminate: for passthrough Gateway servers.
+    Tls,
 }
 
 /// One port of a host, with its endpoints.
@@ -143,7 +160,7 @@ impl Registry {
                     "no selector: the Service has no endpoints (Endpoints objects are not read); requests get 503",
                 ));
             }
-            let mut accepted: Vec<(usize, &ServicePort, UpstreamProtocol)> = Vec::new();
+            let mut accepted: Vec<(usize, &ServicePort, PortKind)> = Vec::new();
             for (i, port) in spec.ports.iter().enumerate() {
                 let field = format!("spec.ports[{i}]");
                 if port.port == 0 {
@@ -168,23 +185,32 @@ impl Registry {
             let index = registry.services.len();
             let selected = registry.select(&stored.resource.metadata.namespace, &spec.selector);
             let mut host_ports = Vec::with_capacity(accepted.len());
-            for &(i, port, protocol) in &accepted {
+            let mut tls_ports = Vec::new();
+            for &(i, port, kind) in &accepted {
                 let field = format!("spec.ports[{i}]");
                 let mut endpoints = Vec::with_capacity(selected.len());
                 for &instance in &selected {
                     let inst = &registry.instances[instance];
-                    match service_endpoint_port(inst, port) {
+                    match service_endpoint_port(inst, port, kind) {
                         Ok(number) => push_endpoint(&mut endpoints, inst, number, &at, &field, diagnostics),
                         Err(why) => diagnostics.push(Diagnostic::warning(&at, format!("{field}.targetPort"), why)),
                     }
                 }
-                host_ports.push(HostPort {
+                let (list, protocol) = match kind {
+                    PortKind::Http(protocol) => (&mut host_ports, protocol),
+                    PortKind::Tls => (&mut tls_ports, UpstreamProtocol::Http1),
+                };
+                list.push(HostPort {
                     number: port.port,
                     protocol,
                     endpoints,
                 });
             }
-            let ports = accepted.iter().map(|(_, p, _)| (*p).clone()).collect();
+            let ports = accepted
+                .iter()
+                .filter(|(_, _, kind)| *kind != PortKind::Tls)
+                .map(|(_, p, _)| (*p).clone())
+                .collect();
             registry.services.push(ServiceInfo {
                 selector: spec.selector.clone(),
                 ports,
@@ -206,6 +232,7 @@ impl Registry {
                     source: HostSource::Service,
                     owner: stored.name().to_owned(),
                     ports: host_ports,
+                    tls_ports,
                 },
             );
         }
@@ -322,7 +349,7 @@ impl Registry {
                     if port.number != 0
                         && !ports
                             .iter()
-                            .any(|(p, _): &(&ServiceEntryPort, _)| p.number == port.number) =>
+                            .any(|(p, _): &(&ServiceEntryPort, PortKind)| p.number == port.number) =>
                 {
                     ports.push((port, protocol));
                 }
@@ -392,18 +419,24 @@ impl Registry {
             .unwrap_or_default();
 
         let mut host_ports = Vec::new();
-        for (port, protocol) in &ports {
+        let mut tls_ports = Vec::new();
+        for &(port, kind) in &ports {
             let mut endpoints = Vec::new();
             for inst in listed.iter().chain(selected.iter().map(|&i| &self.instances[i])) {
                 let number = match inst.sidecar {
-                    Some(sidecar) => sidecar.inbound,
-                    None => inst.port_named(&port.name).or(port.target_port).unwrap_or(port.number),
+                    // A sidecar's inbound listener speaks HTTP: TLS goes to the application.
+                    Some(sidecar) if kind != PortKind::Tls => sidecar.inbound,
+                    _ => inst.port_named(&port.name).or(port.target_port).unwrap_or(port.number),
                 };
                 push_endpoint(&mut endpoints, inst, number, &at, "spec.endpoints", diagnostics);
             }
-            host_ports.push(HostPort {
+            let (list, protocol) = match kind {
+                PortKind::Http(protocol) => (&mut host_ports, protocol),
+                PortKind::Tls => (&mut tls_ports, UpstreamProtocol::Http1),
+            };
+            list.push(HostPort {
                 number: port.number,
-                protocol: *protocol,
+                protocol,
                 endpoints,
             });
         }
@@ -439,6 +472,7 @@ impl Registry {
                     source: HostSource::ServiceEntry,
                     owner: stored.name().to_owned(),
                     ports: host_ports.clone(),
+                    tls_ports: tls_ports.clone(),
                 },
             );
         }
@@ -525,9 +559,10 @@ fn instance(stored: &StoredResource, diagnostics: &mut Vec<Diagnostic>) -> Optio
     })
 }
 
-/// The protocol of a Service port: `appProtocol`, else the name's prefix (`http2-web`),
-/// else HTTP (Istio would sniff it). UDP/SCTP and TCP-level protocols are refused.
-pub(crate) fn service_port_protocol(port: &ServicePort) -> Result<UpstreamProtocol, String> {
+/// The protocol of a Service port: `appProtocol`, else the name's prefix (`http2-web`,
+/// `https-api`), else HTTP (Istio would sniff it). UDP/SCTP and TCP-level protocols but TLS
+/// are refused.
+pub(crate) fn service_port_protocol(port: &ServicePort) -> Result<PortKind, String> {
     if let Some(transport) = port.protocol.as_deref().filter(|p| !p.eq_ignore_ascii_case("TCP")) {
         return Err(format!("protocol {transport} is not supported (HTTP over TCP only)"));
     }
@@ -536,35 +571,41 @@ pub(crate) fn service_port_protocol(port: &ServicePort) -> Result<UpstreamProtoc
         .clone()
         .or_else(|| port.name.split('-').next().filter(|p| !p.is_empty()).map(str::to_owned));
     match declared {
-        None => Ok(UpstreamProtocol::Http1),
+        None => Ok(PortKind::Http(UpstreamProtocol::Http1)),
         Some(p) => app_protocol(&p.to_ascii_lowercase()),
     }
 }
 
-fn app_protocol(protocol: &str) -> Result<UpstreamProtocol, String> {
+fn app_protocol(protocol: &str) -> Result<PortKind, String> {
     match protocol {
-        "http2" | "grpc" | "h2c" | "kubernetes.io/h2c" => Ok(UpstreamProtocol::Http2),
-        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "udp" | "kubernetes.io/ws" | "kubernetes.io/wss" => {
-            Err(format!("protocol {protocol} is not supported yet (HTTP only)"))
-        }
+        "http2" | "grpc" | "h2c" | "kubernetes.io/h2c" => Ok(PortKind::Http(UpstreamProtocol::Http2)),
+        "tls" | "https" => Ok(PortKind::Tls),
+        "tcp" | "mongo" | "mysql" | "redis" | "udp" | "kubernetes.io/ws" | "kubernetes.io/wss" => Err(format!(
+            "protocol {protocol} is not supported yet (HTTP, and TLS for passthrough gateways)"
+        )),
         // `http`, `grpc-web` and names that name no protocol (Istio would sniff HTTP).
-        _ => Ok(UpstreamProtocol::Http1),
+        _ => Ok(PortKind::Http(UpstreamProtocol::Http1)),
     }
 }
 
-fn entry_port_protocol(protocol: Option<&str>) -> Result<UpstreamProtocol, String> {
+fn entry_port_protocol(protocol: Option<&str>) -> Result<PortKind, String> {
     match protocol.map(str::to_ascii_uppercase).as_deref() {
-        None | Some("HTTP" | "GRPC-WEB") => Ok(UpstreamProtocol::Http1),
-        Some("HTTP2" | "GRPC") => Ok(UpstreamProtocol::Http2),
-        Some(other) => Err(format!("protocol {other} is not supported yet (HTTP only)")),
+        None | Some("HTTP" | "GRPC-WEB") => Ok(PortKind::Http(UpstreamProtocol::Http1)),
+        Some("HTTP2" | "GRPC") => Ok(PortKind::Http(UpstreamProtocol::Http2)),
+        Some("TLS" | "HTTPS") => Ok(PortKind::Tls),
+        Some(other) => Err(format!(
+            "protocol {other} is not supported yet (HTTP, and TLS for passthrough gateways)"
+        )),
     }
 }
 
 /// The port an instance serves a Service port on: its sidecar's inbound port, else the
 /// target port (a number, or a name among the instance's ports; a WorkloadEntry's ports
 /// map service port names).
-fn service_endpoint_port(instance: &Instance, port: &ServicePort) -> Result<u16, String> {
-    if let Some(sidecar) = instance.sidecar {
+/// The port of `instance` behind Service port `port`: its sidecar's inbound port for HTTP,
+/// else the target port.
+fn service_endpoint_port(instance: &Instance, port: &ServicePort, kind: PortKind) -> Result<u16, String> {
+    if let Some(sidecar) = instance.sidecar.filter(|_| kind != PortKind::Tls) {
         return Ok(sidecar.inbound);
     }
     let mapped = if instance.kind == Kind::WorkloadEntry && !port.name.is_empty() {

@@ -49,6 +49,36 @@ pub(crate) struct CompiledVs {
     /// The first destination cluster of any route: what the route table forwards to when a
     /// route names none (the router decides anyway).
     pub(crate) first_cluster: Option<String>,
+    /// TLS routes (`spec.tls`), for passthrough Gateway servers.
+    pub(crate) tls_routes: Vec<VsTlsRoute>,
+}
+
+/// A compiled TLS route.
+#[derive(Debug)]
+pub(crate) struct VsTlsRoute {
+    /// Index in `spec.tls`.
+    pub(crate) index: usize,
+    pub(crate) blocks: Vec<TlsBlock>,
+    /// (cluster, weight), at least one weight above 0.
+    pub(crate) destinations: Vec<(String, u32)>,
+}
+
+/// A compiled TLS match block.
+#[derive(Debug)]
+pub(crate) struct TlsBlock {
+    /// Server names (lowercase), each within the VirtualService's hosts.
+    pub(crate) sni_hosts: Vec<String>,
+    /// The gateway port, when the block names one.
+    pub(crate) port: Option<u16>,
+    /// The contexts it is restricted to (`match[].gateways`).
+    pub(crate) gateways: Option<Vec<Context>>,
+}
+
+impl TlsBlock {
+    /// Whether the block applies to connections on `port` of gateway `context`.
+    pub(crate) fn applies(&self, context: &Context, port: u16) -> bool {
+        self.port.is_none_or(|p| p == port) && self.gateways.as_ref().is_none_or(|g| g.contains(context))
+    }
 }
 
 impl CompiledVs {
@@ -240,6 +270,12 @@ impl Compiler<'_> {
         }
         self.report_approximations(spec, &routes, &at);
         let first_cluster = routes.iter().find_map(|r| r.default_cluster.clone());
+        let tls_routes = spec
+            .tls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, route)| self.tls_route(route, i, &hosts, &contexts, namespace, &at))
+            .collect();
         Some(CompiledVs {
             namespace: namespace.to_owned(),
             name: stored.name().to_owned(),
@@ -249,7 +285,179 @@ impl Compiler<'_> {
             export_to,
             routes,
             first_cluster,
+            tls_routes,
         })
+    }
+
+    /// A TLS route: its blocks' server names (within `hosts`) and its destinations' TLS-port
+    /// clusters. `None` (with a diagnostic) when nothing of it can apply.
+    fn tls_route(
+        &mut self,
+        route: &resources::TlsRoute,
+        index: usize,
+        hosts: &[(usize, String)],
+        contexts: &[Context],
+        namespace: &str,
+        at: &ResourceRef<'_>,
+    ) -> Option<VsTlsRoute> {
+        let field = format!("spec.tls[{index}]");
+        if contexts.contains(&Context::Mesh) {
+            self.warning(
+                at,
+                &field,
+                "TLS routes apply at passthrough Gateway servers only; sidecars do not route TLS",
+            );
+        }
+        let mut blocks = Vec::new();
+        for (j, m) in route.matches.iter().enumerate() {
+            let field = format!("{field}.match[{j}]");
+            let mut sni_hosts = Vec::new();
+            for (k, sni) in m.sni_hosts.iter().enumerate() {
+                let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+                if let Err(why) = names::check_host(&sni) {
+                    self.error(at, format!("{field}.sniHosts[{k}]"), format!("{why}; ignored"));
+                } else if !hosts.iter().any(|(_, host)| names::host_matches(host, &sni)) {
+                    self.error(
+                        at,
+                        format!("{field}.sniHosts[{k}]"),
+                        format!("{sni} is not within the VirtualService's hosts; ignored"),
+                    );
+                } else {
+                    sni_hosts.push(sni);
+                }
+            }
+            if m.sni_hosts.is_empty() {
+                self.error(at, format!("{field}.sniHosts"), "required; the block is ignored");
+            }
+            if sni_hosts.is_empty() {
+                continue;
+            }
+            let gateways = (!m.gateways.is_empty())
+                .then(|| self.contexts(&m.gateways, namespace, at, &format!("{field}.gateways")));
+            blocks.push(TlsBlock {
+                sni_hosts,
+                port: m.port,
+                gateways,
+            });
+        }
+        if blocks.is_empty() {
+            self.error(
+                at,
+                format!("{field}.match"),
+                "no match block with a usable sniHosts; the route is ignored",
+            );
+            return None;
+        }
+        if route.route.is_empty() {
+            self.error(
+                at,
+                format!("{field}.route"),
+                "at least one destination is required; the route is ignored",
+            );
+            return None;
+        }
+        let mut destinations = Vec::with_capacity(route.route.len());
+        for (j, d) in route.route.iter().enumerate() {
+            let field = format!("{field}.route[{j}]");
+            if d.headers.is_some() {
+                self.warning(
+                    at,
+                    format!("{field}.headers"),
+                    "TLS routes have no headers to change; ignored",
+                );
+            }
+            let cluster = self.tls_destination(&d.destination, &format!("{field}.destination"), namespace, at);
+            let weight = match d.weight {
+                Some(w) if w < 0 => {
+                    self.error(at, format!("{field}.weight"), "must not be negative; 0 applies");
+                    0
+                }
+                Some(w) => u32::try_from(w).unwrap_or(u32::MAX),
+                None => 0,
+            };
+            destinations.push((cluster, weight));
+        }
+        if destinations.iter().all(|(_, w)| *w == 0) {
+            if destinations.len() > 1 {
+                self.warning(
+                    at,
+                    format!("{field}.route"),
+                    "several destinations without weights: connections are split evenly",
+                );
+            }
+            for (_, w) in &mut destinations {
+                *w = 1;
+            }
+        }
+        Some(VsTlsRoute {
+            index,
+            blocks,
+            destinations,
+        })
+    }
+
+    /// The cluster of a TLS route's destination: a TLS port (`tls`, `https`) of a Service or
+    /// ServiceEntry. A dangling one gets an empty cluster (connections are closed) and an
+    /// error.
+    fn tls_destination(
+        &mut self,
+        destination: &resources::Destination,
+        field: &str,
+        namespace: &str,
+        at: &ResourceRef<'_>,
+    ) -> String {
+        let host = names::resolve_host(&destination.host, namespace, |h| self.registry.is_service(h));
+        let subset = destination.subset.clone().unwrap_or_default();
+        let wanted_port = destination.port.map(|p| p.number);
+        let dangling = |this: &mut Self, port: Option<u16>, path: &str, problem: String| {
+            this.error(
+                at,
+                format!("{field}{path}"),
+                format!("{problem}; connections to this destination are closed"),
+            );
+            let name = names::outbound_cluster(port, &subset, &host);
+            this.dangling(name.clone());
+            name
+        };
+        let Some(index) = self.registry.host_index(&host) else {
+            return dangling(
+                self,
+                wanted_port,
+                ".host",
+                format!("no Service or ServiceEntry has host {host}"),
+            );
+        };
+        let entry = &self.registry.hosts[index];
+        let port = match (wanted_port, entry.tls_ports.as_slice()) {
+            (Some(port), _) if entry.tls_port(port).is_some() => port,
+            (Some(port), _) => {
+                let problem = format!("host {host} has no TLS port {port} (a port named or declared tls or https)");
+                return dangling(self, Some(port), ".port.number", problem);
+            }
+            (None, [only]) => only.number,
+            (None, []) => {
+                let problem = format!("host {host} has no TLS port (a port named or declared tls or https)");
+                return dangling(self, None, ".host", problem);
+            }
+            (None, _) => {
+                return dangling(
+                    self,
+                    None,
+                    ".port",
+                    format!("host {host} has several TLS ports; give one"),
+                );
+            }
+        };
+        if !subset.is_empty()
+            && self
+                .policies
+                .rule_for(index)
+                .is_none_or(|rule| !rule.has_subset(&subset))
+        {
+            let problem = format!("no DestinationRule for host {host} defines subset {subset:?}");
+            return dangling(self, Some(port), ".subset", problem);
+        }
+        names::outbound_cluster(Some(port), &subset, &host)
     }
 
     fn contexts(&mut self, gateways: &[String], namespace: &str, at: &ResourceRef<'_>, field: &str) -> Vec<Context> {

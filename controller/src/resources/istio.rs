@@ -26,9 +26,42 @@ pub struct VirtualServiceSpec {
     /// HTTP routes, tried in order.
     #[serde(default, deserialize_with = "de::list")]
     pub http: Vec<HttpRoute>,
+    /// TLS routes, by the server name of a connection's ClientHello: what passthrough
+    /// Gateway servers relay (sidecars route HTTP only).
+    #[serde(default, deserialize_with = "de::list")]
+    pub tls: Vec<TlsRoute>,
     /// Namespaces whose sidecars see the routes (`.` own, `*` all). Empty: all.
     #[serde(default, deserialize_with = "de::strings")]
     pub export_to: Vec<String>,
+}
+
+/// One TLS route (Istio's `TLSRoute`): connections whose ClientHello matches go to the
+/// weighted destinations, relayed as they are.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    /// Match blocks (OR); at least one.
+    #[serde(default, rename = "match", deserialize_with = "de::list")]
+    pub matches: Vec<TlsMatch>,
+    /// Weighted destinations (`headers` do not apply: there is no HTTP).
+    #[serde(default, deserialize_with = "de::list")]
+    pub route: Vec<HttpRouteDestination>,
+}
+
+/// A TLS match block (Istio's `TLSMatchAttributes`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatch {
+    /// Server names (SNI) matched: exact or `*.suffix`, `*`; each within the VirtualService's
+    /// hosts.
+    #[serde(default, deserialize_with = "de::strings")]
+    pub sni_hosts: Vec<String>,
+    /// The gateway port the connection came to.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Gateways this block applies to, instead of the VirtualService's.
+    #[serde(default, deserialize_with = "de::strings")]
+    pub gateways: Vec<String>,
 }
 
 /// One HTTP route (Istio's `HTTPRoute`).
@@ -440,13 +473,36 @@ static HTTP_ROUTE: Node = Node::Object(&[
     ("corsPolicy", Field::Unsupported("no CORS policy")),
 ]);
 
+static TLS_MATCH: Node = Node::Object(&[
+    ("sniHosts", Field::Known(&SCALARS)),
+    ("port", Field::Known(&SCALAR)),
+    ("gateways", Field::Known(&SCALARS)),
+    (
+        "destinationSubnets",
+        Field::Unsupported("no matching by destination address"),
+    ),
+    ("sourceLabels", Field::Unsupported("TLS routes apply at gateways only")),
+    (
+        "sourceNamespace",
+        Field::Unsupported("TLS routes apply at gateways only"),
+    ),
+]);
+static TLS_ROUTE_DESTINATION: Node = Node::Object(&[
+    ("destination", Field::Known(&DESTINATION)),
+    ("weight", Field::Known(&SCALAR)),
+]);
+static TLS_ROUTE: Node = Node::Object(&[
+    ("match", Field::Known(&Node::ListOf(&TLS_MATCH))),
+    ("route", Field::Known(&Node::ListOf(&TLS_ROUTE_DESTINATION))),
+]);
+
 pub(super) static VIRTUAL_SERVICE_SPEC: Node = Node::Object(&[
     ("hosts", Field::Known(&SCALARS)),
     ("gateways", Field::Known(&SCALARS)),
     ("http", Field::Known(&Node::ListOf(&HTTP_ROUTE))),
+    ("tls", Field::Known(&Node::ListOf(&TLS_ROUTE))),
     ("exportTo", Field::Known(&SCALARS)),
-    ("tcp", Field::Unsupported("HTTP routes only")),
-    ("tls", Field::Unsupported("HTTP routes only")),
+    ("tcp", Field::Unsupported("HTTP and TLS routes only")),
 ]);
 
 // ---------------------------------------------------------------------------------------------
