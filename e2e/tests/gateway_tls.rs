@@ -110,6 +110,29 @@ fn get_tls(address: SocketAddr, name: &str, ca: &str) -> Result<String, String> 
     Ok(String::from_utf8_lossy(&response).into_owned())
 }
 
+/// Waits for the gateway to listen on `address` and answer `GET /` over TLS as `name` with a
+/// 200 (the controller's snapshot applied); that response.
+fn first_tls_answer(address: SocketAddr, name: &str, ca: &str, gateway: &Process, controller: &Process) -> String {
+    assert!(
+        wait_listening(address, Duration::from_secs(60)),
+        "the gateway never listened:\n{}\n{}",
+        gateway.log(),
+        controller.log()
+    );
+    eventually(Duration::from_secs(20), || {
+        get_tls(address, name, ca)
+            .ok()
+            .filter(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no answer over TLS: {:?}\n{}",
+            get_tls(address, name, ca),
+            gateway.log()
+        )
+    })
+}
+
 /// A plaintext `GET path` with `host`: the raw response.
 fn get_plain(address: SocketAddr, host: &str, path: &str) -> String {
     let mut tcp = TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connect");
@@ -224,24 +247,7 @@ spec:
     args.extend(["--bootstrap-token".to_owned(), token.display().to_string()]);
     let gateway = Process::spawn("gateway", &binaries().proxy, &args, dir.path());
     let address = SocketAddr::from(([127, 0, 0, 1], gateway_port));
-    assert!(
-        wait_listening(address, Duration::from_secs(60)),
-        "the gateway never listened:\n{}\n{}",
-        gateway.log(),
-        controller.log()
-    );
-    let reply = eventually(Duration::from_secs(20), || {
-        get_tls(address, "web.example.com", &ca)
-            .ok()
-            .filter(|r| r.starts_with("HTTP/1.1 200"))
-    });
-    let reply = reply.unwrap_or_else(|| {
-        panic!(
-            "no answer over TLS: {:?}\n{}",
-            get_tls(address, "web.example.com", &ca),
-            gateway.log()
-        )
-    });
+    let reply = first_tls_answer(address, "web.example.com", &ca, &gateway, &controller);
     assert!(reply.contains("web-app"), "{reply}");
 
     // The plaintext server redirects every request for its hosts to https, the host as sent
@@ -393,24 +399,7 @@ spec:
         dir.path(),
     );
     let address = SocketAddr::from(([127, 0, 0, 1], gateway_port));
-    assert!(
-        wait_listening(address, Duration::from_secs(60)),
-        "the gateway never listened:\n{}\n{}",
-        gateway.log(),
-        controller.log()
-    );
-    let reply = eventually(Duration::from_secs(20), || {
-        get_tls(address, "secure.example.com", &ca)
-            .ok()
-            .filter(|r| r.starts_with("HTTP/1.1 200"))
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no answer through the passthrough server: {:?}\n{}",
-            get_tls(address, "secure.example.com", &ca),
-            gateway.log()
-        )
-    });
+    let reply = first_tls_answer(address, "secure.example.com", &ca, &gateway, &controller);
     // The backend's own answer: no header of the proxy's.
     assert!(reply.ends_with("secure-backend"), "{reply}");
     assert!(!reply.contains("x-request-id"), "{reply}");

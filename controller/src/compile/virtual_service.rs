@@ -367,14 +367,7 @@ impl Compiler<'_> {
                 );
             }
             let cluster = self.tls_destination(&d.destination, &format!("{field}.destination"), namespace, at);
-            let weight = match d.weight {
-                Some(w) if w < 0 => {
-                    self.error(at, format!("{field}.weight"), "must not be negative; 0 applies");
-                    0
-                }
-                Some(w) => u32::try_from(w).unwrap_or(u32::MAX),
-                None => 0,
-            };
+            let weight = self.weight(d.weight, &field, at);
             destinations.push((cluster, weight));
         }
         if destinations.iter().all(|(_, w)| *w == 0) {
@@ -394,6 +387,31 @@ impl Compiler<'_> {
             blocks,
             destinations,
         })
+    }
+
+    /// A destination's `weight` (at `field.weight`); absent: 0.
+    fn weight(&mut self, weight: Option<i64>, field: &str, at: &ResourceRef<'_>) -> u32 {
+        match weight {
+            Some(w) if w < 0 => {
+                self.error(at, format!("{field}.weight"), "must not be negative; 0 applies");
+                0
+            }
+            Some(w) => u32::try_from(w).unwrap_or(u32::MAX),
+            None => 0,
+        }
+    }
+
+    /// Why `subset` of host `index` (`host`) cannot be routed to: no DestinationRule defines it.
+    fn subset_problem(&self, index: usize, host: &str, subset: &str) -> Option<String> {
+        match self.policies.rule_for(index) {
+            _ if subset.is_empty() => None,
+            None => Some(format!("no DestinationRule for host {host} defines subset {subset:?}")),
+            Some(rule) if !rule.has_subset(subset) => Some(format!(
+                "no subset {subset:?} in DestinationRule {}/{}",
+                rule.namespace, rule.name
+            )),
+            Some(_) => None,
+        }
     }
 
     /// The cluster of a TLS route's destination: a TLS port (`tls`, `https`) of a Service or
@@ -448,13 +466,7 @@ impl Compiler<'_> {
                 );
             }
         };
-        if !subset.is_empty()
-            && self
-                .policies
-                .rule_for(index)
-                .is_none_or(|rule| !rule.has_subset(&subset))
-        {
-            let problem = format!("no DestinationRule for host {host} defines subset {subset:?}");
+        if let Some(problem) = self.subset_problem(index, &host, &subset) {
             return dangling(self, Some(port), ".subset", problem);
         }
         names::outbound_cluster(Some(port), &subset, &host)
@@ -792,14 +804,7 @@ impl Compiler<'_> {
             .map(|(j, d)| {
                 let field = format!("{field}.route[{j}]");
                 let cluster = self.destination(&d.destination, &format!("{field}.destination"), namespace, at);
-                let weight = match d.weight {
-                    Some(w) if w < 0 => {
-                        self.error(at, format!("{field}.weight"), "must not be negative; 0 applies");
-                        0
-                    }
-                    Some(w) => u32::try_from(w).unwrap_or(u32::MAX),
-                    None => 0,
-                };
+                let weight = self.weight(d.weight, &field, at);
                 RouterDestination {
                     destination: RouterCluster { cluster },
                     weight: several.then_some(weight),
@@ -884,25 +889,15 @@ impl Compiler<'_> {
                 }
             },
         };
-        if !subset.is_empty() {
-            let problem = match self.policies.rule_for(index) {
-                None => Some(format!("no DestinationRule for host {host} defines subset {subset:?}")),
-                Some(rule) if !rule.has_subset(&subset) => Some(format!(
-                    "no subset {subset:?} in DestinationRule {}/{}",
-                    rule.namespace, rule.name
-                )),
-                Some(_) => None,
-            };
-            if let Some(problem) = problem {
-                self.error(
-                    at,
-                    format!("{field}.subset"),
-                    format!("{problem}; requests to this destination get 503"),
-                );
-                let name = names::outbound_cluster(Some(port), &subset, &host);
-                self.dangling(name.clone());
-                return name;
-            }
+        if let Some(problem) = self.subset_problem(index, &host, &subset) {
+            self.error(
+                at,
+                format!("{field}.subset"),
+                format!("{problem}; requests to this destination get 503"),
+            );
+            let name = names::outbound_cluster(Some(port), &subset, &host);
+            self.dangling(name.clone());
+            return name;
         }
         names::outbound_cluster(Some(port), &subset, &host)
     }

@@ -23,6 +23,19 @@ use crate::support::*;
 /// A TLS server presenting `cert` (requiring a client certificate from `client_ca` when
 /// given) that answers every request with the SHA-256 of the client's certificate, or `none`.
 async fn tls_server(cert: &(String, String), client_ca: Option<&str>) -> SocketAddr {
+    tls_server_answering(cert, client_ca, |client| {
+        client.map_or_else(|| "none".to_owned(), |c| hex(c.as_ref()))
+    })
+    .await
+}
+
+/// A TLS server presenting `cert` (requiring a client certificate from `client_ca` when
+/// given) that answers every HTTP/1.1 request with `answer(the client's certificate)`.
+pub(crate) async fn tls_server_answering(
+    cert: &(String, String),
+    client_ca: Option<&str>,
+    answer: fn(Option<&CertificateDer<'_>>) -> String,
+) -> SocketAddr {
     let chain = vec![CertificateDer::from_pem_slice(cert.0.as_bytes()).expect("cert")];
     let key = PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).expect("key");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -53,12 +66,7 @@ async fn tls_server(cert: &(String, String), client_ca: Option<&str>) -> SocketA
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let client = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map_or_else(|| "none".to_owned(), |c| hex(c.as_ref()));
+                let client = answer(tls.get_ref().1.peer_certificates().and_then(|c| c.first()));
                 let service = hyper::service::service_fn(move |_| {
                     let client = client.clone();
                     async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(client)))) }

@@ -9,45 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Empty, Full};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 
+use crate::egress_tls::tls_server_answering;
 use crate::gateway_tls::Ca;
 use crate::support::*;
-
-/// A TLS server presenting `cert` that answers every HTTP/1.1 request with `label`.
-async fn labelled_tls_server(cert: &(String, String), label: &'static str) -> SocketAddr {
-    let chain = vec![CertificateDer::from_pem_slice(cert.0.as_bytes()).expect("cert")];
-    let key = PrivateKeyDer::from_pem_slice(cert.1.as_bytes()).expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let service = hyper::service::service_fn(move |_| async move {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(label))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// A TLS client trusting `ca`, verifying the server as `name` (sent as SNI when it is a DNS
 /// name; an IP address sends none).
@@ -129,8 +99,16 @@ clusters:
 #[tokio::test]
 async fn connections_reach_the_server_their_client_hello_names() {
     let ca = Ca::new();
-    let a = labelled_tls_server(&ca.leaf(&["a.example.com", "w.example.com", "127.0.0.1"]), "a").await;
-    let b = labelled_tls_server(&ca.leaf(&["b.example.com", "x.b.example.com", "w.example.com"]), "b").await;
+    let a = tls_server_answering(&ca.leaf(&["a.example.com", "w.example.com", "127.0.0.1"]), None, |_| {
+        "a".to_owned()
+    })
+    .await;
+    let b = tls_server_answering(
+        &ca.leaf(&["b.example.com", "x.b.example.com", "w.example.com"]),
+        None,
+        |_| "b".to_owned(),
+    )
+    .await;
     let routes = r#"      - { server_names: ["a.example.com"], destinations: [{ cluster: a }] }
       - { server_names: ["*.example.com"], destinations: [{ cluster: a }] }
       - { server_names: ["*.b.example.com", "B.example.com"], destinations: [{ cluster: b }] }
@@ -188,8 +166,8 @@ async fn connections_reach_the_server_their_client_hello_names() {
 #[tokio::test]
 async fn a_new_snapshot_reroutes_new_connections_while_relayed_ones_carry_on() {
     let ca = Ca::new();
-    let a = labelled_tls_server(&ca.leaf(&["api.example.com", "127.0.0.1"]), "a").await;
-    let b = labelled_tls_server(&ca.leaf(&["api.example.com", "127.0.0.1"]), "b").await;
+    let a = tls_server_answering(&ca.leaf(&["api.example.com", "127.0.0.1"]), None, |_| "a".to_owned()).await;
+    let b = tls_server_answering(&ca.leaf(&["api.example.com", "127.0.0.1"]), None, |_| "b".to_owned()).await;
     let to = |cluster: &str| format!(r#"      - {{ server_names: ["*"], destinations: [{{ cluster: {cluster} }}] }}"#);
     let proxy = start_proxy(&passthrough_yaml("1", a, b, &to("a")), 1);
     let tls = proxy.listener_addr("tls").expect("tls");
