@@ -249,8 +249,8 @@ impl ClusterSet {
                     )
                 })
                 .collect();
-            // A client certificate from files is read at every snapshot, so new files apply
-            // with the next one.
+            // A client certificate from files is read at every build: every snapshot, and when
+            // `proxy::watch_client_files` sees the files change.
             let client = match &config.tls {
                 Some(wanted) => ClientFiles::read(wanted, &config.name).map_err(|e| (config.name.clone(), e))?,
                 None => None,

@@ -91,6 +91,38 @@ pub(crate) struct Shared {
     pub(crate) identity: watch::Sender<Option<Arc<crate::identity::WorkloadIdentity>>>,
     /// Mesh TLS material, read at every handshake.
     pub(crate) tls: Arc<MeshTls>,
+    /// Publishes each new generation to the workers.
+    publish: watch::Sender<Arc<Generation>>,
+    /// Serializes generation builds.
+    update: Mutex<()>,
+    workers: usize,
+}
+
+impl Shared {
+    /// Compiles `snapshot` into the next generation and publishes it; on error nothing
+    /// changes.
+    fn apply(&self, snapshot: Arc<Snapshot>) -> Result<(), ProxyError> {
+        let _serial = self.update.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.publish.borrow().clone();
+        let sockets = bind_listeners(&snapshot, Some(&previous), self.workers)?;
+        let next = Generation::build(
+            snapshot,
+            Some(&previous),
+            &sockets,
+            &self.stats,
+            &self.wasm,
+            self.workers,
+            &self.tls,
+        )
+        .map_err(|e| ProxyError::Build(Box::new(e)))?;
+        self.tls
+            .set_security(&next.snapshot.security)
+            .map_err(|e| ProxyError::Build(Box::new(e)))?;
+        tracing::info!(version = %next.snapshot.version, "snapshot applied");
+        self.wasm.retain_modules(&next.snapshot);
+        self.publish.send_replace(Arc::new(next));
+        Ok(())
+    }
 }
 
 /// A running proxy. Dropping it shuts it down without draining; call [`Proxy::shutdown`] to
@@ -98,12 +130,10 @@ pub(crate) struct Shared {
 pub struct Proxy {
     config: ProxyConfig,
     shared: Arc<Shared>,
-    generation: watch::Sender<Arc<Generation>>,
     shutdown: watch::Sender<Option<Duration>>,
     workers: Vec<JoinHandle<()>>,
     control: Option<JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
-    update: Mutex<()>,
 }
 
 impl Proxy {
@@ -133,6 +163,9 @@ impl Proxy {
             generation: generation_rx.clone(),
             identity: watch::Sender::new(None),
             tls,
+            publish: generation_tx,
+            update: Mutex::new(()),
+            workers,
         });
 
         let admin = match config.admin_address {
@@ -183,18 +216,16 @@ impl Proxy {
         Ok(Self {
             config: ProxyConfig { workers, ..config },
             shared,
-            generation: generation_tx,
             shutdown: shutdown_tx,
             workers: handles,
             control: Some(control),
             admin_addr,
-            update: Mutex::new(()),
         })
     }
 
     /// The bound address of a listener (port 0 resolved).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.generation.borrow().listeners.get(name).map(|l| l.sockets.addr)
+        self.shared.publish.borrow().listeners.get(name).map(|l| l.sockets.addr)
     }
 
     /// The bound admin address.
@@ -204,7 +235,7 @@ impl Proxy {
 
     /// The version of the snapshot being served.
     pub fn version(&self) -> String {
-        self.generation.borrow().snapshot.version.clone()
+        self.shared.publish.borrow().snapshot.version.clone()
     }
 
     /// Installs the workload certificate (and replaces the previous one): new handshakes use
@@ -220,28 +251,8 @@ impl Proxy {
     /// Applies a new snapshot atomically: new requests use it, in-flight requests finish on
     /// the one they started with. On error nothing changes and the old snapshot keeps serving.
     pub fn update(&self, snapshot: Snapshot) -> Result<(), ProxyError> {
-        let _serial = self.update.lock().unwrap_or_else(|p| p.into_inner());
         snapshot.validate()?;
-        let previous = self.generation.borrow().clone();
-        let sockets = bind_listeners(&snapshot, Some(&previous), self.config.workers)?;
-        let next = Generation::build(
-            Arc::new(snapshot),
-            Some(&previous),
-            &sockets,
-            &self.shared.stats,
-            &self.shared.wasm,
-            self.config.workers,
-            &self.shared.tls,
-        )
-        .map_err(|e| ProxyError::Build(Box::new(e)))?;
-        self.shared
-            .tls
-            .set_security(&next.snapshot.security)
-            .map_err(|e| ProxyError::Build(Box::new(e)))?;
-        tracing::info!(version = %next.snapshot.version, "snapshot applied");
-        self.shared.wasm.retain_modules(&next.snapshot);
-        self.generation.send_replace(Arc::new(next));
-        Ok(())
+        self.shared.apply(Arc::new(snapshot))
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain_timeout`, then
@@ -316,6 +327,7 @@ fn control(shared: Arc<Shared>, admin: Option<std::net::TcpListener>, mut shutdo
                 None
             }
         });
+        let files = tokio::spawn(watch_client_files(shared.clone()));
         let mut generation = shared.generation.clone();
         let mut checks = Vec::new();
         loop {
@@ -336,9 +348,70 @@ fn control(shared: Arc<Shared>, admin: Option<std::net::TcpListener>, mut shutdo
         for task in checks {
             task.abort();
         }
+        files.abort();
         tokio::time::sleep(drain.min(Duration::from_millis(100))).await;
         if let Some(admin) = admin {
             admin.abort();
         }
     });
+}
+
+/// How often the client certificate files of `mutual` TLS clusters are checked for change.
+const CLIENT_FILES_POLL: Duration = Duration::from_secs(1);
+
+/// Keeps the client certificates of `mutual` TLS clusters as their files are: when a file
+/// changes (a rotated certificate, as a secret volume updates it), the current snapshot is
+/// compiled again with the new files, through the same all-or-nothing path as a new
+/// snapshot. New connections present the new certificate; established ones carry on (as
+/// Envoy does with certificates it watches). Files that cannot be used (unreadable, a key that
+/// is not the certificate's, as between the writes of a rotation) are logged and the previous
+/// certificate stays, until the files change again.
+async fn watch_client_files(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(CLIENT_FILES_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The files' digests a rebuild failed on: not retried until they change.
+    let mut refused: Option<Vec<[u8; 32]>> = None;
+    loop {
+        tick.tick().await;
+        let current = shared.publish.borrow().clone();
+        let mut changed = false;
+        let mut now = Vec::new();
+        for cluster in current.clusters.by_name.values() {
+            let Some((wanted, connector)) = &cluster.tls else {
+                continue;
+            };
+            let Some(held) = connector.client_digest else { continue };
+            match crate::tls::ClientFiles::digest_now(wanted, &cluster.name) {
+                Ok(Some(digest)) => {
+                    changed |= digest != held;
+                    now.push(digest);
+                }
+                Ok(None) => {}
+                // Mid-rotation, perhaps: the next tick looks again.
+                Err(error) => tracing::debug!(cluster = %cluster.name, %error, "client certificate files unreadable"),
+            }
+        }
+        now.sort_unstable();
+        if !changed || refused.as_ref() == Some(&now) {
+            continue;
+        }
+        let snapshot = current.snapshot.clone();
+        drop(current);
+        let applying = shared.clone();
+        match tokio::task::spawn_blocking(move || applying.apply(snapshot)).await {
+            Ok(Ok(())) => {
+                tracing::info!("client certificate files changed: new connections present the new certificate");
+                refused = None;
+            }
+            Ok(Err(error)) => {
+                let error = anyhow::Error::from(error);
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "client certificate files changed and cannot be used; the previous certificate stays"
+                );
+                refused = Some(now);
+            }
+            Err(error) => tracing::error!(%error, "rebuilding for new client certificate files failed"),
+        }
+    }
 }

@@ -88,8 +88,14 @@ pub(crate) struct ClientFiles {
 }
 
 impl ClientFiles {
-    /// Reads the certificate and key of `tls` (mode `mutual`); `None` for the other modes.
-    pub(crate) fn read(tls: &UpstreamTls, cluster: &str) -> Result<Option<Self>, TlsError> {
+    /// The SHA-256 of the certificate and key files of `tls` (mode `mutual`) as they are now;
+    /// `None` for the other modes. What [`ClientFiles::read`] would record as `digest`.
+    pub(crate) fn digest_now(tls: &UpstreamTls, cluster: &str) -> Result<Option<[u8; 32]>, TlsError> {
+        Ok(Self::read_files(tls, cluster)?.map(|files| files.digest))
+    }
+
+    /// The files' paths and bytes, and their digest.
+    fn read_files<'a>(tls: &'a UpstreamTls, cluster: &str) -> Result<Option<Files<'a>>, TlsError> {
         use sha2::Digest as _;
         let (UpstreamTlsMode::Mutual, Some(cert_path), Some(key_path)) =
             (tls.mode, &tls.client_certificate, &tls.private_key)
@@ -105,6 +111,31 @@ impl ClientFiles {
         };
         let cert_pem = read(cert_path, "client_certificate")?;
         let key_pem = read(key_path, "private_key")?;
+        let mut digest = sha2::Sha256::new();
+        digest.update(&cert_pem);
+        digest.update([0]);
+        digest.update(&key_pem);
+        Ok(Some(Files {
+            cert_path,
+            key_path,
+            cert_pem,
+            key_pem,
+            digest: digest.finalize().into(),
+        }))
+    }
+
+    /// Reads the certificate and key of `tls` (mode `mutual`); `None` for the other modes.
+    pub(crate) fn read(tls: &UpstreamTls, cluster: &str) -> Result<Option<Self>, TlsError> {
+        let Some(Files {
+            cert_path,
+            key_path,
+            cert_pem,
+            key_pem,
+            digest,
+        }) = Self::read_files(tls, cluster)?
+        else {
+            return Ok(None);
+        };
         let chain = parse_certs(
             &String::from_utf8_lossy(&cert_pem),
             &format!("cluster {cluster:?} tls.client_certificate {cert_path}"),
@@ -113,16 +144,17 @@ impl ClientFiles {
             what: format!("cluster {cluster:?} tls.private_key {key_path}"),
             message: e.to_string(),
         })?;
-        let mut digest = sha2::Sha256::new();
-        digest.update(&cert_pem);
-        digest.update([0]);
-        digest.update(&key_pem);
-        Ok(Some(Self {
-            chain,
-            key,
-            digest: digest.finalize().into(),
-        }))
+        Ok(Some(Self { chain, key, digest }))
     }
+}
+
+/// The client certificate and key files of a cluster, as read.
+struct Files<'a> {
+    cert_path: &'a str,
+    key_path: &'a str,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    digest: [u8; 32],
 }
 
 /// The TLS material of one moment; replaced whole when any part changes.

@@ -134,8 +134,9 @@ pub struct UpstreamTls {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_certificates: Option<String>,
     /// For `mutual`: the path, on the proxy's file system, of the certificate chain (PEM, leaf
-    /// first) the proxy presents. Read when the snapshot is applied; a file that cannot be read
-    /// rejects the snapshot. Required with `mutual`, refused with the other modes.
+    /// first) the proxy presents. Read when the snapshot is applied, and again whenever it
+    /// changes; a file that cannot be read rejects the snapshot. Required with `mutual`,
+    /// refused with the other modes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<String>,
     /// For `mutual`: the path of the certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).

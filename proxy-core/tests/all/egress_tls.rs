@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -230,6 +231,21 @@ async fn mutual_tls_presents_the_client_certificate_from_its_files() {
         .expect("applied");
     let reply = get(main, "ext", "/").await;
     assert_eq!(reply.body, fingerprint(&second.0), "{reply:?}");
+
+    // Rotated files apply without a snapshot: the proxy watches them.
+    let third = client_ca.leaf(&["client.example.com"]);
+    write_client(&dir, &third);
+    let rotated = eventually(Duration::from_secs(10), || async {
+        get(main, "ext", "/").await.body == fingerprint(&third.0)
+    })
+    .await;
+    assert!(rotated, "the rotated certificate was never presented");
+    assert_eq!(proxy.version(), "4", "no snapshot came");
+    // A rotation that leaves a key that is not the certificate's is not applied: the last
+    // good certificate stays.
+    write_client(&dir, &(third.0.clone(), client_ca.leaf(&["client.example.com"]).1));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get(main, "ext", "/").await.body, fingerprint(&third.0));
 
     // A certificate from a CA the server does not trust is refused by the server.
     write_client(&dir, &Ca::new().leaf(&["client.example.com"]));
