@@ -1,5 +1,6 @@
-//! HTTP callouts made by filters (proxy-wasm `proxy_http_call`): a request to a cluster of
-//! the request's snapshot, sent on the same worker through its pools.
+//! Callouts made by filters: HTTP (proxy-wasm `proxy_http_call`) and unary gRPC
+//! (`proxy_grpc_call`, an HTTP/2 request in gRPC framing): a request to a cluster of the
+//! request's snapshot, sent on the same worker through its pools.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub(crate) struct CalloutRequest {
     pub(crate) headers: Vec<(String, Vec<u8>)>,
     pub(crate) body: Bytes,
     pub(crate) timeout: Duration,
+    /// A unary gRPC call: its response reaches the guest through the gRPC callbacks.
+    pub(crate) grpc: bool,
 }
 
 /// A callout's response: `:status` first, then the headers; body; trailers.
@@ -91,10 +94,19 @@ impl Callouts {
         }
     }
 
-    /// Checks a callout before it is sent, so the guest learns of bad arguments at once.
+    /// Checks a callout before it is sent, so the guest learns of bad arguments at once. A
+    /// gRPC call needs an HTTP/2 cluster.
     pub(crate) fn validate(&self, request: &CalloutRequest) -> Result<(), CalloutError> {
         let known = match &self.backend {
-            Backend::Real { generation, .. } => generation.clusters.by_name.contains_key(&request.cluster),
+            Backend::Real { generation, .. } => match generation.clusters.by_name.get(&request.cluster) {
+                Some(cluster) if request.grpc && cluster.protocol != UpstreamProtocol::Http2 => {
+                    return Err(CalloutError::BadRequest(format!(
+                        "gRPC needs an http2 cluster; {:?} speaks HTTP/1.1",
+                        request.cluster
+                    )));
+                }
+                found => found.is_some(),
+            },
             Backend::Mock(mock) => mock.knows(&request.cluster),
         };
         if !known {
@@ -207,4 +219,199 @@ fn pairs(map: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
     map.iter()
         .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
         .collect()
+}
+
+/// gRPC status codes used here.
+mod grpc_code {
+    pub(super) const OK: u32 = 0;
+    pub(super) const UNKNOWN: u32 = 2;
+    pub(super) const DEADLINE_EXCEEDED: u32 = 4;
+    pub(super) const PERMISSION_DENIED: u32 = 7;
+    pub(super) const UNIMPLEMENTED: u32 = 12;
+    pub(super) const INTERNAL: u32 = 13;
+    pub(super) const UNAVAILABLE: u32 = 14;
+    pub(super) const UNAUTHENTICATED: u32 = 16;
+}
+
+/// The body of a unary gRPC request: one uncompressed message, length-prefixed.
+pub(crate) fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut framed = Vec::with_capacity(5 + message.len());
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    framed.extend_from_slice(message);
+    Bytes::from(framed)
+}
+
+/// What a unary gRPC call ended with, as proxy-wasm hands it to the guest: the status and its
+/// message, and (status OK) the response message in `response.body`, the initial metadata in
+/// `response.headers`, the trailing metadata in `response.trailers`.
+#[derive(Debug, Default)]
+pub(crate) struct GrpcOutcome {
+    pub(crate) status: u32,
+    pub(crate) message: String,
+    pub(crate) response: CalloutResponse,
+}
+
+impl GrpcOutcome {
+    fn failed(status: u32, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            response: CalloutResponse::default(),
+        }
+    }
+
+    /// Reads a callout's HTTP exchange as gRPC: a failed exchange is `UNAVAILABLE` (or
+    /// `DEADLINE_EXCEEDED`); an HTTP status other than 200 maps as gRPC's HTTP mapping
+    /// does; else `grpc-status` and `grpc-message` from the trailers (or the headers of a
+    /// trailers-only response), and the one message of the body.
+    pub(crate) fn from_exchange(result: Result<CalloutResponse, CalloutError>) -> Self {
+        let response = match result {
+            Ok(response) => response,
+            Err(CalloutError::Timeout) => return Self::failed(grpc_code::DEADLINE_EXCEEDED, "gRPC call timed out"),
+            Err(error) => return Self::failed(grpc_code::UNAVAILABLE, error.to_string()),
+        };
+        let value = |pairs: &[(String, Vec<u8>)], name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let http = value(&response.headers, ":status").unwrap_or_default();
+        if http != "200" {
+            let status = match http.as_str() {
+                "400" => grpc_code::INTERNAL,
+                "401" => grpc_code::UNAUTHENTICATED,
+                "403" => grpc_code::PERMISSION_DENIED,
+                "404" => grpc_code::UNIMPLEMENTED,
+                "429" | "502" | "503" | "504" => grpc_code::UNAVAILABLE,
+                _ => grpc_code::UNKNOWN,
+            };
+            return Self::failed(status, format!("gRPC call answered with HTTP status {http}"));
+        }
+        let trailer = |name| value(&response.trailers, name).or_else(|| value(&response.headers, name));
+        let Some(status) = trailer("grpc-status") else {
+            return Self::failed(grpc_code::UNKNOWN, "gRPC response without grpc-status");
+        };
+        let Ok(status) = status.trim().parse::<u32>() else {
+            return Self::failed(grpc_code::UNKNOWN, format!("gRPC response with grpc-status {status:?}"));
+        };
+        let message = trailer("grpc-message").map(|m| percent_decode(&m)).unwrap_or_default();
+        let mut outcome = Self {
+            status,
+            message,
+            response: CalloutResponse {
+                headers: response
+                    .headers
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with(':'))
+                    .collect(),
+                body: Bytes::new(),
+                trailers: response.trailers,
+            },
+        };
+        if status != grpc_code::OK {
+            return outcome;
+        }
+        let body = response.body;
+        match body.get(..5) {
+            Some([0, len @ ..]) => {
+                let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                match body.get(5..5 + len) {
+                    Some(_) => outcome.response.body = body.slice(5..5 + len),
+                    None => return Self::failed(grpc_code::INTERNAL, "gRPC response message truncated"),
+                }
+            }
+            Some(_) => return Self::failed(grpc_code::INTERNAL, "gRPC response message compressed (not offered)"),
+            // A unary call that ends OK without a message has an empty one.
+            None if body.is_empty() => {}
+            None => return Self::failed(grpc_code::INTERNAL, "gRPC response message truncated"),
+        }
+        outcome
+    }
+}
+
+/// `grpc-message` travels percent-encoded (the gRPC HTTP/2 protocol): `%XX` back to bytes, read
+/// as UTF-8 (lossily); a `%` not followed by two hex digits stays as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(headers: &[(&str, &str)], body: &[u8], trailers: &[(&str, &str)]) -> CalloutResponse {
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(k, v)| ((*k).to_owned(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        CalloutResponse {
+            headers: pairs(headers),
+            body: Bytes::copy_from_slice(body),
+            trailers: pairs(trailers),
+        }
+    }
+
+    #[test]
+    fn a_grpc_exchange_reads_as_status_message_and_metadata() {
+        let ok = GrpcOutcome::from_exchange(Ok(response(
+            &[(":status", "200"), ("x-served-by", "echo")],
+            &grpc_frame(b"reply"),
+            &[("grpc-status", "0")],
+        )));
+        assert_eq!((ok.status, &ok.response.body[..]), (0, &b"reply"[..]));
+        assert_eq!(ok.response.headers, [("x-served-by".to_owned(), b"echo".to_vec())]);
+
+        // Trailers-only: the status in the headers, its message percent-decoded.
+        let denied = GrpcOutcome::from_exchange(Ok(response(
+            &[
+                (":status", "200"),
+                ("grpc-status", "5"),
+                ("grpc-message", "100%25 gone %E2%80%94 %zz"),
+            ],
+            b"",
+            &[],
+        )));
+        assert_eq!((denied.status, denied.message.as_str()), (5, "100% gone \u{2014} %zz"));
+
+        let cases: [(Result<CalloutResponse, CalloutError>, u32); 6] = [
+            (Err(CalloutError::Timeout), 4),
+            (Err(CalloutError::NoHealthyUpstream("c".to_owned())), 14),
+            (Ok(response(&[(":status", "404")], b"", &[])), 12),
+            (Ok(response(&[(":status", "503")], b"", &[])), 14),
+            (Ok(response(&[(":status", "200")], &grpc_frame(b"x"), &[])), 2),
+            (
+                Ok(response(
+                    &[(":status", "200")],
+                    &grpc_frame(b"long")[..6],
+                    &[("grpc-status", "0")],
+                )),
+                13,
+            ),
+        ];
+        for (exchange, status) in cases {
+            assert_eq!(GrpcOutcome::from_exchange(exchange).status, status);
+        }
+    }
 }

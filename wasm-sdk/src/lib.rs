@@ -168,8 +168,9 @@ macro_rules! filter {
 ///
 /// The names: `request_headers`, `request_body`, `response_headers`, `response_body`, `log`
 /// (the `on_log` callback; `on_done` and `on_delete` always run), `callouts`
-/// (`dispatch_http_call`), `retry` ([`weft::retry`] and [`weft::retry_after`]), `properties`
-/// (reading or setting properties, [`weft::peer_principal`] included). A name not in this list
+/// (`dispatch_http_call`, `dispatch_grpc_call`), `retry` ([`weft::retry`] and
+/// [`weft::retry_after`]), `properties` (reading or setting properties,
+/// [`weft::peer_principal`] included). A name not in this list
 /// does not compile. List everything the filter relies on: what is left out is off. Other
 /// proxy-wasm hosts ignore the section.
 ///

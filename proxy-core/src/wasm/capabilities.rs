@@ -43,7 +43,7 @@ pub(crate) struct Capabilities {
     /// `proxy_on_log` is called when the stream ends (`proxy_on_done` and
     /// `proxy_on_delete` always are, for a stream context that was created).
     pub(crate) log: bool,
-    /// HTTP callouts (`proxy_http_call`): requests carry a callout handle.
+    /// Callouts (`proxy_http_call`, `proxy_grpc_call`): requests carry a callout handle.
     pub(crate) callouts: bool,
     /// `weft.retry`: requests keep a copy of their head and (bounded) body to send again.
     pub(crate) retry: bool,
@@ -88,7 +88,7 @@ impl Capabilities {
             response_headers: exported("proxy_on_response_headers"),
             response_body: exported("proxy_on_response_body"),
             log: exported("proxy_on_log"),
-            callouts: imported(&["proxy_http_call", "proxy_dispatch_http_call"]),
+            callouts: imported(&["proxy_http_call", "proxy_dispatch_http_call", "proxy_grpc_call"]),
             retry: imported(&["proxy_call_foreign_function"]),
             properties: imported(&["proxy_get_property", "proxy_set_property"]),
         }

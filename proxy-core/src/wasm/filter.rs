@@ -287,7 +287,37 @@ impl FilterFactory for WasmFactory {
     }
 }
 
-type Pending = Vec<(u32, JoinHandle<Result<CalloutResponse, CalloutError>>)>;
+/// A callout on its way: its token, whether it is a gRPC call, and the exchange.
+struct PendingCall {
+    token: u32,
+    grpc: bool,
+    exchange: JoinHandle<Result<CalloutResponse, CalloutError>>,
+}
+
+impl PendingCall {
+    /// Sends `request` through `callouts` on this worker.
+    fn spawn(callouts: &Arc<Callouts>, token: u32, request: crate::callout::CalloutRequest) -> Self {
+        let callouts = callouts.clone();
+        Self {
+            token,
+            grpc: request.grpc,
+            exchange: tokio::spawn(async move { callouts.call(request).await }),
+        }
+    }
+
+    /// Cancels the exchange of each token in `cancelled` (never delivered).
+    fn cancel(pending: &mut Pending, cancelled: &[u32]) {
+        pending.retain(|call| {
+            let keep = !cancelled.contains(&call.token);
+            if !keep {
+                call.exchange.abort();
+            }
+            keep
+        });
+    }
+}
+
+type Pending = Vec<PendingCall>;
 
 /// One request's stream context in this worker's VM.
 struct WasmFilter {
@@ -361,7 +391,6 @@ impl WasmFilter {
     fn run<R>(
         &mut self,
         mut io: Io<'_>,
-        call_response: Option<CalloutResponse>,
         call: impl FnOnce(&mut Vm, i32) -> Result<R, VmError>,
     ) -> (Option<R>, Option<Intents>) {
         if self.failed {
@@ -414,7 +443,6 @@ impl WasmFilter {
             ),
             None => std::mem::swap(&mut self.properties, &mut host.stream.properties),
         }
-        host.call_response = call_response;
         host.callouts = self.callouts.take();
         let result = call(vm, context);
         let host = vm.host();
@@ -428,7 +456,6 @@ impl WasmFilter {
             ),
             None => std::mem::swap(&mut self.properties, &mut host.stream.properties),
         }
-        host.call_response = None;
         self.callouts = host.callouts.take();
         let intents = host.intents.take_any();
         match result {
@@ -466,14 +493,11 @@ impl WasmFilter {
         let intents = intents?;
         for (token, request) in intents.callouts {
             match &self.callouts {
-                Some(callouts) => {
-                    let callouts = callouts.clone();
-                    self.pending
-                        .push((token, tokio::spawn(async move { callouts.call(request).await })));
-                }
+                Some(callouts) => self.pending.push(PendingCall::spawn(callouts, token, request)),
                 None => tracing::warn!(filter = %self.shared.plugin.name, "callout without a callout handle dropped"),
             }
         }
+        PendingCall::cancel(&mut self.pending, &intents.cancelled);
         if intents.upstream.is_some() {
             self.upstream = intents.upstream;
         }
@@ -517,7 +541,7 @@ impl WasmFilter {
             return BodyAction::Continue;
         }
         let size = body.len();
-        let (result, intents) = self.run(Io::Body(kind, body), None, |vm, ctx| vm.phase(phase, ctx, size, end));
+        let (result, intents) = self.run(Io::Body(kind, body), |vm, ctx| vm.phase(phase, ctx, size, end));
         let Some(action) = result else {
             return match self.failure() {
                 FilterAction::Reply(reply) => BodyAction::Reply(reply),
@@ -535,23 +559,19 @@ impl WasmFilter {
     }
 
     /// Delivers a finished callout to the guest, with the paused head visible.
-    fn deliver(&mut self, token: u32, result: Result<CalloutResponse, CalloutError>, head: Option<&mut Head<'_>>) {
-        let response = match result {
-            Ok(response) => response,
-            Err(error) => {
-                tracing::debug!(filter = %self.shared.plugin.name, token, %error, "callout failed");
-                CalloutResponse::default()
-            }
-        };
-        let (headers, body, trailers) = (response.headers.len(), response.body.len(), response.trailers.len());
+    fn deliver(
+        &mut self,
+        token: u32,
+        grpc: bool,
+        result: Result<CalloutResponse, CalloutError>,
+        head: Option<&mut Head<'_>>,
+    ) {
         let io = match head {
             Some(Head::Request(parts)) => Io::Request(parts),
             Some(Head::Response(parts)) => Io::Response(parts),
             None => Io::None,
         };
-        let (result, intents) = self.run(io, Some(response), |vm, ctx| {
-            vm.http_call_response(ctx, token, headers, body, trailers)
-        });
+        let (result, intents) = self.run(io, |vm, ctx| vm.deliver_call(ctx, token, grpc, result));
         if result.is_none() {
             if let FilterAction::Reply(reply) = self.failure() {
                 self.pending_reply = Some(reply);
@@ -571,14 +591,17 @@ impl WasmFilter {
     /// one and go on); their responses reach the guest at its next call, as soon as ready.
     fn deliver_ready(&mut self) {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        while let Some((i, result)) = self.pending.iter_mut().enumerate().find_map(|(i, (_, handle))| {
-            match std::pin::Pin::new(handle).poll(&mut cx) {
-                Poll::Ready(result) => Some((i, result)),
-                Poll::Pending => None,
-            }
-        }) {
-            let (token, _) = self.pending.swap_remove(i);
-            self.deliver(token, result.unwrap_or_else(|_| Err(CalloutError::Timeout)), None);
+        while let Some((i, result)) =
+            self.pending.iter_mut().enumerate().find_map(|(i, call)| {
+                match std::pin::Pin::new(&mut call.exchange).poll(&mut cx) {
+                    Poll::Ready(result) => Some((i, result)),
+                    Poll::Pending => None,
+                }
+            })
+        {
+            let call = self.pending.swap_remove(i);
+            let result = result.unwrap_or_else(|_| Err(CalloutError::Timeout));
+            self.deliver(call.token, call.grpc, result, None);
         }
     }
 }
@@ -711,7 +734,7 @@ impl HttpFilter for WasmFilter {
         }
         // The four pseudo-headers and the map.
         let count = 4 + request.headers.len();
-        let (result, intents) = self.run(Io::Request(request), None, |vm, ctx| {
+        let (result, intents) = self.run(Io::Request(request), |vm, ctx| {
             vm.phase(Phase::RequestHeaders, ctx, count, end_of_stream)
         });
         self.headers_outcome(result, intents)
@@ -736,7 +759,7 @@ impl HttpFilter for WasmFilter {
         }
         // `:status` and the map.
         let count = 1 + response.headers.len();
-        let (result, intents) = self.run(Io::Response(response), None, |vm, ctx| {
+        let (result, intents) = self.run(Io::Response(response), |vm, ctx| {
             vm.phase(Phase::ResponseHeaders, ctx, count, end_of_stream)
         });
         self.headers_outcome(result, intents)
@@ -775,17 +798,17 @@ impl HttpFilter for WasmFilter {
                     return Poll::Ready(FilterAction::Continue);
                 }
             }
-            let ready = self.pending.iter_mut().enumerate().find_map(|(i, (_, handle))| {
-                match std::pin::Pin::new(handle).poll(cx) {
+            let ready = self.pending.iter_mut().enumerate().find_map(|(i, call)| {
+                match std::pin::Pin::new(&mut call.exchange).poll(cx) {
                     Poll::Ready(result) => Some((i, result)),
                     Poll::Pending => None,
                 }
             });
             match ready {
                 Some((i, result)) => {
-                    let (token, _) = self.pending.swap_remove(i);
+                    let call = self.pending.swap_remove(i);
                     let result = result.unwrap_or_else(|_| Err(CalloutError::Timeout));
-                    self.deliver(token, result, Some(&mut head));
+                    self.deliver(call.token, call.grpc, result, Some(&mut head));
                 }
                 None if self.pending.is_empty() => {
                     // Paused with nothing that could resume it: go on rather than hang.
@@ -817,7 +840,7 @@ impl HttpFilter for WasmFilter {
         let log = self.shared.can().log;
         // A filter that declared only the log phase gets its stream context now.
         if self.context.is_some() || (log && !self.failed) {
-            let _ = self.run(Io::None, None, |vm, ctx| vm.finish_context(ctx, log));
+            let _ = self.run(Io::None, |vm, ctx| vm.finish_context(ctx, log));
             self.context = None;
         }
     }
@@ -825,11 +848,11 @@ impl HttpFilter for WasmFilter {
 
 impl Drop for WasmFilter {
     fn drop(&mut self) {
-        for (_, handle) in self.pending.drain(..) {
-            handle.abort();
+        for call in self.pending.drain(..) {
+            call.exchange.abort();
         }
         if self.context.is_some() && !self.failed {
-            let _ = self.run(Io::None, None, |vm, ctx| vm.finish_context(ctx, false));
+            let _ = self.run(Io::None, |vm, ctx| vm.finish_context(ctx, false));
         }
     }
 }
@@ -857,8 +880,8 @@ async fn drive_root(
         let wake = period.map_or(Duration::from_secs(1), |ms| Duration::from_millis(u64::from(ms)));
         let tick = tokio::time::sleep(wake);
         let completed = poll_fn(|cx| {
-            for (i, (_, handle)) in pending.iter_mut().enumerate() {
-                if let Poll::Ready(result) = std::pin::Pin::new(handle).poll(cx) {
+            for (i, call) in pending.iter_mut().enumerate() {
+                if let Poll::Ready(result) = std::pin::Pin::new(&mut call.exchange).poll(cx) {
                     return Poll::Ready((i, result));
                 }
             }
@@ -896,13 +919,9 @@ async fn drive_root(
             Event::Tick => vm.tick(),
             Event::Queue(id) => vm.queue_ready(id),
             Event::Callout(i, result) => {
-                let (token, _) = pending.swap_remove(i);
-                let response = result.ok().and_then(Result::ok).unwrap_or_default();
-                let counts = (response.headers.len(), response.body.len(), response.trailers.len());
-                vm.host().call_response = Some(response);
-                let r = vm.http_call_response(ROOT_CONTEXT, token, counts.0, counts.1, counts.2);
-                vm.host().call_response = None;
-                r
+                let call = pending.swap_remove(i);
+                let result = result.unwrap_or_else(|_| Err(CalloutError::Timeout));
+                vm.deliver_call(ROOT_CONTEXT, call.token, call.grpc, result)
             }
         };
         let host = vm.host();
@@ -914,10 +933,10 @@ async fn drive_root(
         }
         if let Some(callouts) = callouts {
             for (token, request) in intents.callouts {
-                let callouts = callouts.clone();
-                pending.push((token, tokio::spawn(async move { callouts.call(request).await })));
+                pending.push(PendingCall::spawn(&callouts, token, request));
             }
         }
+        PendingCall::cancel(&mut pending, &intents.cancelled);
     }
 }
 

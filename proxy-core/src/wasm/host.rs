@@ -189,6 +189,8 @@ pub(crate) struct Intents {
     pub(crate) local_reply: Option<LocalReply>,
     pub(crate) close: bool,
     pub(crate) callouts: Vec<(u32, CalloutRequest)>,
+    /// gRPC calls the guest cancelled (`proxy_grpc_cancel`): dropped, never delivered.
+    pub(crate) cancelled: Vec<u32>,
     pub(crate) upstream: Option<UpstreamChoice>,
     /// A retry was asked for, after this backoff.
     pub(crate) retry: Option<Duration>,
@@ -206,6 +208,7 @@ impl Intents {
             || self.local_reply.is_some()
             || self.close
             || !self.callouts.is_empty()
+            || !self.cancelled.is_empty()
             || self.upstream.is_some()
             || self.retry.is_some()
             || self.delay.is_some()
@@ -221,7 +224,13 @@ pub(crate) struct HostState {
     /// Where this VM's root driver hears of enqueued items on queues it registered.
     pub(crate) queue_notify: Option<mpsc::UnboundedSender<u32>>,
     pub(crate) stream: StreamData,
+    /// The response of the callout being delivered: an HTTP call's, or a gRPC call's (initial
+    /// metadata, message, trailing metadata) when `grpc_status` is set.
     pub(crate) call_response: Option<CalloutResponse>,
+    /// The status and message of the gRPC call being delivered (`proxy_get_status`).
+    pub(crate) grpc_status: Option<(u32, String)>,
+    /// gRPC calls dispatched and not delivered yet, which `proxy_grpc_cancel` may cancel.
+    pub(crate) grpc_pending: Vec<u32>,
     pub(crate) callouts: Option<Arc<Callouts>>,
     pub(crate) intents: Intents,
     pub(crate) next_token: u32,
@@ -262,6 +271,17 @@ impl Drop for LogCapture {
 }
 
 impl HostState {
+    /// A map of the callout being delivered: an HTTP call's headers or trailers, or a gRPC
+    /// call's initial or trailing metadata; `None` for other kinds or outside a delivery.
+    fn call_map(&self, map: MapType) -> Option<&Vec<(String, Vec<u8>)>> {
+        let response = self.call_response.as_ref()?;
+        match (map, self.grpc_status.is_some()) {
+            (MapType::CallResponseHeaders, false) | (MapType::GrpcInitialMetadata, true) => Some(&response.headers),
+            (MapType::CallResponseTrailers, false) | (MapType::GrpcTrailingMetadata, true) => Some(&response.trailers),
+            _ => None,
+        }
+    }
+
     pub(crate) fn new(plugin: Arc<Plugin>, shared: Arc<SharedState>) -> Self {
         Self {
             plugin,
@@ -269,6 +289,8 @@ impl HostState {
             queue_notify: None,
             stream: StreamData::default(),
             call_response: None,
+            grpc_status: None,
+            grpc_pending: Vec::new(),
             callouts: None,
             intents: Intents::default(),
             next_token: 0,
@@ -584,7 +606,12 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                     BufferType::VmConfiguration => Some(&data.plugin.vm_config),
                     BufferType::PluginConfiguration => Some(&data.plugin.plugin_config),
                     BufferType::RequestBody | BufferType::ResponseBody => data.stream.body(kind),
-                    BufferType::CallResponseBody => data.call_response.as_ref().map(|r| &r.body[..]),
+                    BufferType::CallResponseBody if data.grpc_status.is_none() => {
+                        data.call_response.as_ref().map(|r| &r.body[..])
+                    }
+                    BufferType::GrpcReceive if data.grpc_status.is_some() => {
+                        data.call_response.as_ref().map(|r| &r.body[..])
+                    }
                     _ => None,
                 };
                 let Some(buffer) = buffer else { return false };
@@ -630,15 +657,11 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             };
             give_scratch(&mut c, false, ret_ptr, ret_len, |data, out| {
                 match map {
-                    MapType::CallResponseHeaders | MapType::CallResponseTrailers => {
-                        let pairs = data.call_response.as_ref().map(|r| {
-                            if map == MapType::CallResponseHeaders {
-                                &r.headers
-                            } else {
-                                &r.trailers
-                            }
-                        });
-                        if let Some(p) = pairs {
+                    MapType::CallResponseHeaders
+                    | MapType::CallResponseTrailers
+                    | MapType::GrpcInitialMetadata
+                    | MapType::GrpcTrailingMetadata => {
+                        if let Some(p) = data.call_map(map) {
                             abi::serialize_map_into(p.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())), out);
                         }
                     }
@@ -686,14 +709,12 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             };
             let key = key.as_str();
             give_scratch(&mut c, true, ret_ptr, ret_len, |data, out| match map {
-                MapType::CallResponseHeaders | MapType::CallResponseTrailers => {
-                    let Some(r) = data.call_response.as_ref() else {
+                MapType::CallResponseHeaders
+                | MapType::CallResponseTrailers
+                | MapType::GrpcInitialMetadata
+                | MapType::GrpcTrailingMetadata => {
+                    let Some(pairs) = data.call_map(map) else {
                         return false;
-                    };
-                    let pairs = if map == MapType::CallResponseHeaders {
-                        &r.headers
-                    } else {
-                        &r.trailers
                     };
                     match pairs.iter().find(|(k, _)| k == key) {
                         Some((_, v)) => {
@@ -992,6 +1013,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 headers,
                 body: Bytes::from(body),
                 timeout: Duration::from_millis(u64::from(timeout_ms as u32).max(1)),
+                grpc: false,
             };
             let data = &mut c.data_mut().host;
             let Some(callouts) = data.callouts.as_ref() else {
@@ -1009,24 +1031,77 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
         },
     )?;
 
-    // gRPC callouts are not offered: answered with errors the SDK turns into `Err`.
+    // Unary gRPC calls: the SDK takes `Ok`, `ParseFailure` and `InternalFailure` only.
     linker.func_wrap(
         ENV,
         "proxy_grpc_call",
-        |_c: Ctx<'_>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> i32 { Status::InternalFailure.code() },
+        |mut c: Ctx<'_>,
+         upstream_ptr: i32,
+         upstream_len: i32,
+         service_ptr: i32,
+         service_len: i32,
+         method_ptr: i32,
+         method_len: i32,
+         metadata_ptr: i32,
+         metadata_len: i32,
+         message_ptr: i32,
+         message_len: i32,
+         timeout_ms: i32,
+         ret_token: i32|
+         -> i32 {
+            let parsed = (|| {
+                let cluster = read_string(&mut c, upstream_ptr, upstream_len).ok()?;
+                let service = read_string(&mut c, service_ptr, service_len).ok()?;
+                let method = read_string(&mut c, method_ptr, method_len).ok()?;
+                let metadata = abi::deserialize_map(&read(&mut c, metadata_ptr, metadata_len).ok()?)?;
+                let message = read(&mut c, message_ptr, message_len).ok()?;
+                Some((cluster, service, method, metadata, message))
+            })();
+            let Some((cluster, service, method, metadata, message)) = parsed else {
+                return Status::ParseFailure.code();
+            };
+            if service.is_empty() || method.is_empty() || service.contains('/') || method.contains('/') {
+                return Status::ParseFailure.code();
+            }
+            let timeout = Duration::from_millis(u64::from(timeout_ms as u32).max(1));
+            let mut headers: Vec<(String, Vec<u8>)> = vec![
+                (":method".to_owned(), b"POST".to_vec()),
+                (":path".to_owned(), format!("/{service}/{method}").into_bytes()),
+                (":authority".to_owned(), cluster.clone().into_bytes()),
+                (":scheme".to_owned(), b"http".to_vec()),
+                ("content-type".to_owned(), b"application/grpc".to_vec()),
+                ("te".to_owned(), b"trailers".to_vec()),
+                (
+                    "grpc-timeout".to_owned(),
+                    format!("{}m", timeout.as_millis()).into_bytes(),
+                ),
+            ];
+            headers.extend(
+                metadata
+                    .into_iter()
+                    .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v)),
+            );
+            let request = CalloutRequest {
+                cluster,
+                headers,
+                body: crate::callout::grpc_frame(&message),
+                timeout,
+                grpc: true,
+            };
+            let data = &mut c.data_mut().host;
+            let Some(callouts) = data.callouts.as_ref() else {
+                return Status::InternalFailure.code();
+            };
+            if let Err(error) = callouts.validate(&request) {
+                tracing::debug!(filter = %data.plugin.name, %error, "gRPC call refused");
+                return Status::InternalFailure.code();
+            }
+            data.next_token = data.next_token.wrapping_add(1).max(1);
+            let token = data.next_token;
+            data.intents.callouts.push((token, request));
+            data.grpc_pending.push(token);
+            status(write_u32(&mut c, ret_token, token))
+        },
     )?;
     linker.func_wrap(
         ENV,
@@ -1040,8 +1115,17 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
         "proxy_grpc_send",
         |_c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| -> i32 { Status::NotFound.code() },
     )?;
-    linker.func_wrap(ENV, "proxy_grpc_cancel", |_c: Ctx<'_>, _: i32| -> i32 {
-        Status::NotFound.code()
+    linker.func_wrap(ENV, "proxy_grpc_cancel", |mut c: Ctx<'_>, token: i32| -> i32 {
+        let data = &mut c.data_mut().host;
+        let token = token as u32;
+        match data.grpc_pending.iter().position(|t| *t == token) {
+            Some(i) => {
+                data.grpc_pending.swap_remove(i);
+                data.intents.cancelled.push(token);
+                Status::Ok.code()
+            }
+            None => Status::NotFound.code(),
+        }
     })?;
     linker.func_wrap(ENV, "proxy_grpc_close", |_c: Ctx<'_>, _: i32| -> i32 {
         Status::NotFound.code()
@@ -1049,12 +1133,21 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
     linker.func_wrap(
         ENV,
         "proxy_get_status",
-        |mut c: Ctx<'_>, ret_code: i32, ret_ptr: i32, ret_len: i32| -> i32 {
-            status(
-                write_u32(&mut c, ret_code, 0)
-                    .and_then(|()| write_u32(&mut c, ret_ptr, 0))
-                    .and_then(|()| write_u32(&mut c, ret_len, 0)),
-            )
+        |mut c: Ctx<'_>, ret_code: i32, ret_ptr: i32, ret_len: i32| -> wasmtime::Result<i32> {
+            // The gRPC call being delivered; else OK with no message.
+            let (code, message) = c.data().host.grpc_status.clone().unwrap_or_default();
+            if let Err(s) = write_u32(&mut c, ret_code, code) {
+                return Ok(s.code());
+            }
+            if message.is_empty() {
+                return Ok(status(
+                    write_u32(&mut c, ret_ptr, 0).and_then(|()| write_u32(&mut c, ret_len, 0)),
+                ));
+            }
+            give_scratch(&mut c, true, ret_ptr, ret_len, |_, out| {
+                out.extend_from_slice(message.as_bytes());
+                true
+            })
         },
     )?;
 

@@ -8,6 +8,7 @@ use wasmtime::{ResourceLimiter, Store, Trap, TypedFunc};
 
 use super::host::{HostState, Plugin};
 use super::runtime::{LoadedModule, WasmRuntime};
+use crate::callout::{CalloutError, CalloutResponse, GrpcOutcome};
 
 /// The root context's id in every VM.
 pub(crate) const ROOT_CONTEXT: i32 = 1;
@@ -78,6 +79,8 @@ struct Exports {
     on_response_headers: Option<F3<i32>>,
     on_response_body: Option<F3<i32>>,
     on_http_call_response: Option<F5<()>>,
+    on_grpc_receive: Option<F3<()>>,
+    on_grpc_close: Option<F3<()>>,
     on_log: Option<F1<()>>,
     on_done: Option<F1<i32>>,
     on_delete: Option<F1<()>>,
@@ -156,6 +159,8 @@ impl Vm {
             on_response_headers: typed!("proxy_on_response_headers"),
             on_response_body: typed!("proxy_on_response_body"),
             on_http_call_response: typed!("proxy_on_http_call_response"),
+            on_grpc_receive: typed!("proxy_on_grpc_receive"),
+            on_grpc_close: typed!("proxy_on_grpc_close"),
             on_log: typed!("proxy_on_log"),
             on_done: typed!("proxy_on_done"),
             on_delete: typed!("proxy_on_delete"),
@@ -284,22 +289,56 @@ impl Vm {
         result.map(Option::unwrap_or_default).map_err(|e| self.classify(e))
     }
 
-    /// Delivers a callout's response (or its failure, as zero headers).
-    pub(crate) fn http_call_response(
+    /// Delivers a finished callout to `context`, its response readable during the call: an
+    /// HTTP call's to `on_http_call_response` (a failed one as zero headers, zero body); a
+    /// gRPC call's message to `on_grpc_receive` when its status is OK, else its status
+    /// (`proxy_get_status`) to `on_grpc_close`, as Envoy does for unary calls.
+    pub(crate) fn deliver_call(
         &mut self,
         context: i32,
         token: u32,
-        headers: usize,
-        body: usize,
-        trailers: usize,
+        grpc: bool,
+        result: Result<CalloutResponse, CalloutError>,
     ) -> Result<(), VmError> {
-        let args = (context, token as i32, headers as i32, body as i32, trailers as i32);
-        let result = run(
-            &mut self.store,
-            self.deadline_ticks,
-            self.exports.on_http_call_response.as_ref(),
-            args,
-        );
+        let ticks = self.deadline_ticks;
+        let result = if grpc {
+            let outcome = GrpcOutcome::from_exchange(result);
+            let (status, size) = (outcome.status, outcome.response.body.len());
+            let host = self.host();
+            host.grpc_pending.retain(|t| *t != token);
+            host.call_response = Some(outcome.response);
+            host.grpc_status = Some((outcome.status, outcome.message));
+            let exports = &self.exports;
+            if status == 0 {
+                let args = (context, token as i32, size as i32);
+                run(&mut self.store, ticks, exports.on_grpc_receive.as_ref(), args)
+            } else {
+                let args = (context, token as i32, status as i32);
+                run(&mut self.store, ticks, exports.on_grpc_close.as_ref(), args)
+            }
+        } else {
+            let response = result.unwrap_or_else(|error| {
+                tracing::debug!(token, %error, "callout failed");
+                CalloutResponse::default()
+            });
+            let args = (
+                context,
+                token as i32,
+                response.headers.len() as i32,
+                response.body.len() as i32,
+                response.trailers.len() as i32,
+            );
+            self.host().call_response = Some(response);
+            run(
+                &mut self.store,
+                ticks,
+                self.exports.on_http_call_response.as_ref(),
+                args,
+            )
+        };
+        let host = self.host();
+        host.call_response = None;
+        host.grpc_status = None;
         result.map(|_| ()).map_err(|e| self.classify(e))
     }
 

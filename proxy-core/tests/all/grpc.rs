@@ -218,8 +218,8 @@ impl Drop for Fixture {
     }
 }
 
-/// The tonic service on 127.0.0.1:0 behind a proxy: listener `auto`, cluster `http2`.
-async fn fixture() -> Fixture {
+/// The tonic service on 127.0.0.1:0: its address, state and task.
+async fn echo_service() -> (SocketAddr, Arc<State>, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc upstream");
     let upstream = listener.local_addr().expect("upstream addr");
     let state = Arc::new(State::default());
@@ -231,6 +231,12 @@ async fn fixture() -> Fixture {
             .await
             .expect("grpc upstream serves");
     });
+    (upstream, state, server)
+}
+
+/// The tonic service on 127.0.0.1:0 behind a proxy: listener `auto`, cluster `http2`.
+async fn fixture() -> Fixture {
+    let (upstream, state, server) = echo_service().await;
     let yaml = format!(
         r#"
 version: "grpc"
@@ -485,4 +491,78 @@ async fn request_metadata_reaches_the_server() {
         tenants.push(reply.tenant);
     }
     assert_eq!(tenants, ["globex", "globex"]);
+}
+
+// ---- A filter's gRPC callouts to the service. ----
+
+/// The hex the `test_callout` filter writes into `x-authz`, back to bytes.
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_filter_calls_the_service_and_reads_its_message_status_and_metadata() {
+    let (grpc, _state, server) = echo_service().await;
+    let app = echo("app").await;
+    // A port nothing listens on.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let config = |cluster: &str, extra: &str| {
+        format!("{{ cluster: {cluster}, grpc_service: {SERVICE}, grpc_method: Unary{extra} }}")
+    };
+    let clusters = format!(
+        "  - {{ name: grpc, protocol: http2, endpoints: [{{ address: \"{grpc}\" }}] }}\n  - {{ name: plain, endpoints: [{{ address: \"{grpc}\" }}] }}\n  - {{ name: gone, protocol: http2, endpoints: [{{ address: \"{gone}\" }}] }}\n"
+    );
+    let proxy_with = |config: String| {
+        let filters = wasm_filter("authz", "test_callout", &config, "fail_closed");
+        start_proxy(&with_filters(&filters, &endpoints(&[app.addr]), &clusters), 1)
+    };
+    let proxy = proxy_with(config("grpc", ""));
+    let mut client = H1::connect(proxy.listener_addr("main").expect("listener")).await;
+
+    // OK: the reply message (the request's metadata echoed in it) and its initial metadata.
+    let r = client.get("svc", "/", &[("x-user", "alice")]).await;
+    assert_eq!(r.status, http::StatusCode::OK, "{r:?}");
+    let hex = r
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("x-authz: "))
+        .expect("x-authz");
+    let reply = <EchoReply as prost::Message>::decode(&unhex(hex)[..]).expect("an EchoReply");
+    assert_eq!((reply.message.as_str(), reply.tenant.as_str()), ("alice", "alice"));
+    assert!(r.body.contains("x-served-by: echo"), "{}", r.body);
+
+    // NOT_FOUND: the status, and its message as the service wrote it (percent-decoded).
+    let r = client.get("svc", "/", &[("x-user", MISSING)]).await;
+    assert_eq!(r.status, http::StatusCode::FORBIDDEN, "{r:?}");
+    assert_eq!(r.header("x-grpc-status"), Some("5"));
+    assert_eq!(r.body, format!("5 {NOT_FOUND_MESSAGE}\n"));
+
+    // Cancelled at once: the request goes on (the cancel found its call).
+    let cancelling = proxy_with(config("grpc", ", grpc_cancel: true"));
+    let r = get(cancelling.listener_addr("main").expect("listener"), "svc", "/").await;
+    assert_eq!(r.status, http::StatusCode::OK, "{r:?}");
+    assert!(
+        r.body.contains("x-grpc-cancelled: 1") && !r.body.contains("x-authz"),
+        "{}",
+        r.body
+    );
+
+    // An HTTP/1.1 cluster cannot carry gRPC: the dispatch is refused.
+    let plain = proxy_with(config("plain", ""));
+    let r = get(plain.listener_addr("main").expect("listener"), "svc", "/").await;
+    assert_eq!(r.status, http::StatusCode::INTERNAL_SERVER_ERROR, "{r:?}");
+    assert_eq!(r.body, "callout dispatch failed\n");
+
+    // No service to reach: UNAVAILABLE.
+    let unreachable = proxy_with(config("gone", ""));
+    let r = get(unreachable.listener_addr("main").expect("listener"), "svc", "/").await;
+    assert_eq!(r.status, http::StatusCode::FORBIDDEN, "{r:?}");
+    assert_eq!(r.header("x-grpc-status"), Some("14"), "{r:?}");
+    assert!(r.body.starts_with("14 "), "{}", r.body);
+    server.abort();
 }

@@ -13,6 +13,17 @@
 //!   `x-authz-status: <status>` (`none` if the status is empty), body `callout denied\n`.
 //! - call response without `:status` (timeout, connect failure, ...): local reply 503
 //!   `callout failed\n`.
+//!
+//! With `"grpc_service"` and `"grpc_method"` set, a unary gRPC call instead:
+//! `dispatch_grpc_call(cluster, service, method, [("x-tenant", <x-user>)], message, timeout)`
+//! where the message is a protobuf message whose string field 1 is the request's `x-user`
+//! (at most 127 bytes), and Pause; a refused dispatch is the local reply 500 above. With
+//! `"grpc_cancel": true` the call is cancelled at once and the request goes on with header
+//! `x-grpc-cancelled: 1`.
+//! - status OK: add request headers `x-authz: <hex of the response message>` and
+//!   `x-served-by: <initial metadata x-served-by, or "">`, and resume the request.
+//! - another status: local reply 403 with header `x-grpc-status: <code>`, body
+//!   `<code> <status message>\n`.
 
 use std::time::Duration;
 
@@ -37,13 +48,31 @@ proxy_wasm::main! {{
 struct Config {
     cluster: String,
     timeout: Duration,
+    /// (service, method) of a unary gRPC call, instead of the HTTP callout.
+    grpc: Option<(String, String)>,
+    grpc_cancel: bool,
 }
 
 fn parse_config(config: &[u8]) -> Result<Config, String> {
     let mut cluster = None;
     let mut timeout_ms = DEFAULT_TIMEOUT_MS;
+    let (mut service, mut method, mut grpc_cancel) = (None, None, false);
     for (key, value) in flat_json::parse_object(config)? {
         match key.as_str() {
+            "grpc_service" | "grpc_method" => match value {
+                flat_json::Value::Str(s) if !s.is_empty() => {
+                    if key == "grpc_service" {
+                        service = Some(s);
+                    } else {
+                        method = Some(s);
+                    }
+                }
+                _ => return Err(format!("\"{key}\" must be a non-empty string")),
+            },
+            "grpc_cancel" => match value {
+                flat_json::Value::Bool(b) => grpc_cancel = b,
+                _ => return Err("\"grpc_cancel\" must be a boolean".to_string()),
+            },
             "cluster" => match value {
                 flat_json::Value::Str(s) if !s.is_empty() => cluster = Some(s),
                 _ => return Err("\"cluster\" must be a non-empty string".to_string()),
@@ -55,9 +84,16 @@ fn parse_config(config: &[u8]) -> Result<Config, String> {
             _ => {}
         }
     }
+    let grpc = match (service, method) {
+        (Some(service), Some(method)) => Some((service, method)),
+        (None, None) => None,
+        _ => return Err("\"grpc_service\" and \"grpc_method\" go together".to_string()),
+    };
     Ok(Config {
         cluster: cluster.ok_or_else(|| "\"cluster\" is required".to_string())?,
         timeout: Duration::from_millis(timeout_ms),
+        grpc,
+        grpc_cancel,
     })
 }
 
@@ -99,6 +135,25 @@ struct Callout {
 }
 
 impl Context for Callout {
+    fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
+        if status_code == 0 {
+            let message = self.get_grpc_call_response_body(0, response_size).unwrap_or_default();
+            let hex: String = message.iter().map(|b| format!("{b:02x}")).collect();
+            let served_by = self
+                .get_grpc_stream_initial_metadata_value("x-served-by")
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default();
+            self.add_http_request_header("x-authz", &hex);
+            self.add_http_request_header("x-served-by", &served_by);
+            self.resume_http_request();
+        } else {
+            let (code, message) = self.get_grpc_status();
+            let body = format!("{code} {}\n", message.unwrap_or_default());
+            let code = code.to_string();
+            self.send_http_response(403, vec![("x-grpc-status", &code)], Some(body.as_bytes()));
+        }
+    }
+
     fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         match self.get_http_call_response_header(":status") {
             None => {
@@ -125,6 +180,32 @@ impl HttpContext for Callout {
             return Action::Pause;
         };
         let user = self.get_http_request_header("x-user").unwrap_or_default();
+        if let Some((service, method)) = &config.grpc {
+            // A protobuf message: field 1, length-delimited.
+            let mut message = vec![0x0a, user.len().min(127) as u8];
+            message.extend_from_slice(&user.as_bytes()[..user.len().min(127)]);
+            let metadata = vec![("x-tenant", user.as_bytes())];
+            match self.dispatch_grpc_call(
+                &config.cluster,
+                service,
+                method,
+                metadata,
+                Some(&message),
+                config.timeout,
+            ) {
+                Ok(token) if config.grpc_cancel => {
+                    self.cancel_grpc_call(token);
+                    self.add_http_request_header("x-grpc-cancelled", "1");
+                    return Action::Continue;
+                }
+                Ok(_) => {}
+                Err(status) => {
+                    warn!("test_callout: gRPC dispatch to {:?} failed: {status:?}", config.cluster);
+                    self.send_http_response(500, vec![], Some(b"callout dispatch failed\n"));
+                }
+            }
+            return Action::Pause;
+        }
         let dispatched = self.dispatch_http_call(
             &config.cluster,
             vec![
