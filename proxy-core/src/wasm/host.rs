@@ -390,6 +390,27 @@ fn read_small(caller: &mut Ctx<'_>, ptr: i32, len: i32, edit: impl Fn(&mut [u8])
 
 /// Hands the host's scratch buffer, filled by `fill` (false: absent, `NotFound`), to the
 /// guest as a value that exists; the buffer is kept for the next call.
+/// Records a callout to send after the hostcall and writes its token to `ret_token`;
+/// `InternalFailure` where no callout may be made (VM startup calls), `refused` for a request
+/// the callouts refuse (unknown cluster, ...).
+fn dispatch(c: &mut Ctx<'_>, request: CalloutRequest, refused: Status, ret_token: i32) -> i32 {
+    let data = &mut c.data_mut().host;
+    let Some(callouts) = data.callouts.as_ref() else {
+        return Status::InternalFailure.code();
+    };
+    if let Err(error) = callouts.validate(&request) {
+        tracing::debug!(filter = %data.plugin.name, %error, grpc = request.grpc, "callout refused");
+        return refused.code();
+    }
+    data.next_token = data.next_token.wrapping_add(1).max(1);
+    let token = data.next_token;
+    if request.grpc {
+        data.grpc_pending.push(token);
+    }
+    data.intents.callouts.push((token, request));
+    status(write_u32(c, ret_token, token))
+}
+
 fn give_scratch(
     caller: &mut Ctx<'_>,
     present: bool,
@@ -1015,19 +1036,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 timeout: Duration::from_millis(u64::from(timeout_ms as u32).max(1)),
                 grpc: false,
             };
-            let data = &mut c.data_mut().host;
-            let Some(callouts) = data.callouts.as_ref() else {
-                // Not in a stream or root call that may make callouts.
-                return Status::InternalFailure.code();
-            };
-            if let Err(error) = callouts.validate(&request) {
-                tracing::debug!(filter = %data.plugin.name, %error, "callout refused");
-                return Status::BadArgument.code();
-            }
-            data.next_token = data.next_token.wrapping_add(1).max(1);
-            let token = data.next_token;
-            data.intents.callouts.push((token, request));
-            status(write_u32(&mut c, ret_token, token))
+            dispatch(&mut c, request, Status::BadArgument, ret_token)
         },
     )?;
 
@@ -1088,19 +1097,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 timeout,
                 grpc: true,
             };
-            let data = &mut c.data_mut().host;
-            let Some(callouts) = data.callouts.as_ref() else {
-                return Status::InternalFailure.code();
-            };
-            if let Err(error) = callouts.validate(&request) {
-                tracing::debug!(filter = %data.plugin.name, %error, "gRPC call refused");
-                return Status::InternalFailure.code();
-            }
-            data.next_token = data.next_token.wrapping_add(1).max(1);
-            let token = data.next_token;
-            data.intents.callouts.push((token, request));
-            data.grpc_pending.push(token);
-            status(write_u32(&mut c, ret_token, token))
+            dispatch(&mut c, request, Status::InternalFailure, ret_token)
         },
     )?;
     linker.func_wrap(
