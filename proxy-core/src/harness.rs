@@ -112,7 +112,8 @@ pub struct GuestLog {
     pub message: String,
 }
 
-/// An HTTP callout a filter made (`proxy_http_call`), as a [`CalloutHandler`] sees it.
+/// A callout a filter made (`proxy_http_call`, or `proxy_grpc_call` as the HTTP/2 request it
+/// travels as), as a [`CalloutHandler`] sees it.
 #[derive(Debug, Clone)]
 pub struct HarnessCallout {
     /// The cluster it is for.

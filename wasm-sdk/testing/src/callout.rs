@@ -1,4 +1,5 @@
-//! Mocked HTTP callouts: handlers and canned replies per cluster, and every call recorded.
+//! Mocked callouts (HTTP, and unary gRPC over HTTP/2): handlers and canned replies per
+//! cluster, and every call recorded.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -7,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use weft_proxy::harness::{CalloutHandler, HarnessCallout, HarnessCalloutResponse};
 
-/// An HTTP callout the filter made (`dispatch_http_call`).
+/// A callout the filter made: `dispatch_http_call`, or `dispatch_grpc_call` as the HTTP/2
+/// request it travels as (see [`CalloutRequest::grpc_method`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalloutRequest {
     /// The cluster it was sent to.
@@ -42,6 +44,21 @@ impl CalloutRequest {
     pub fn authority(&self) -> Option<&str> {
         self.header(":authority")
     }
+
+    /// For a gRPC call: its (service, method), from `:path` `/<service>/<method>`.
+    pub fn grpc_method(&self) -> Option<(&str, &str)> {
+        if self.header("content-type") != Some("application/grpc") {
+            return None;
+        }
+        self.path()?.strip_prefix('/')?.split_once('/')
+    }
+
+    /// For a gRPC call: its message (the body without gRPC's length prefix).
+    pub fn grpc_message(&self) -> Option<Bytes> {
+        self.grpc_method()?;
+        let len = u32::from_be_bytes(self.body.get(1..5)?.try_into().ok()?) as usize;
+        (self.body.first() == Some(&0)).then(|| self.body.get(5..5 + len).map(Bytes::copy_from_slice))?
+    }
 }
 
 /// The answer to a callout: `CalloutReply { status: 200, headers: vec![], body: "ok".into() }`
@@ -57,6 +74,8 @@ pub struct CalloutReply {
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Bytes,
+    /// Trailers (names lowercased for the filter).
+    pub trailers: Vec<(String, String)>,
 }
 
 impl CalloutReply {
@@ -83,6 +102,43 @@ impl CalloutReply {
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();
         self
+    }
+
+    /// Adds a trailer.
+    pub fn trailer(mut self, name: &str, value: &str) -> Self {
+        self.trailers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The answer to a gRPC call that succeeds with `message` (the filter's
+    /// `on_grpc_call_response` gets status 0 and the message).
+    pub fn grpc(message: impl AsRef<[u8]>) -> Self {
+        let message = message.as_ref();
+        let mut body = Vec::with_capacity(5 + message.len());
+        body.push(0);
+        body.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+        body.extend_from_slice(message);
+        Self::new(200)
+            .header("content-type", "application/grpc")
+            .body(body)
+            .trailer("grpc-status", "0")
+    }
+
+    /// The answer to a gRPC call that ends with status `code` and `message` (the filter's
+    /// `on_grpc_call_response` gets `code`, and `get_grpc_status` the message).
+    pub fn grpc_status(code: u32, message: &str) -> Self {
+        // grpc-message travels percent-encoded.
+        let encoded: String = message
+            .bytes()
+            .map(|b| match b {
+                b' '..=b'~' if b != b'%' => char::from(b).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        Self::new(200)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", &code.to_string())
+            .header("grpc-message", &encoded)
     }
 }
 
@@ -173,7 +229,7 @@ impl CalloutHandler for Mocks {
             status: reply.status,
             headers: bytes(reply.headers),
             body: reply.body,
-            trailers: Vec::new(),
+            trailers: bytes(reply.trailers),
         })
     }
 }

@@ -156,6 +156,7 @@ fn a_mocked_callout_denies() -> Result<(), Error> {
         status: 403,
         headers: vec![("x-why".to_owned(), "no".to_owned())],
         body: "nope".into(),
+        trailers: vec![],
     });
     let outcome = test.run(Request::get("/data").header("x-user", "bob"), Response::ok());
     assert!(!outcome.forwarded);
@@ -201,6 +202,33 @@ fn a_callout_to_an_unknown_cluster_is_refused_at_dispatch() -> Result<(), Error>
         "{:?}",
         outcome.logs
     );
+    Ok(())
+}
+
+#[test]
+fn a_mocked_grpc_call_answers_with_a_message_or_a_status() -> Result<(), Error> {
+    let test = FilterTest::wasm(filter("test_callout"))
+        .config(r#"{"cluster": "grpc", "grpc_service": "acme.Authz", "grpc_method": "Check"}"#)
+        .build()?;
+    test.on_callout("grpc", |callout| match callout.grpc_message().as_deref() {
+        Some(b"\x0a\x03ann") => CalloutReply::grpc(b"\x08\x01"),
+        _ => CalloutReply::grpc_status(7, "not ann \u{2014} 100% sure"),
+    });
+    let outcome = test.run(Request::get("/data").header("x-user", "ann"), Response::ok());
+    assert!(outcome.forwarded, "{:?}", outcome.local_reply);
+    assert_eq!(outcome.request.header("x-authz"), Some("0801"));
+    let [call] = outcome.callouts.as_slice() else {
+        panic!("one call: {:?}", outcome.callouts);
+    };
+    assert_eq!(call.grpc_method(), Some(("acme.Authz", "Check")));
+    assert_eq!(call.header("x-tenant"), Some("ann"));
+    assert_eq!(call.method(), Some("POST"));
+
+    let outcome = test.run(Request::get("/data").header("x-user", "bob"), Response::ok());
+    assert!(!outcome.forwarded);
+    assert_eq!(outcome.response.status, 403);
+    assert_eq!(outcome.response.header("x-grpc-status"), Some("7"));
+    assert_eq!(outcome.response.body_text(), "7 not ann \u{2014} 100% sure\n");
     Ok(())
 }
 
