@@ -100,10 +100,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Compiles `snapshot` into the next generation and publishes it; on error nothing
-    /// changes.
-    fn apply(&self, snapshot: Arc<Snapshot>) -> Result<(), ProxyError> {
+    /// changes. With `rebuild`, only if the running snapshot is still that very one (a
+    /// snapshot compiled again must not undo one applied meanwhile); `Ok(false)` if not.
+    fn apply(&self, snapshot: Arc<Snapshot>, rebuild: bool) -> Result<bool, ProxyError> {
         let _serial = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.publish.borrow().clone();
+        if rebuild && !Arc::ptr_eq(&previous.snapshot, &snapshot) {
+            return Ok(false);
+        }
         let sockets = bind_listeners(&snapshot, Some(&previous), self.workers)?;
         let next = Generation::build(
             snapshot,
@@ -121,7 +125,7 @@ impl Shared {
         tracing::info!(version = %next.snapshot.version, "snapshot applied");
         self.wasm.retain_modules(&next.snapshot);
         self.publish.send_replace(Arc::new(next));
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -252,7 +256,7 @@ impl Proxy {
     /// the one they started with. On error nothing changes and the old snapshot keeps serving.
     pub fn update(&self, snapshot: Snapshot) -> Result<(), ProxyError> {
         snapshot.validate()?;
-        self.shared.apply(Arc::new(snapshot))
+        self.shared.apply(Arc::new(snapshot), false).map(|_| ())
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `drain_timeout`, then
@@ -398,11 +402,13 @@ async fn watch_client_files(shared: Arc<Shared>) {
         let snapshot = current.snapshot.clone();
         drop(current);
         let applying = shared.clone();
-        match tokio::task::spawn_blocking(move || applying.apply(snapshot)).await {
-            Ok(Ok(())) => {
+        match tokio::task::spawn_blocking(move || applying.apply(snapshot, true)).await {
+            Ok(Ok(true)) => {
                 tracing::info!("client certificate files changed: new connections present the new certificate");
                 refused = None;
             }
+            // A new snapshot came meanwhile; it read the files itself.
+            Ok(Ok(false)) => refused = None,
             Ok(Err(error)) => {
                 let error = anyhow::Error::from(error);
                 tracing::warn!(
