@@ -1069,10 +1069,17 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
             let Some((cluster, service, method, metadata, message)) = parsed else {
                 return Status::ParseFailure.code();
             };
-            if service.is_empty() || method.is_empty() || service.contains('/') || method.contains('/') {
+            // Metadata cannot replace the request's pseudo-headers.
+            let bad_name = |name: &str| name.is_empty() || name.contains('/');
+            if bad_name(&service) || bad_name(&method) || metadata.iter().any(|(k, _)| k.starts_with(b":")) {
                 return Status::ParseFailure.code();
             }
             let timeout = Duration::from_millis(u64::from(timeout_ms as u32).max(1));
+            // At most 8 digits: milliseconds, else whole seconds.
+            let grpc_timeout = match timeout.as_millis() {
+                ms @ ..=99_999_999 => format!("{ms}m"),
+                ms => format!("{}S", ms.div_ceil(1000)),
+            };
             let mut headers: Vec<(String, Vec<u8>)> = vec![
                 (":method".to_owned(), b"POST".to_vec()),
                 (":path".to_owned(), format!("/{service}/{method}").into_bytes()),
@@ -1080,10 +1087,7 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 (":scheme".to_owned(), b"http".to_vec()),
                 ("content-type".to_owned(), b"application/grpc".to_vec()),
                 ("te".to_owned(), b"trailers".to_vec()),
-                (
-                    "grpc-timeout".to_owned(),
-                    format!("{}m", timeout.as_millis()).into_bytes(),
-                ),
+                ("grpc-timeout".to_owned(), grpc_timeout.into_bytes()),
             ];
             headers.extend(
                 metadata
