@@ -5,6 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
+
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Uri, header};
 use http_body_util::BodyExt;
@@ -133,6 +136,45 @@ impl Callouts {
     }
 
     async fn exchange(&self, request: CalloutRequest) -> Result<CalloutResponse, CalloutError> {
+        let response = self.send(request, None).await?;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.map_err(CalloutError::Body)?;
+        let trailers = collected.trailers().map(pairs).unwrap_or_default();
+        let mut headers = vec![(":status".to_owned(), parts.status.as_str().as_bytes().to_vec())];
+        headers.extend(pairs(&parts.headers));
+        Ok(CalloutResponse {
+            headers,
+            body: collected.to_bytes(),
+            trailers,
+        })
+    }
+
+    /// Opens a gRPC stream: the request carries `request.body` and then each (framed) message
+    /// of `outgoing`, ending when `outgoing` closes; the response's events go to the
+    /// returned receiver, the last one always [`StreamEvent::End`].
+    pub(crate) fn stream(
+        self: &Arc<Self>,
+        request: CalloutRequest,
+        outgoing: mpsc::UnboundedReceiver<Bytes>,
+    ) -> (mpsc::UnboundedReceiver<StreamEvent>, tokio::task::JoinHandle<()>) {
+        let (events, receiver) = mpsc::unbounded_channel();
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let end = match this.send(request, Some(outgoing)).await {
+                Ok(response) => read_stream(response, &events).await,
+                Err(error) => GrpcOutcome::from_exchange(Err(error)),
+            };
+            let _ = events.send(StreamEvent::End(end));
+        });
+        (receiver, task)
+    }
+
+    /// Sends `request` (its body, then `more` when given) to an endpoint of its cluster.
+    async fn send(
+        &self,
+        request: CalloutRequest,
+        more: Option<mpsc::UnboundedReceiver<Bytes>>,
+    ) -> Result<http::Response<crate::body::ProxyBody>, CalloutError> {
         let Backend::Real {
             generation,
             pools,
@@ -177,10 +219,22 @@ impl Callouts {
                 HeaderValue::from_str(&authority).map_err(|_| bad("bad :authority"))?,
             );
         }
-        if !request.body.is_empty() {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
-        }
-        let mut outgoing = Request::new(crate::body::full(request.body));
+        let body = match more {
+            None => {
+                if !request.body.is_empty() {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(request.body.len()));
+                }
+                crate::body::full(request.body)
+            }
+            Some(more) => {
+                let first = (!request.body.is_empty()).then_some(request.body);
+                let frames = tokio_stream::iter(first)
+                    .chain(tokio_stream::wrappers::UnboundedReceiverStream::new(more))
+                    .map(|bytes| Ok::<_, crate::body::BoxError>(http_body::Frame::data(bytes)));
+                crate::body::boxed(http_body_util::StreamBody::new(frames))
+            }
+        };
+        let mut outgoing = Request::new(body);
         *outgoing.method_mut() = method;
         *outgoing.uri_mut() = uri;
         *outgoing.headers_mut() = headers;
@@ -198,21 +252,81 @@ impl Callouts {
             .all
             .pick(&cluster, &hash)
             .ok_or_else(|| CalloutError::NoHealthyUpstream(request.cluster.clone()))?;
-        let response = pools
+        pools
             .send(&cluster, &endpoint, outgoing, false)
             .await
-            .map_err(CalloutError::Upstream)?;
-        let (parts, body) = response.into_parts();
-        let collected = body.collect().await.map_err(CalloutError::Body)?;
-        let trailers = collected.trailers().map(pairs).unwrap_or_default();
-        let mut headers = vec![(":status".to_owned(), parts.status.as_str().as_bytes().to_vec())];
-        headers.extend(pairs(&parts.headers));
-        Ok(CalloutResponse {
-            headers,
-            body: collected.to_bytes(),
-            trailers,
-        })
+            .map_err(CalloutError::Upstream)
     }
+}
+
+/// An event of a gRPC stream, in order: initial metadata, messages, then the end.
+#[derive(Debug)]
+pub(crate) enum StreamEvent {
+    /// The response headers (initial metadata), without pseudo-headers.
+    Headers(Vec<(String, Vec<u8>)>),
+    /// One message.
+    Message(Bytes),
+    /// The status and message, with the trailing metadata in `response.trailers`.
+    End(GrpcOutcome),
+}
+
+/// Reads a gRPC stream's response into `events`: its headers, each message as it completes;
+/// returns how it ended.
+async fn read_stream(
+    response: http::Response<crate::body::ProxyBody>,
+    events: &mpsc::UnboundedSender<StreamEvent>,
+) -> GrpcOutcome {
+    let (parts, mut body) = response.into_parts();
+    let mut headers = vec![(":status".to_owned(), parts.status.as_str().as_bytes().to_vec())];
+    headers.extend(pairs(&parts.headers));
+    if parts.status != http::StatusCode::OK {
+        return GrpcOutcome::from_exchange(Ok(CalloutResponse {
+            headers,
+            ..CalloutResponse::default()
+        }));
+    }
+    let _ = events.send(StreamEvent::Headers(pairs(&parts.headers)));
+    let mut pending = bytes::BytesMut::new();
+    loop {
+        let frame = match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => frame,
+            Some(Err(error)) => return GrpcOutcome::failed(grpc_code::UNAVAILABLE, error.to_string()),
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Trailers: the end.
+                let trailers = frame.into_trailers().map(|t| pairs(&t)).unwrap_or_default();
+                return GrpcOutcome::from_exchange(Ok(CalloutResponse {
+                    headers,
+                    body: Bytes::new(),
+                    trailers,
+                }));
+            }
+        };
+        pending.extend_from_slice(&frame);
+        while pending.len() >= 5 {
+            if pending[0] != 0 {
+                return GrpcOutcome::failed(grpc_code::INTERNAL, "gRPC response message compressed (not offered)");
+            }
+            let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+            if pending.len() < 5 + len {
+                break;
+            }
+            let message = pending.split_to(5 + len).freeze().slice(5..);
+            let _ = events.send(StreamEvent::Message(message));
+        }
+    }
+    // No trailers: a trailers-only response has the status in its headers.
+    let mut end = GrpcOutcome::from_exchange(Ok(CalloutResponse {
+        headers,
+        ..CalloutResponse::default()
+    }));
+    if !pending.is_empty() && end.status == grpc_code::OK {
+        end = GrpcOutcome::failed(grpc_code::INTERNAL, "gRPC response message truncated");
+    }
+    end
 }
 
 fn pairs(map: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
@@ -253,6 +367,11 @@ pub(crate) struct GrpcOutcome {
 }
 
 impl GrpcOutcome {
+    /// A stream whose events stopped without an end (its task was lost).
+    pub(crate) fn stream_lost() -> Self {
+        Self::failed(grpc_code::UNAVAILABLE, "gRPC stream lost")
+    }
+
     fn failed(status: u32, message: impl Into<String>) -> Self {
         Self {
             status,

@@ -21,7 +21,7 @@ use super::host::{HeadView, Intents, Plugin, StreamData};
 use super::props::StreamInfo;
 use super::runtime::{LoadedModule, WasmRuntime};
 use super::vm::{Phase, ROOT_CONTEXT, Vm, VmError};
-use crate::callout::{CalloutError, CalloutResponse, Callouts};
+use crate::callout::{CalloutError, CalloutResponse, Callouts, GrpcOutcome, StreamEvent};
 use crate::filter::{
     BodyAction, FilterAction, FilterContext, FilterError, FilterFactory, Head, HttpFilter, LocalReply, LogRecord,
     SharedProperties, UpstreamChoice, UpstreamInfo,
@@ -287,33 +287,107 @@ impl FilterFactory for WasmFactory {
     }
 }
 
-/// A callout on its way: its token, whether it is a gRPC call, and the exchange.
+/// A callout on its way: an HTTP or unary gRPC call, or a gRPC stream.
 struct PendingCall {
     token: u32,
-    grpc: bool,
-    exchange: JoinHandle<Result<CalloutResponse, CalloutError>>,
+    kind: PendingKind,
+}
+
+enum PendingKind {
+    Call {
+        grpc: bool,
+        exchange: JoinHandle<Result<CalloutResponse, CalloutError>>,
+    },
+    Stream {
+        events: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
+        task: JoinHandle<()>,
+    },
+}
+
+/// What a pending callout has for the guest.
+pub(crate) enum Arrival {
+    /// A call ended (for a gRPC call, its exchange is read as gRPC on delivery).
+    Call {
+        grpc: bool,
+        result: Result<CalloutResponse, CalloutError>,
+    },
+    /// The next event of a stream.
+    Stream(StreamEvent),
+}
+
+impl Arrival {
+    /// Whether nothing more comes for its token.
+    fn ends(&self) -> bool {
+        matches!(self, Arrival::Call { .. } | Arrival::Stream(StreamEvent::End(_)))
+    }
 }
 
 impl PendingCall {
-    /// Sends `request` through `callouts` on this worker.
-    fn spawn(callouts: &Arc<Callouts>, token: u32, request: crate::callout::CalloutRequest) -> Self {
-        let callouts = callouts.clone();
-        Self {
-            token,
-            grpc: request.grpc,
-            exchange: tokio::spawn(async move { callouts.call(request).await }),
+    /// Starts the intents' callouts and streams through `callouts`, and cancels what they
+    /// cancel (never delivered).
+    fn start(pending: &mut Pending, callouts: Option<&Arc<Callouts>>, intents: &mut Intents, filter: &str) {
+        let calls = std::mem::take(&mut intents.callouts);
+        let streams = std::mem::take(&mut intents.streams);
+        match callouts {
+            Some(callouts) => {
+                for (token, request) in calls {
+                    let callouts = callouts.clone();
+                    let kind = PendingKind::Call {
+                        grpc: request.grpc,
+                        exchange: tokio::spawn(async move { callouts.call(request).await }),
+                    };
+                    pending.push(Self { token, kind });
+                }
+                for (token, request, outgoing) in streams {
+                    let (events, task) = callouts.stream(request, outgoing);
+                    pending.push(Self {
+                        token,
+                        kind: PendingKind::Stream { events, task },
+                    });
+                }
+            }
+            None if calls.is_empty() && streams.is_empty() => {}
+            None => tracing::warn!(filter, "callout without a callout handle dropped"),
+        }
+        // Dropped: aborted.
+        pending.retain(|call| !intents.cancelled.contains(&call.token));
+    }
+
+    fn poll_arrival(&mut self, cx: &mut Context<'_>) -> Poll<Arrival> {
+        match &mut self.kind {
+            PendingKind::Call { grpc, exchange } => std::pin::Pin::new(exchange).poll(cx).map(|result| Arrival::Call {
+                grpc: *grpc,
+                result: result.unwrap_or_else(|_| Err(CalloutError::Timeout)),
+            }),
+            PendingKind::Stream { events, .. } => events
+                .poll_recv(cx)
+                .map(|event| Arrival::Stream(event.unwrap_or_else(|| StreamEvent::End(GrpcOutcome::stream_lost())))),
         }
     }
 
-    /// Cancels the exchange of each token in `cancelled` (never delivered).
-    fn cancel(pending: &mut Pending, cancelled: &[u32]) {
-        pending.retain(|call| {
-            let keep = !cancelled.contains(&call.token);
-            if !keep {
-                call.exchange.abort();
+    /// The first arrival among `pending`: its token, taken out of `pending` when nothing more
+    /// comes for it.
+    fn poll_any(pending: &mut Pending, cx: &mut Context<'_>) -> Poll<(u32, Arrival)> {
+        for i in 0..pending.len() {
+            if let Poll::Ready(arrival) = pending[i].poll_arrival(cx) {
+                let token = pending[i].token;
+                if arrival.ends() {
+                    pending.swap_remove(i);
+                }
+                return Poll::Ready((token, arrival));
             }
-            keep
-        });
+        }
+        Poll::Pending
+    }
+}
+
+/// A callout given up (cancelled, or its stream or VM gone) stops at once.
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        match &self.kind {
+            PendingKind::Call { exchange, .. } => exchange.abort(),
+            PendingKind::Stream { task, .. } => task.abort(),
+        }
     }
 }
 
@@ -490,14 +564,13 @@ impl WasmFilter {
 
     /// Applies what the guest asked for; a reply wins over everything else.
     fn apply(&mut self, intents: Option<Intents>) -> Option<LocalReply> {
-        let intents = intents?;
-        for (token, request) in intents.callouts {
-            match &self.callouts {
-                Some(callouts) => self.pending.push(PendingCall::spawn(callouts, token, request)),
-                None => tracing::warn!(filter = %self.shared.plugin.name, "callout without a callout handle dropped"),
-            }
-        }
-        PendingCall::cancel(&mut self.pending, &intents.cancelled);
+        let mut intents = intents?;
+        PendingCall::start(
+            &mut self.pending,
+            self.callouts.as_ref(),
+            &mut intents,
+            &self.shared.plugin.name,
+        );
         if intents.upstream.is_some() {
             self.upstream = intents.upstream;
         }
@@ -558,20 +631,14 @@ impl WasmFilter {
         }
     }
 
-    /// Delivers a finished callout to the guest, with the paused head visible.
-    fn deliver(
-        &mut self,
-        token: u32,
-        grpc: bool,
-        result: Result<CalloutResponse, CalloutError>,
-        head: Option<&mut Head<'_>>,
-    ) {
+    /// Delivers what a callout has to the guest, with the paused head visible.
+    fn deliver(&mut self, token: u32, arrival: Arrival, head: Option<&mut Head<'_>>) {
         let io = match head {
             Some(Head::Request(parts)) => Io::Request(parts),
             Some(Head::Response(parts)) => Io::Response(parts),
             None => Io::None,
         };
-        let (result, intents) = self.run(io, |vm, ctx| vm.deliver_call(ctx, token, grpc, result));
+        let (result, intents) = self.run(io, |vm, ctx| vm.deliver(ctx, token, arrival));
         if result.is_none() {
             if let FilterAction::Reply(reply) = self.failure() {
                 self.pending_reply = Some(reply);
@@ -591,17 +658,8 @@ impl WasmFilter {
     /// one and go on); their responses reach the guest at its next call, as soon as ready.
     fn deliver_ready(&mut self) {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        while let Some((i, result)) =
-            self.pending.iter_mut().enumerate().find_map(|(i, call)| {
-                match std::pin::Pin::new(&mut call.exchange).poll(&mut cx) {
-                    Poll::Ready(result) => Some((i, result)),
-                    Poll::Pending => None,
-                }
-            })
-        {
-            let call = self.pending.swap_remove(i);
-            let result = result.unwrap_or_else(|_| Err(CalloutError::Timeout));
-            self.deliver(call.token, call.grpc, result, None);
+        while let Poll::Ready((token, arrival)) = PendingCall::poll_any(&mut self.pending, &mut cx) {
+            self.deliver(token, arrival, None);
         }
     }
 }
@@ -798,24 +856,14 @@ impl HttpFilter for WasmFilter {
                     return Poll::Ready(FilterAction::Continue);
                 }
             }
-            let ready = self.pending.iter_mut().enumerate().find_map(|(i, call)| {
-                match std::pin::Pin::new(&mut call.exchange).poll(cx) {
-                    Poll::Ready(result) => Some((i, result)),
-                    Poll::Pending => None,
-                }
-            });
-            match ready {
-                Some((i, result)) => {
-                    let call = self.pending.swap_remove(i);
-                    let result = result.unwrap_or_else(|_| Err(CalloutError::Timeout));
-                    self.deliver(call.token, call.grpc, result, Some(&mut head));
-                }
-                None if self.pending.is_empty() => {
+            match PendingCall::poll_any(&mut self.pending, cx) {
+                Poll::Ready((token, arrival)) => self.deliver(token, arrival, Some(&mut head)),
+                Poll::Pending if self.pending.is_empty() => {
                     // Paused with nothing that could resume it: go on rather than hang.
                     tracing::warn!(filter = %self.shared.plugin.name, "filter paused without a pending callout; continuing");
                     return Poll::Ready(FilterAction::Continue);
                 }
-                None => return Poll::Pending,
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -848,9 +896,7 @@ impl HttpFilter for WasmFilter {
 
 impl Drop for WasmFilter {
     fn drop(&mut self) {
-        for call in self.pending.drain(..) {
-            call.exchange.abort();
-        }
+        self.pending.clear();
         if self.context.is_some() && !self.failed {
             let _ = self.run(Io::None, |vm, ctx| vm.finish_context(ctx, false));
         }
@@ -879,26 +925,16 @@ async fn drive_root(
         // Without a tick period the loop still wakes each second to notice a replaced VM.
         let wake = period.map_or(Duration::from_secs(1), |ms| Duration::from_millis(u64::from(ms)));
         let tick = tokio::time::sleep(wake);
-        let completed = poll_fn(|cx| {
-            for (i, call) in pending.iter_mut().enumerate() {
-                if let Poll::Ready(result) = std::pin::Pin::new(&mut call.exchange).poll(cx) {
-                    return Poll::Ready((i, result));
-                }
-            }
-            Poll::Pending
-        });
+        let arrived = poll_fn(|cx| PendingCall::poll_any(&mut pending, cx));
         enum Event {
             Tick,
             Queue(u32),
-            Callout(
-                usize,
-                Result<Result<CalloutResponse, CalloutError>, tokio::task::JoinError>,
-            ),
+            Callout(u32, Arrival),
         }
         let event = tokio::select! {
             () = tick => Event::Tick,
             Some(id) = queue.recv() => Event::Queue(id),
-            (i, result) = completed => Event::Callout(i, result),
+            (token, arrival) = arrived => Event::Callout(token, arrival),
         };
         if matches!(event, Event::Tick) && period.is_none() {
             continue;
@@ -918,25 +954,16 @@ async fn drive_root(
         let result = match event {
             Event::Tick => vm.tick(),
             Event::Queue(id) => vm.queue_ready(id),
-            Event::Callout(i, result) => {
-                let call = pending.swap_remove(i);
-                let result = result.unwrap_or_else(|_| Err(CalloutError::Timeout));
-                vm.deliver_call(ROOT_CONTEXT, call.token, call.grpc, result)
-            }
+            Event::Callout(token, arrival) => vm.deliver(ROOT_CONTEXT, token, arrival),
         };
         let host = vm.host();
         let callouts = host.callouts.take();
-        let intents = std::mem::take(&mut host.intents);
+        let mut intents = std::mem::take(&mut host.intents);
         if let Err(error) = result {
             state.crash(&shared, worker, &error);
             return;
         }
-        if let Some(callouts) = callouts {
-            for (token, request) in intents.callouts {
-                pending.push(PendingCall::spawn(&callouts, token, request));
-            }
-        }
-        PendingCall::cancel(&mut pending, &intents.cancelled);
+        PendingCall::start(&mut pending, callouts.as_ref(), &mut intents, &shared.plugin.name);
     }
 }
 

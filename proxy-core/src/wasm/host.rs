@@ -189,7 +189,10 @@ pub(crate) struct Intents {
     pub(crate) local_reply: Option<LocalReply>,
     pub(crate) close: bool,
     pub(crate) callouts: Vec<(u32, CalloutRequest)>,
-    /// gRPC calls the guest cancelled (`proxy_grpc_cancel`): dropped, never delivered.
+    /// gRPC streams to open: the request (headers, no body) and the messages the guest sends.
+    pub(crate) streams: Vec<(u32, CalloutRequest, mpsc::UnboundedReceiver<Bytes>)>,
+    /// gRPC calls and streams the guest cancelled (`proxy_grpc_cancel`): dropped, never
+    /// delivered.
     pub(crate) cancelled: Vec<u32>,
     pub(crate) upstream: Option<UpstreamChoice>,
     /// A retry was asked for, after this backoff.
@@ -208,6 +211,7 @@ impl Intents {
             || self.local_reply.is_some()
             || self.close
             || !self.callouts.is_empty()
+            || !self.streams.is_empty()
             || !self.cancelled.is_empty()
             || self.upstream.is_some()
             || self.retry.is_some()
@@ -231,6 +235,8 @@ pub(crate) struct HostState {
     pub(crate) grpc_status: Option<(u32, String)>,
     /// gRPC calls dispatched and not delivered yet, which `proxy_grpc_cancel` may cancel.
     pub(crate) grpc_pending: Vec<u32>,
+    /// Open gRPC streams, with the sender of their messages until closed for sending.
+    pub(crate) grpc_streams: std::collections::HashMap<u32, Option<mpsc::UnboundedSender<Bytes>>>,
     pub(crate) callouts: Option<Arc<Callouts>>,
     pub(crate) intents: Intents,
     pub(crate) next_token: u32,
@@ -291,6 +297,7 @@ impl HostState {
             call_response: None,
             grpc_status: None,
             grpc_pending: Vec::new(),
+            grpc_streams: std::collections::HashMap::new(),
             callouts: None,
             intents: Intents::default(),
             next_token: 0,
@@ -390,25 +397,71 @@ fn read_small(caller: &mut Ctx<'_>, ptr: i32, len: i32, edit: impl Fn(&mut [u8])
 
 /// Hands the host's scratch buffer, filled by `fill` (false: absent, `NotFound`), to the
 /// guest as a value that exists; the buffer is kept for the next call.
-/// Records a callout to send after the hostcall and writes its token to `ret_token`;
-/// `InternalFailure` where no callout may be made (VM startup calls), `refused` for a request
-/// the callouts refuse (unknown cluster, ...).
-fn dispatch(c: &mut Ctx<'_>, request: CalloutRequest, refused: Status, ret_token: i32) -> i32 {
+/// Checks a callout and gives it a token; `InternalFailure` where no callout may be made (VM
+/// startup calls), `refused` for a request the callouts refuse (unknown cluster, ...).
+fn dispatch(c: &mut Ctx<'_>, request: &CalloutRequest, refused: Status) -> Result<u32, Status> {
     let data = &mut c.data_mut().host;
-    let Some(callouts) = data.callouts.as_ref() else {
-        return Status::InternalFailure.code();
-    };
-    if let Err(error) = callouts.validate(&request) {
+    let callouts = data.callouts.as_ref().ok_or(Status::InternalFailure)?;
+    if let Err(error) = callouts.validate(request) {
         tracing::debug!(filter = %data.plugin.name, %error, grpc = request.grpc, "callout refused");
-        return refused.code();
+        return Err(refused);
     }
     data.next_token = data.next_token.wrapping_add(1).max(1);
-    let token = data.next_token;
-    if request.grpc {
-        data.grpc_pending.push(token);
+    Ok(data.next_token)
+}
+
+/// Where a gRPC call or stream goes, as guest (pointer, length) pairs.
+struct GrpcTarget {
+    upstream: (i32, i32),
+    service: (i32, i32),
+    method: (i32, i32),
+    metadata: (i32, i32),
+}
+
+/// The HTTP/2 request a gRPC call or stream travels as (no body yet); `ParseFailure` for
+/// unreadable arguments, an empty service or method or one with `/`, a malformed metadata map
+/// or one with a pseudo-header.
+fn grpc_request(c: &mut Ctx<'_>, target: GrpcTarget, timeout: Option<Duration>) -> Result<CalloutRequest, Status> {
+    let mut text = |(ptr, len)| read_string(c, ptr, len).map_err(|_| Status::ParseFailure);
+    let (cluster, service, method) = (text(target.upstream)?, text(target.service)?, text(target.method)?);
+    let (ptr, len) = target.metadata;
+    let metadata = read(c, ptr, len)
+        .ok()
+        .and_then(|bytes| abi::deserialize_map(&bytes))
+        .ok_or(Status::ParseFailure)?;
+    let bad_name = |name: &str| name.is_empty() || name.contains('/');
+    if bad_name(&service) || bad_name(&method) || metadata.iter().any(|(k, _)| k.starts_with(b":")) {
+        return Err(Status::ParseFailure);
     }
-    data.intents.callouts.push((token, request));
-    status(write_u32(c, ret_token, token))
+    let mut headers: Vec<(String, Vec<u8>)> = vec![
+        (":method".to_owned(), b"POST".to_vec()),
+        (":path".to_owned(), format!("/{service}/{method}").into_bytes()),
+        (":authority".to_owned(), cluster.clone().into_bytes()),
+        (":scheme".to_owned(), b"http".to_vec()),
+        ("content-type".to_owned(), b"application/grpc".to_vec()),
+        ("te".to_owned(), b"trailers".to_vec()),
+    ];
+    if let Some(timeout) = timeout {
+        // At most 8 digits: milliseconds, else whole seconds.
+        let value = match timeout.as_millis() {
+            ms @ ..=99_999_999 => format!("{ms}m"),
+            ms => format!("{}S", ms.div_ceil(1000)),
+        };
+        headers.push(("grpc-timeout".to_owned(), value.into_bytes()));
+    }
+    headers.extend(
+        metadata
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v)),
+    );
+    Ok(CalloutRequest {
+        cluster,
+        headers,
+        body: Bytes::new(),
+        // A stream has none: it lasts until it ends or the request does.
+        timeout: timeout.unwrap_or(Duration::MAX),
+        grpc: true,
+    })
 }
 
 fn give_scratch(
@@ -1036,7 +1089,13 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
                 timeout: Duration::from_millis(u64::from(timeout_ms as u32).max(1)),
                 grpc: false,
             };
-            dispatch(&mut c, request, Status::BadArgument, ret_token)
+            match dispatch(&mut c, &request, Status::BadArgument) {
+                Ok(token) => {
+                    c.data_mut().host.intents.callouts.push((token, request));
+                    status(write_u32(&mut c, ret_token, token))
+                }
+                Err(status) => status.code(),
+            }
         },
     )?;
 
@@ -1058,78 +1117,118 @@ fn proxy_wasm(linker: &mut Linker<VmData>) -> wasmtime::Result<()> {
          timeout_ms: i32,
          ret_token: i32|
          -> i32 {
-            let parsed = (|| {
-                let cluster = read_string(&mut c, upstream_ptr, upstream_len).ok()?;
-                let service = read_string(&mut c, service_ptr, service_len).ok()?;
-                let method = read_string(&mut c, method_ptr, method_len).ok()?;
-                let metadata = abi::deserialize_map(&read(&mut c, metadata_ptr, metadata_len).ok()?)?;
-                let message = read(&mut c, message_ptr, message_len).ok()?;
-                Some((cluster, service, method, metadata, message))
-            })();
-            let Some((cluster, service, method, metadata, message)) = parsed else {
+            let target = GrpcTarget {
+                upstream: (upstream_ptr, upstream_len),
+                service: (service_ptr, service_len),
+                method: (method_ptr, method_len),
+                metadata: (metadata_ptr, metadata_len),
+            };
+            let Ok(message) = read(&mut c, message_ptr, message_len) else {
                 return Status::ParseFailure.code();
             };
-            // Metadata cannot replace the request's pseudo-headers.
-            let bad_name = |name: &str| name.is_empty() || name.contains('/');
-            if bad_name(&service) || bad_name(&method) || metadata.iter().any(|(k, _)| k.starts_with(b":")) {
-                return Status::ParseFailure.code();
-            }
             let timeout = Duration::from_millis(u64::from(timeout_ms as u32).max(1));
-            // At most 8 digits: milliseconds, else whole seconds.
-            let grpc_timeout = match timeout.as_millis() {
-                ms @ ..=99_999_999 => format!("{ms}m"),
-                ms => format!("{}S", ms.div_ceil(1000)),
+            let request = match grpc_request(&mut c, target, Some(timeout)) {
+                Ok(mut request) => {
+                    request.body = crate::callout::grpc_frame(&message);
+                    request
+                }
+                Err(status) => return status.code(),
             };
-            let mut headers: Vec<(String, Vec<u8>)> = vec![
-                (":method".to_owned(), b"POST".to_vec()),
-                (":path".to_owned(), format!("/{service}/{method}").into_bytes()),
-                (":authority".to_owned(), cluster.clone().into_bytes()),
-                (":scheme".to_owned(), b"http".to_vec()),
-                ("content-type".to_owned(), b"application/grpc".to_vec()),
-                ("te".to_owned(), b"trailers".to_vec()),
-                ("grpc-timeout".to_owned(), grpc_timeout.into_bytes()),
-            ];
-            headers.extend(
-                metadata
-                    .into_iter()
-                    .map(|(k, v)| (String::from_utf8_lossy(&k).to_ascii_lowercase(), v)),
-            );
-            let request = CalloutRequest {
-                cluster,
-                headers,
-                body: crate::callout::grpc_frame(&message),
-                timeout,
-                grpc: true,
-            };
-            dispatch(&mut c, request, Status::InternalFailure, ret_token)
+            match dispatch(&mut c, &request, Status::InternalFailure) {
+                Ok(token) => {
+                    let data = &mut c.data_mut().host;
+                    data.grpc_pending.push(token);
+                    data.intents.callouts.push((token, request));
+                    status(write_u32(&mut c, ret_token, token))
+                }
+                Err(status) => status.code(),
+            }
         },
     )?;
     linker.func_wrap(
         ENV,
         "proxy_grpc_stream",
-        |_c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            Status::InternalFailure.code()
+        |mut c: Ctx<'_>,
+         upstream_ptr: i32,
+         upstream_len: i32,
+         service_ptr: i32,
+         service_len: i32,
+         method_ptr: i32,
+         method_len: i32,
+         metadata_ptr: i32,
+         metadata_len: i32,
+         ret_token: i32|
+         -> i32 {
+            let target = GrpcTarget {
+                upstream: (upstream_ptr, upstream_len),
+                service: (service_ptr, service_len),
+                method: (method_ptr, method_len),
+                metadata: (metadata_ptr, metadata_len),
+            };
+            let request = match grpc_request(&mut c, target, None) {
+                Ok(request) => request,
+                Err(status) => return status.code(),
+            };
+            match dispatch(&mut c, &request, Status::InternalFailure) {
+                Ok(token) => {
+                    let (messages, outgoing) = mpsc::unbounded_channel();
+                    let data = &mut c.data_mut().host;
+                    data.grpc_streams.insert(token, Some(messages));
+                    data.intents.streams.push((token, request, outgoing));
+                    status(write_u32(&mut c, ret_token, token))
+                }
+                Err(status) => status.code(),
+            }
         },
     )?;
     linker.func_wrap(
         ENV,
         "proxy_grpc_send",
-        |_c: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| -> i32 { Status::NotFound.code() },
+        |mut c: Ctx<'_>, token: i32, message_ptr: i32, message_len: i32, end_stream: i32| -> i32 {
+            let message = match read(&mut c, message_ptr, message_len) {
+                Ok(message) => message,
+                Err(status) => return status.code(),
+            };
+            match c.data_mut().host.grpc_streams.get_mut(&(token as u32)) {
+                None => Status::NotFound.code(),
+                // Closed for sending (`end_stream` or `proxy_grpc_close`).
+                Some(None) => Status::BadArgument.code(),
+                Some(open) => {
+                    if let Some(messages) = open.as_ref() {
+                        // The stream may have ended meanwhile: its end is delivered anyway.
+                        let _ = messages.send(crate::callout::grpc_frame(&message));
+                    }
+                    if end_stream != 0 {
+                        *open = None;
+                    }
+                    Status::Ok.code()
+                }
+            }
+        },
     )?;
     linker.func_wrap(ENV, "proxy_grpc_cancel", |mut c: Ctx<'_>, token: i32| -> i32 {
         let data = &mut c.data_mut().host;
         let token = token as u32;
-        match data.grpc_pending.iter().position(|t| *t == token) {
-            Some(i) => {
-                data.grpc_pending.swap_remove(i);
-                data.intents.cancelled.push(token);
+        let call = data.grpc_pending.iter().position(|t| *t == token);
+        if let Some(i) = call {
+            data.grpc_pending.swap_remove(i);
+        }
+        if call.is_some() || data.grpc_streams.remove(&token).is_some() {
+            data.intents.cancelled.push(token);
+            Status::Ok.code()
+        } else {
+            Status::NotFound.code()
+        }
+    })?;
+    // Closes a stream for sending; its responses still come.
+    linker.func_wrap(ENV, "proxy_grpc_close", |mut c: Ctx<'_>, token: i32| -> i32 {
+        match c.data_mut().host.grpc_streams.get_mut(&(token as u32)) {
+            Some(open) => {
+                *open = None;
                 Status::Ok.code()
             }
             None => Status::NotFound.code(),
         }
-    })?;
-    linker.func_wrap(ENV, "proxy_grpc_close", |_c: Ctx<'_>, _: i32| -> i32 {
-        Status::NotFound.code()
     })?;
     linker.func_wrap(
         ENV,

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use wasmtime::{ResourceLimiter, Store, Trap, TypedFunc};
 
+use super::filter::Arrival;
 use super::host::{HostState, Plugin};
 use super::runtime::{LoadedModule, WasmRuntime};
-use crate::callout::{CalloutError, CalloutResponse, GrpcOutcome};
+use crate::callout::{CalloutError, CalloutResponse, GrpcOutcome, StreamEvent};
 
 /// The root context's id in every VM.
 pub(crate) const ROOT_CONTEXT: i32 = 1;
@@ -79,7 +80,9 @@ struct Exports {
     on_response_headers: Option<F3<i32>>,
     on_response_body: Option<F3<i32>>,
     on_http_call_response: Option<F5<()>>,
+    on_grpc_receive_initial_metadata: Option<F3<()>>,
     on_grpc_receive: Option<F3<()>>,
+    on_grpc_receive_trailing_metadata: Option<F3<()>>,
     on_grpc_close: Option<F3<()>>,
     on_log: Option<F1<()>>,
     on_done: Option<F1<i32>>,
@@ -159,7 +162,9 @@ impl Vm {
             on_response_headers: typed!("proxy_on_response_headers"),
             on_response_body: typed!("proxy_on_response_body"),
             on_http_call_response: typed!("proxy_on_http_call_response"),
+            on_grpc_receive_initial_metadata: typed!("proxy_on_grpc_receive_initial_metadata"),
             on_grpc_receive: typed!("proxy_on_grpc_receive"),
+            on_grpc_receive_trailing_metadata: typed!("proxy_on_grpc_receive_trailing_metadata"),
             on_grpc_close: typed!("proxy_on_grpc_close"),
             on_log: typed!("proxy_on_log"),
             on_done: typed!("proxy_on_done"),
@@ -289,11 +294,75 @@ impl Vm {
         result.map(Option::unwrap_or_default).map_err(|e| self.classify(e))
     }
 
+    /// Delivers what a callout has for `context`: a finished call, or a stream's next event.
+    pub(crate) fn deliver(&mut self, context: i32, token: u32, arrival: Arrival) -> Result<(), VmError> {
+        match arrival {
+            Arrival::Call { grpc, result } => self.deliver_call(context, token, grpc, result),
+            Arrival::Stream(event) => self.deliver_stream(context, token, event),
+        }
+    }
+
+    /// Delivers a gRPC stream's event, readable during the call: its initial metadata to
+    /// `on_grpc_receive_initial_metadata`, each message to `on_grpc_receive`, and its end to
+    /// `on_grpc_receive_trailing_metadata` (when there is any) then `on_grpc_close` with the
+    /// status (`proxy_get_status`).
+    fn deliver_stream(&mut self, context: i32, token: u32, event: StreamEvent) -> Result<(), VmError> {
+        let ticks = self.deadline_ticks;
+        let host = self.host();
+        host.grpc_status = Some((0, String::new()));
+        let result = match event {
+            StreamEvent::Headers(headers) => {
+                let args = (context, token as i32, headers.len() as i32);
+                host.call_response = Some(CalloutResponse {
+                    headers,
+                    ..CalloutResponse::default()
+                });
+                let export = self.exports.on_grpc_receive_initial_metadata.as_ref();
+                run(&mut self.store, ticks, export, args)
+            }
+            StreamEvent::Message(body) => {
+                let args = (context, token as i32, body.len() as i32);
+                host.call_response = Some(CalloutResponse {
+                    body,
+                    ..CalloutResponse::default()
+                });
+                run(&mut self.store, ticks, self.exports.on_grpc_receive.as_ref(), args)
+            }
+            StreamEvent::End(outcome) => {
+                host.grpc_streams.remove(&token);
+                let (status, trailers) = (outcome.status, outcome.response.trailers.len());
+                host.call_response = Some(outcome.response);
+                host.grpc_status = Some((outcome.status, outcome.message));
+                let exports = &self.exports;
+                let trailing = match trailers {
+                    0 => Ok(None),
+                    n => {
+                        let args = (context, token as i32, n as i32);
+                        run(
+                            &mut self.store,
+                            ticks,
+                            exports.on_grpc_receive_trailing_metadata.as_ref(),
+                            args,
+                        )
+                    }
+                };
+                trailing.and_then(|_| {
+                    let args = (context, token as i32, status as i32);
+                    run(&mut self.store, ticks, exports.on_grpc_close.as_ref(), args)
+                })
+            }
+        };
+        let host = self.host();
+        host.call_response = None;
+        host.grpc_status = None;
+        result.map(|_| ()).map_err(|e| self.classify(e))
+    }
+
     /// Delivers a finished callout to `context`, its response readable during the call: an
     /// HTTP call's to `on_http_call_response` (a failed one as zero headers, zero body); a
     /// gRPC call's message to `on_grpc_receive` when its status is OK, else its status
     /// (`proxy_get_status`) to `on_grpc_close`, as Envoy does for unary calls.
-    pub(crate) fn deliver_call(
+    fn deliver_call(
         &mut self,
         context: i32,
         token: u32,

@@ -566,3 +566,41 @@ async fn a_filter_calls_the_service_and_reads_its_message_status_and_metadata() 
     assert!(r.body.starts_with("14 "), "{}", r.body);
     server.abort();
 }
+
+#[tokio::test]
+async fn a_filter_streams_from_the_service_and_reads_each_message_and_the_end() {
+    let (grpc, _state, server) = echo_service().await;
+    let app = echo("app").await;
+    let config = format!("{{ cluster: grpc, grpc_service: {SERVICE}, grpc_method: Count, grpc_stream: true }}");
+    let filters = wasm_filter("authz", "test_callout", &config, "fail_closed");
+    let clusters = format!("  - {{ name: grpc, protocol: http2, endpoints: [{{ address: \"{grpc}\" }}] }}\n");
+    let proxy = start_proxy(&with_filters(&filters, &endpoints(&[app.addr]), &clusters), 1);
+    let r = H1::connect(proxy.listener_addr("main").expect("listener"))
+        .await
+        .get("svc", "/", &[("x-user", "bo")])
+        .await;
+    assert_eq!(r.status, http::StatusCode::OK, "{r:?}");
+    let header = |name: &str| {
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // Each message as it came, the initial metadata, the trailing metadata and the status.
+    let replies: Vec<(String, u32)> = header("x-stream-replies")
+        .split(',')
+        .map(|hex| {
+            let reply = <EchoReply as prost::Message>::decode(&unhex(hex)[..]).expect("an EchoReply");
+            (reply.message, reply.index)
+        })
+        .collect();
+    assert_eq!(
+        replies,
+        [("bo-0".to_owned(), 0), ("bo-1".to_owned(), 1), ("bo-2".to_owned(), 2)]
+    );
+    assert_eq!(header("x-stream-metadata"), "count");
+    assert_eq!(header("x-stream-total"), "3");
+    assert_eq!(header("x-stream-status"), "0");
+    server.abort();
+}

@@ -24,6 +24,12 @@
 //!   `x-served-by: <initial metadata x-served-by, or "">`, and resume the request.
 //! - another status: local reply 403 with header `x-grpc-status: <code>`, body
 //!   `<code> <status message>\n`.
+//!
+//! With `"grpc_stream": true` as well, a gRPC stream instead: `open_grpc_stream` with the same
+//! metadata, one message (field 1 the `x-user`, field 2 the count 3) sent with `end_stream`,
+//! and Pause. As it ends, the request resumes with headers `x-stream-replies: <hex of each
+//! message, comma-separated>`, `x-stream-metadata: <initial metadata x-stream>`,
+//! `x-stream-total: <trailing metadata x-total>` and `x-stream-status: <status>`.
 
 use std::time::Duration;
 
@@ -51,12 +57,14 @@ struct Config {
     /// (service, method) of a unary gRPC call, instead of the HTTP callout.
     grpc: Option<(String, String)>,
     grpc_cancel: bool,
+    /// A gRPC stream to (service, method) instead of a call.
+    grpc_stream: bool,
 }
 
 fn parse_config(config: &[u8]) -> Result<Config, String> {
     let mut cluster = None;
     let mut timeout_ms = DEFAULT_TIMEOUT_MS;
-    let (mut service, mut method, mut grpc_cancel) = (None, None, false);
+    let (mut service, mut method, mut grpc_cancel, mut grpc_stream) = (None, None, false, false);
     for (key, value) in flat_json::parse_object(config)? {
         match key.as_str() {
             "grpc_service" | "grpc_method" => match value {
@@ -69,9 +77,10 @@ fn parse_config(config: &[u8]) -> Result<Config, String> {
                 }
                 _ => return Err(format!("\"{key}\" must be a non-empty string")),
             },
-            "grpc_cancel" => match value {
-                flat_json::Value::Bool(b) => grpc_cancel = b,
-                _ => return Err("\"grpc_cancel\" must be a boolean".to_string()),
+            "grpc_cancel" | "grpc_stream" => match value {
+                flat_json::Value::Bool(b) if key == "grpc_cancel" => grpc_cancel = b,
+                flat_json::Value::Bool(b) => grpc_stream = b,
+                _ => return Err(format!("\"{key}\" must be a boolean")),
             },
             "cluster" => match value {
                 flat_json::Value::Str(s) if !s.is_empty() => cluster = Some(s),
@@ -94,6 +103,7 @@ fn parse_config(config: &[u8]) -> Result<Config, String> {
         timeout: Duration::from_millis(timeout_ms),
         grpc,
         grpc_cancel,
+        grpc_stream,
     })
 }
 
@@ -125,6 +135,7 @@ impl RootContext for CalloutRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Callout {
             config: self.config.clone(),
+            stream: StreamSeen::default(),
         }))
     }
 }
@@ -132,13 +143,26 @@ impl RootContext for CalloutRoot {
 struct Callout {
     /// `None` only if the host created a stream without a successful `on_configure`.
     config: Option<Config>,
+    stream: StreamSeen,
+}
+
+/// What a gRPC stream delivered so far.
+#[derive(Default)]
+struct StreamSeen {
+    replies: Vec<String>,
+    metadata: String,
+    total: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Context for Callout {
     fn on_grpc_call_response(&mut self, _token_id: u32, status_code: u32, response_size: usize) {
         if status_code == 0 {
             let message = self.get_grpc_call_response_body(0, response_size).unwrap_or_default();
-            let hex: String = message.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = hex(&message);
             let served_by = self
                 .get_grpc_stream_initial_metadata_value("x-served-by")
                 .map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -152,6 +176,35 @@ impl Context for Callout {
             let code = code.to_string();
             self.send_http_response(403, vec![("x-grpc-status", &code)], Some(body.as_bytes()));
         }
+    }
+
+    fn on_grpc_stream_initial_metadata(&mut self, _token_id: u32, _num_elements: u32) {
+        let value = self
+            .get_grpc_stream_initial_metadata_value("x-stream")
+            .unwrap_or_default();
+        self.stream.metadata = String::from_utf8_lossy(&value).into_owned();
+    }
+
+    fn on_grpc_stream_message(&mut self, _token_id: u32, message_size: usize) {
+        let message = self.get_grpc_stream_message(0, message_size).unwrap_or_default();
+        self.stream.replies.push(hex(&message));
+    }
+
+    fn on_grpc_stream_trailing_metadata(&mut self, _token_id: u32, _num_elements: u32) {
+        let value = self
+            .get_grpc_stream_trailing_metadata_value("x-total")
+            .unwrap_or_default();
+        self.stream.total = String::from_utf8_lossy(&value).into_owned();
+    }
+
+    fn on_grpc_stream_close(&mut self, _token_id: u32, status_code: u32) {
+        let replies = self.stream.replies.join(",");
+        let (metadata, total) = (self.stream.metadata.clone(), self.stream.total.clone());
+        self.add_http_request_header("x-stream-replies", &replies);
+        self.add_http_request_header("x-stream-metadata", &metadata);
+        self.add_http_request_header("x-stream-total", &total);
+        self.add_http_request_header("x-stream-status", &status_code.to_string());
+        self.resume_http_request();
     }
 
     fn on_http_call_response(&mut self, _token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
@@ -185,6 +238,17 @@ impl HttpContext for Callout {
             let mut message = vec![0x0a, user.len().min(127) as u8];
             message.extend_from_slice(&user.as_bytes()[..user.len().min(127)]);
             let metadata = vec![("x-tenant", user.as_bytes())];
+            if config.grpc_stream {
+                message.extend_from_slice(&[0x10, 3]);
+                match self.open_grpc_stream(&config.cluster, service, method, metadata) {
+                    Ok(token) => self.send_grpc_stream_message(token, Some(&message), true),
+                    Err(status) => {
+                        warn!("test_callout: gRPC stream to {:?} failed: {status:?}", config.cluster);
+                        self.send_http_response(500, vec![], Some(b"callout dispatch failed\n"));
+                    }
+                }
+                return Action::Pause;
+            }
             match self.dispatch_grpc_call(
                 &config.cluster,
                 service,
