@@ -602,5 +602,23 @@ async fn a_filter_streams_from_the_service_and_reads_each_message_and_the_end() 
     assert_eq!(header("x-stream-metadata"), "count");
     assert_eq!(header("x-stream-total"), "3");
     assert_eq!(header("x-stream-status"), "0");
+
+    // A stream the service ends with an error after two messages: both, then its status.
+    let r = H1::connect(proxy.listener_addr("main").expect("listener"))
+        .await
+        .get("svc", "/", &[("x-user", "bo"), ("x-fail-after", "2")])
+        .await;
+    assert_eq!(r.status, http::StatusCode::OK, "{r:?}");
+    let header = |name: &str| {
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(header("x-stream-replies").split(',').count(), 2, "{}", r.body);
+    assert_eq!(header("x-stream-status"), "8", "RESOURCE_EXHAUSTED: {}", r.body);
+    assert_eq!(header("x-stream-message"), "quota used up after 2");
+    assert_eq!(header("x-stream-total"), "");
     server.abort();
 }

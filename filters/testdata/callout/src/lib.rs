@@ -26,10 +26,11 @@
 //!   `<code> <status message>\n`.
 //!
 //! With `"grpc_stream": true` as well, a gRPC stream instead: `open_grpc_stream` with the same
-//! metadata, one message (field 1 the `x-user`, field 2 the count 3) sent with `end_stream`,
-//! and Pause. As it ends, the request resumes with headers `x-stream-replies: <hex of each
-//! message, comma-separated>`, `x-stream-metadata: <initial metadata x-stream>`,
-//! `x-stream-total: <trailing metadata x-total>` and `x-stream-status: <status>`.
+//! metadata, one message (field 1 the `x-user`, field 2 the count 3, and field 3 the request's
+//! `x-fail-after` when it is a number) sent with `end_stream`, and Pause. As it ends, the
+//! request resumes with headers `x-stream-replies: <hex of each message, comma-separated>`,
+//! `x-stream-metadata: <initial metadata x-stream>`, `x-stream-total: <trailing metadata
+//! x-total>`, `x-stream-status: <status>` and `x-stream-message: <status message>`.
 
 use std::time::Duration;
 
@@ -204,6 +205,8 @@ impl Context for Callout {
         self.add_http_request_header("x-stream-metadata", &metadata);
         self.add_http_request_header("x-stream-total", &total);
         self.add_http_request_header("x-stream-status", &status_code.to_string());
+        let (_, message) = self.get_grpc_status();
+        self.add_http_request_header("x-stream-message", &message.unwrap_or_default());
         self.resume_http_request();
     }
 
@@ -240,6 +243,12 @@ impl HttpContext for Callout {
             let metadata = vec![("x-tenant", user.as_bytes())];
             if config.grpc_stream {
                 message.extend_from_slice(&[0x10, 3]);
+                let fail_after = self
+                    .get_http_request_header("x-fail-after")
+                    .and_then(|v| v.parse::<u8>().ok());
+                if let Some(n) = fail_after.filter(|n| *n < 128) {
+                    message.extend_from_slice(&[0x18, n]);
+                }
                 match self.open_grpc_stream(&config.cluster, service, method, metadata) {
                     Ok(token) => self.send_grpc_stream_message(token, Some(&message), true),
                     Err(status) => {
