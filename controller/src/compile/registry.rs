@@ -87,15 +87,6 @@ impl HostEntry {
             None => vec![self.fqdn.clone()],
         }
     }
-
-    pub(crate) fn port(&self, number: u16) -> Option<&HostPort> {
-        self.ports.iter().find(|p| p.number == number)
-    }
-
-    /// The TLS port `number`.
-    pub(crate) fn tls_port(&self, number: u16) -> Option<&HostPort> {
-        self.tls_ports.iter().find(|p| p.number == number)
-    }
 }
 
 /// What a Service or ServiceEntry port carries.

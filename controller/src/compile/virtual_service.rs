@@ -53,6 +53,32 @@ pub(crate) struct CompiledVs {
     pub(crate) tls_routes: Vec<VsTlsRoute>,
 }
 
+/// Which ports of a host a destination may name.
+#[derive(Debug, Clone, Copy)]
+enum PortUse {
+    /// HTTP routes: the host's HTTP ports.
+    Http,
+    /// TLS routes: its TLS ports (`tls`, `https`).
+    Tls,
+}
+
+impl PortUse {
+    fn name(self) -> &'static str {
+        match self {
+            PortUse::Http => "HTTP",
+            PortUse::Tls => "TLS",
+        }
+    }
+
+    /// What a dangling destination does to traffic.
+    fn when_dangling(self) -> &'static str {
+        match self {
+            PortUse::Http => "requests to this destination get 503",
+            PortUse::Tls => "connections to this destination are closed",
+        }
+    }
+}
+
 /// A compiled TLS route.
 #[derive(Debug)]
 pub(crate) struct VsTlsRoute {
@@ -366,7 +392,13 @@ impl Compiler<'_> {
                     "TLS routes have no headers to change; ignored",
                 );
             }
-            let cluster = self.tls_destination(&d.destination, &format!("{field}.destination"), namespace, at);
+            let cluster = self.destination(
+                &d.destination,
+                &format!("{field}.destination"),
+                namespace,
+                at,
+                PortUse::Tls,
+            );
             let weight = self.weight(d.weight, &field, at);
             destinations.push((cluster, weight));
         }
@@ -412,64 +444,6 @@ impl Compiler<'_> {
             )),
             Some(_) => None,
         }
-    }
-
-    /// The cluster of a TLS route's destination: a TLS port (`tls`, `https`) of a Service or
-    /// ServiceEntry. A dangling one gets an empty cluster (connections are closed) and an
-    /// error.
-    fn tls_destination(
-        &mut self,
-        destination: &resources::Destination,
-        field: &str,
-        namespace: &str,
-        at: &ResourceRef<'_>,
-    ) -> String {
-        let host = names::resolve_host(&destination.host, namespace, |h| self.registry.is_service(h));
-        let subset = destination.subset.clone().unwrap_or_default();
-        let wanted_port = destination.port.map(|p| p.number);
-        let dangling = |this: &mut Self, port: Option<u16>, path: &str, problem: String| {
-            this.error(
-                at,
-                format!("{field}{path}"),
-                format!("{problem}; connections to this destination are closed"),
-            );
-            let name = names::outbound_cluster(port, &subset, &host);
-            this.dangling(name.clone());
-            name
-        };
-        let Some(index) = self.registry.host_index(&host) else {
-            return dangling(
-                self,
-                wanted_port,
-                ".host",
-                format!("no Service or ServiceEntry has host {host}"),
-            );
-        };
-        let entry = &self.registry.hosts[index];
-        let port = match (wanted_port, entry.tls_ports.as_slice()) {
-            (Some(port), _) if entry.tls_port(port).is_some() => port,
-            (Some(port), _) => {
-                let problem = format!("host {host} has no TLS port {port} (a port named or declared tls or https)");
-                return dangling(self, Some(port), ".port.number", problem);
-            }
-            (None, [only]) => only.number,
-            (None, []) => {
-                let problem = format!("host {host} has no TLS port (a port named or declared tls or https)");
-                return dangling(self, None, ".host", problem);
-            }
-            (None, _) => {
-                return dangling(
-                    self,
-                    None,
-                    ".port",
-                    format!("host {host} has several TLS ports; give one"),
-                );
-            }
-        };
-        if let Some(problem) = self.subset_problem(index, &host, &subset) {
-            return dangling(self, Some(port), ".subset", problem);
-        }
-        names::outbound_cluster(Some(port), &subset, &host)
     }
 
     fn contexts(&mut self, gateways: &[String], namespace: &str, at: &ResourceRef<'_>, field: &str) -> Vec<Context> {
@@ -803,7 +777,13 @@ impl Compiler<'_> {
             .enumerate()
             .map(|(j, d)| {
                 let field = format!("{field}.route[{j}]");
-                let cluster = self.destination(&d.destination, &format!("{field}.destination"), namespace, at);
+                let cluster = self.destination(
+                    &d.destination,
+                    &format!("{field}.destination"),
+                    namespace,
+                    at,
+                    PortUse::Http,
+                );
                 let weight = self.weight(d.weight, &field, at);
                 RouterDestination {
                     destination: RouterCluster { cluster },
@@ -828,76 +808,69 @@ impl Compiler<'_> {
         out
     }
 
-    /// The cluster of a destination; a dangling one gets an empty cluster (503) and an error.
+    /// The cluster of a destination: a port of `used`'s kind of its host. A dangling one gets
+    /// an empty cluster (requests get 503, connections are closed) and an error.
     fn destination(
         &mut self,
         destination: &resources::Destination,
         field: &str,
         namespace: &str,
         at: &ResourceRef<'_>,
+        used: PortUse,
     ) -> String {
         let host = names::resolve_host(&destination.host, namespace, |h| self.registry.is_service(h));
         let subset = destination.subset.clone().unwrap_or_default();
         let wanted_port = destination.port.map(|p| p.number);
-        let Some(index) = self.registry.host_index(&host) else {
-            let name = names::outbound_cluster(wanted_port, &subset, &host);
-            self.error(
+        let dangling = |this: &mut Self, port: Option<u16>, path: &str, problem: String| {
+            this.error(
                 at,
-                format!("{field}.host"),
-                format!("no Service or ServiceEntry has host {host}; requests to this destination get 503"),
+                format!("{field}{path}"),
+                format!("{problem}; {}", used.when_dangling()),
             );
-            self.dangling(name.clone());
-            return name;
+            let name = names::outbound_cluster(port, &subset, &host);
+            this.dangling(name.clone());
+            name
+        };
+        let Some(index) = self.registry.host_index(&host) else {
+            let problem = format!("no Service or ServiceEntry has host {host}");
+            return dangling(self, wanted_port, ".host", problem);
         };
         let entry = &self.registry.hosts[index];
-        let port = match wanted_port {
-            Some(port) if entry.port(port).is_some() => port,
-            Some(port) => {
-                self.error(
-                    at,
-                    format!("{field}.port.number"),
-                    format!("host {host} has no HTTP port {port}; requests to this destination get 503"),
+        let ports: Vec<u16> = match used {
+            PortUse::Http => &entry.ports,
+            PortUse::Tls => &entry.tls_ports,
+        }
+        .iter()
+        .map(|p| p.number)
+        .collect();
+        let kind = used.name();
+        let port = match (wanted_port, ports.as_slice()) {
+            (Some(port), _) if ports.contains(&port) => port,
+            (Some(port), _) => {
+                return dangling(
+                    self,
+                    Some(port),
+                    ".port.number",
+                    format!("host {host} has no {kind} port {port}"),
                 );
-                let name = names::outbound_cluster(Some(port), &subset, &host);
-                self.dangling(name.clone());
-                return name;
             }
-            None => match entry.ports.as_slice() {
-                [] => {
-                    self.error(
-                        at,
-                        format!("{field}.host"),
-                        format!("host {host} has no HTTP port; requests to this destination get 503"),
-                    );
-                    let name = names::outbound_cluster(None, &subset, &host);
-                    self.dangling(name.clone());
-                    return name;
-                }
-                [only] => only.number,
-                [first, ..] => {
-                    let ports: Vec<String> = entry.ports.iter().map(|p| p.number.to_string()).collect();
-                    self.warning(
-                        at,
-                        format!("{field}.port"),
-                        format!(
-                            "host {host} has several ports ({}); give one: port {} is used",
-                            ports.join(", "),
-                            first.number
-                        ),
-                    );
-                    first.number
-                }
-            },
+            (None, []) => return dangling(self, None, ".host", format!("host {host} has no {kind} port")),
+            (None, [only]) => *only,
+            (None, [first, ..]) => {
+                let listed: Vec<String> = ports.iter().map(u16::to_string).collect();
+                self.warning(
+                    at,
+                    format!("{field}.port"),
+                    format!(
+                        "host {host} has several ports ({}); give one: port {first} is used",
+                        listed.join(", ")
+                    ),
+                );
+                *first
+            }
         };
         if let Some(problem) = self.subset_problem(index, &host, &subset) {
-            self.error(
-                at,
-                format!("{field}.subset"),
-                format!("{problem}; requests to this destination get 503"),
-            );
-            let name = names::outbound_cluster(Some(port), &subset, &host);
-            self.dangling(name.clone());
-            return name;
+            return dangling(self, Some(port), ".subset", problem);
         }
         names::outbound_cluster(Some(port), &subset, &host)
     }
