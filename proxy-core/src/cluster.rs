@@ -14,7 +14,7 @@ use crate::stats::{ClusterGauges, ClusterStats, Stats};
 use crate::tls::ClientFiles;
 
 pub(crate) mod health;
-mod lb;
+pub(crate) mod lb;
 
 pub(crate) use lb::LbSet;
 

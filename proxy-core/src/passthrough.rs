@@ -30,9 +30,8 @@ pub(crate) struct SniTable {
 }
 
 struct SniRoute {
+    /// At least one weighs more than 0 (validation).
     destinations: Vec<Destination>,
-    /// Sum of the destinations' weights (more than 0: validation).
-    total_weight: u64,
 }
 
 struct Destination {
@@ -79,11 +78,7 @@ impl SniTable {
                     weight: destination.weight,
                 });
             }
-            let total_weight = destinations.iter().map(|d| u64::from(d.weight)).sum();
-            routes.push(SniRoute {
-                destinations,
-                total_weight,
-            });
+            routes.push(SniRoute { destinations });
         }
         Ok(Self { names, routes })
     }
@@ -108,19 +103,10 @@ impl SniTable {
 impl SniRoute {
     /// A destination, chosen by weight.
     fn choose(&self) -> Option<&Destination> {
-        if self.destinations.len() == 1 {
-            return self.destinations.first();
+        match self.destinations.as_slice() {
+            [only] => Some(only),
+            all => crate::cluster::lb::weighted_choice(all.iter(), |d| d.weight),
         }
-        let mut point = fastrand::u64(0..self.total_weight.max(1));
-        self.destinations.iter().find(|d| {
-            let weight = u64::from(d.weight);
-            if point < weight {
-                true
-            } else {
-                point -= weight;
-                false
-            }
-        })
     }
 }
 

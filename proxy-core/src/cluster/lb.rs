@@ -107,20 +107,7 @@ impl LbSet {
     /// Weighted random choice among available members, other than `except`.
     fn random_except(&self, now: u64, except: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         let eligible = |e: &&Arc<Endpoint>| e.is_available(now) && except.is_none_or(|x| !Arc::ptr_eq(x, e));
-        let total: u64 = self.members.iter().filter(eligible).map(|e| u64::from(e.weight)).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut point = fastrand::u64(0..total);
-        self.members.iter().filter(eligible).find(|e| {
-            let w = u64::from(e.weight);
-            if point < w {
-                true
-            } else {
-                point -= w;
-                false
-            }
-        })
+        weighted_choice(self.members.iter().filter(eligible), |e| e.weight)
     }
 
     fn least_request(&self, now: u64) -> Option<&Arc<Endpoint>> {
@@ -220,6 +207,24 @@ fn smooth_wrr(members: &[Arc<Endpoint>]) -> Vec<u32> {
 
 fn gcd(a: i64, b: i64) -> i64 {
     if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// One of `items`, chosen at random in proportion to `weight`; `None` when they weigh nothing.
+pub(crate) fn weighted_choice<T>(items: impl Iterator<Item = T> + Clone, weight: impl Fn(&T) -> u32) -> Option<T> {
+    let total: u64 = items.clone().map(|item| u64::from(weight(&item))).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = fastrand::u64(0..total);
+    items.into_iter().find(|item| {
+        let w = u64::from(weight(item));
+        if point < w {
+            true
+        } else {
+            point -= w;
+            false
+        }
+    })
 }
 
 #[cfg(test)]
