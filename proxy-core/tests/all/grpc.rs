@@ -495,12 +495,23 @@ async fn request_metadata_reaches_the_server() {
 
 // ---- A filter's gRPC callouts to the service. ----
 
-/// The hex the `test_callout` filter writes into `x-authz`, back to bytes.
-fn unhex(hex: &str) -> Vec<u8> {
-    (0..hex.len())
+/// A request header as the `echo` upstream wrote it back (`name: value` lines); empty when
+/// absent.
+fn echoed<'a>(reply: &'a Reply, name: &str) -> &'a str {
+    reply
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .unwrap_or_default()
+}
+
+/// An `EchoReply` from the hex the `test_callout` filter writes.
+fn echo_reply(hex: &str) -> EchoReply {
+    let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-        .collect()
+        .collect();
+    <EchoReply as prost::Message>::decode(&bytes[..]).expect("an EchoReply")
 }
 
 #[tokio::test]
@@ -527,14 +538,9 @@ async fn a_filter_calls_the_service_and_reads_its_message_status_and_metadata() 
     // OK: the reply message (the request's metadata echoed in it) and its initial metadata.
     let r = client.get("svc", "/", &[("x-user", "alice")]).await;
     assert_eq!(r.status, http::StatusCode::OK, "{r:?}");
-    let hex = r
-        .body
-        .lines()
-        .find_map(|l| l.strip_prefix("x-authz: "))
-        .expect("x-authz");
-    let reply = <EchoReply as prost::Message>::decode(&unhex(hex)[..]).expect("an EchoReply");
+    let reply = echo_reply(echoed(&r, "x-authz"));
     assert_eq!((reply.message.as_str(), reply.tenant.as_str()), ("alice", "alice"));
-    assert!(r.body.contains("x-served-by: echo"), "{}", r.body);
+    assert_eq!(echoed(&r, "x-served-by"), "echo", "{}", r.body);
 
     // NOT_FOUND: the status, and its message as the service wrote it (percent-decoded).
     let r = client.get("svc", "/", &[("x-user", MISSING)]).await;
@@ -580,18 +586,12 @@ async fn a_filter_streams_from_the_service_and_reads_each_message_and_the_end() 
         .get("svc", "/", &[("x-user", "bo")])
         .await;
     assert_eq!(r.status, http::StatusCode::OK, "{r:?}");
-    let header = |name: &str| {
-        r.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let header = |name| echoed(&r, name);
     // Each message as it came, the initial metadata, the trailing metadata and the status.
     let replies: Vec<(String, u32)> = header("x-stream-replies")
         .split(',')
         .map(|hex| {
-            let reply = <EchoReply as prost::Message>::decode(&unhex(hex)[..]).expect("an EchoReply");
+            let reply = echo_reply(hex);
             (reply.message, reply.index)
         })
         .collect();
@@ -609,13 +609,7 @@ async fn a_filter_streams_from_the_service_and_reads_each_message_and_the_end() 
         .get("svc", "/", &[("x-user", "bo"), ("x-fail-after", "2")])
         .await;
     assert_eq!(r.status, http::StatusCode::OK, "{r:?}");
-    let header = |name: &str| {
-        r.body
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let header = |name| echoed(&r, name);
     assert_eq!(header("x-stream-replies").split(',').count(), 2, "{}", r.body);
     assert_eq!(header("x-stream-status"), "8", "RESOURCE_EXHAUSTED: {}", r.body);
     assert_eq!(header("x-stream-message"), "quota used up after 2");
