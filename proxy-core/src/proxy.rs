@@ -405,6 +405,7 @@ async fn watch_client_files(shared: Arc<Shared>) {
         match tokio::task::spawn_blocking(move || applying.apply(snapshot, true)).await {
             Ok(Ok(true)) => {
                 tracing::info!("client certificate files changed: new connections present the new certificate");
+                shared.stats.client_files_reloads[0].fetch_add(1, Relaxed);
                 refused = None;
             }
             // A new snapshot came meanwhile; it read the files itself.
@@ -415,6 +416,7 @@ async fn watch_client_files(shared: Arc<Shared>) {
                     error = format!("{error:#}"),
                     "client certificate files changed and cannot be used; the previous certificate stays"
                 );
+                shared.stats.client_files_reloads[1].fetch_add(1, Relaxed);
                 refused = Some(now);
             }
             Err(error) => tracing::error!(%error, "rebuilding for new client certificate files failed"),

@@ -27,6 +27,9 @@
 //!   TLS handshakes to the cluster's endpoints that succeeded, failed;
 //!   `weft_cluster_upstream_cx_revoked_total{cluster}`: pooled mutual TLS connections dropped
 //!   unused because their server was revoked after the handshake.
+//! - `weft_client_certificate_reloads_total{result}`: the current snapshot compiled again
+//!   because the client certificate files of a `mutual` TLS cluster changed; `result` is
+//!   `applied`, or `refused` (files that cannot be used: the previous certificate stays).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -130,6 +133,8 @@ pub(crate) struct ClusterGauges {
 pub(crate) struct Stats {
     listeners: Mutex<BTreeMap<String, Arc<ListenerStats>>>,
     clusters: Mutex<BTreeMap<String, Arc<ClusterStats>>>,
+    /// Rebuilds for changed client certificate files: applied, refused.
+    pub(crate) client_files_reloads: [AtomicU64; 2],
 }
 
 impl Stats {
@@ -253,6 +258,20 @@ impl Stats {
                     esc(name)
                 );
             }
+        }
+
+        header(
+            &mut out,
+            "weft_client_certificate_reloads_total",
+            "counter",
+            "Rebuilds for changed client certificate files of mutual TLS clusters, by result.",
+        );
+        for (result, counter) in ["applied", "refused"].iter().zip(&self.client_files_reloads) {
+            let _ = writeln!(
+                out,
+                "weft_client_certificate_reloads_total{{result=\"{result}\"}} {}",
+                counter.load(Relaxed)
+            );
         }
 
         header(

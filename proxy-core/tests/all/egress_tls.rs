@@ -243,8 +243,14 @@ async fn mutual_tls_presents_the_client_certificate_from_its_files() {
     assert_eq!(proxy.version(), "4", "no snapshot came");
     // A rotation that leaves a key that is not the certificate's is not applied: the last
     // good certificate stays.
+    let refused = "weft_client_certificate_reloads_total{result=\"refused\"}";
+    let before = metric(&proxy, refused).await.expect("the reload counter");
     write_client(&dir, &(third.0.clone(), client_ca.leaf(&["client.example.com"]).1));
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let seen = eventually(Duration::from_secs(10), || async {
+        metric(&proxy, refused).await.is_some_and(|n| n > before)
+    })
+    .await;
+    assert!(seen, "the mismatched files were never looked at");
     assert_eq!(get(main, "ext", "/").await.body, fingerprint(&third.0));
 
     // A certificate from a CA the server does not trust is refused by the server.
