@@ -11,7 +11,8 @@
 //! `pool.rs` (upstream connections). The request path as a chart lives in
 //! `docs/request-path.md`. Snapshots come from a file or from the controller's config stream
 //! ([`control`]); the workload certificate from the controller's CA ([`identity`]), used for
-//! mesh mutual TLS and gateway TLS termination in `tls.rs`.
+//! mesh mutual TLS and gateway TLS termination in `tls.rs`. A `tls_passthrough` listener
+//! speaks no HTTP: `passthrough.rs` relays its connections by the ClientHello's server name.
 
 mod admin;
 mod body;

@@ -4,6 +4,7 @@
 //! endpoint. This is what an Istio Gateway server with `tls.mode: PASSTHROUGH` asks for
 //! (Envoy's `tls_inspector` listener filter and a `tcp_proxy` per server name).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -136,21 +137,20 @@ enum Refused {
 /// Serves one accepted connection of a passthrough listener: routes it by its ClientHello and
 /// relays it until either side closes. Nothing is sent back to a client that is refused: the
 /// connection is closed, as Envoy does when no filter chain matches.
-pub(crate) async fn serve(mut downstream: TcpStream, table: Arc<SniTable>, stats: &ListenerStats) {
-    let peer = downstream.peer_addr().ok();
-    match connect(&mut downstream, &table).await {
+pub(crate) async fn serve(mut downstream: TcpStream, peer: SocketAddr, table: Arc<SniTable>, stats: &ListenerStats) {
+    match connect(&mut downstream, peer, &table).await {
         Ok((mut upstream, _guard, cluster)) => {
             stats.cx_passthrough.fetch_add(1, Relaxed);
             match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
                 Ok((sent, received)) => {
-                    tracing::debug!(?peer, %cluster, sent, received, "passthrough connection closed");
+                    tracing::debug!(%peer, %cluster, sent, received, "passthrough connection closed");
                 }
-                Err(error) => tracing::debug!(?peer, %cluster, %error, "passthrough connection ended"),
+                Err(error) => tracing::debug!(%peer, %cluster, %error, "passthrough connection ended"),
             }
         }
         Err(error) => {
             stats.cx_refused.fetch_add(1, Relaxed);
-            tracing::debug!(?peer, %error, "passthrough connection refused");
+            tracing::debug!(%peer, %error, "passthrough connection refused");
         }
     }
 }
@@ -159,6 +159,7 @@ pub(crate) async fn serve(mut downstream: TcpStream, table: Arc<SniTable>, stats
 /// so far.
 async fn connect(
     downstream: &mut TcpStream,
+    peer: SocketAddr,
     table: &SniTable,
 ) -> Result<(TcpStream, crate::pool::ConnectionGuard, Arc<str>), Refused> {
     let mut hello = Vec::with_capacity(1024);
@@ -170,13 +171,10 @@ async fn connect(
         .ok_or_else(|| Refused::NoRoute(server_name.clone()))?;
     let destination = route.choose().ok_or_else(|| Refused::NoRoute(server_name.clone()))?;
     let cluster = &destination.cluster;
-    let source_ip = downstream
-        .peer_addr()
-        .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
     let headers = HeaderMap::new();
     let hash = HashInput {
         headers: &headers,
-        source_ip,
+        source_ip: peer.ip(),
         key: None,
     };
     let endpoint = destination

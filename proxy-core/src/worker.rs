@@ -199,7 +199,7 @@ async fn accept_loop(
         if let Some(table) = &listener.passthrough {
             let table = table.clone();
             tokio::spawn(async move {
-                crate::passthrough::serve(stream, table, &stats).await;
+                crate::passthrough::serve(stream, peer, table, &stats).await;
                 stats.cx_active.fetch_sub(1, Relaxed);
                 drop(guard);
             });
