@@ -195,6 +195,13 @@ async fn a_new_snapshot_reroutes_new_connections_while_relayed_ones_carry_on() {
         "{error}"
     );
     assert_eq!(client.label(tls, "api.example.com").await.expect("b"), "b");
+    // Closed by the client, the relayed connection ends (shutdown then has nothing to drain).
     drop(relayed);
+    let active = "weft_listener_downstream_cx_active{listener=\"tls\"}";
+    let closed = eventually(Duration::from_secs(5), || async {
+        metric(&proxy, active).await == Some(0.0)
+    })
+    .await;
+    assert!(closed, "the relayed connection outlived its client");
     proxy.shutdown();
 }
